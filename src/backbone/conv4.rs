@@ -1,0 +1,129 @@
+use candle_core::Tensor;
+use candle_nn::{batch_norm, conv2d_no_bias, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Module, ModuleT, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::{max_pool2x2, Backbone};
+use crate::{Error, Result};
+
+/// Hyper-parameters of [`Conv4`].
+///
+/// ```
+/// use protonet::backbone::Conv4Config;
+/// let c = Conv4Config::default();
+/// assert_eq!((c.in_channels, c.hidden, c.depth), (1, 64, 4));
+/// assert_eq!(c.embedding_dim(28), 64);
+/// assert_eq!(Conv4Config { in_channels: 3, ..c }.embedding_dim(84), 1600);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conv4Config {
+    /// Input channels (1 for grey, 3 for RGB).
+    pub in_channels: usize,
+    /// Filters in every block (64 in the paper).
+    pub hidden: usize,
+    /// Number of blocks (4 in the paper).
+    pub depth: usize,
+}
+
+impl Default for Conv4Config {
+    fn default() -> Self {
+        Self { in_channels: 1, hidden: 64, depth: 4 }
+    }
+}
+
+impl Conv4Config {
+    /// The flattened output size for square inputs of `image_size` pixels
+    /// (each block halves the side, rounding down).
+    pub fn embedding_dim(&self, image_size: usize) -> usize {
+        let side = image_size >> self.depth;
+        self.hidden * side * side
+    }
+
+    /// Checks the hyper-parameters.
+    pub fn validate(&self) -> Result<()> {
+        if self.in_channels == 0 {
+            return Err(Error::param("in_channels", "must be at least 1"));
+        }
+        if self.hidden == 0 {
+            return Err(Error::param("hidden", "must be at least 1"));
+        }
+        if !(1..=8).contains(&self.depth) {
+            return Err(Error::param("depth", format!("must be in 1..=8, got {}", self.depth)));
+        }
+        Ok(())
+    }
+}
+
+/// One block: 3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool.
+///
+/// The convolution has no bias: BatchNorm subtracts the per-channel mean right after it,
+/// which cancels any bias exactly, so the function class is the paper's.
+#[derive(Debug, Clone)]
+struct ConvBlock {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBlock {
+    fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+        let conv = conv2d_no_bias(cin, cout, 3, Conv2dConfig { padding: 1, ..Default::default() }, vb.pp("conv"))?;
+        let bn = batch_norm(cout, BatchNormConfig::default(), vb.pp("bn"))?;
+        Ok(Self { conv, bn })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.conv.forward(x)?;
+        let x = self.bn.forward_t(&x, train)?.relu()?;
+        max_pool2x2(&x)
+    }
+}
+
+/// The Conv-4 backbone of Snell et al. (2017): `depth` blocks of
+/// [3x3 conv, `hidden` filters, padding 1 -> BatchNorm -> ReLU -> 2x2 max-pool], then
+/// flatten. 28x28 grey gives 64-d embeddings, 84x84 RGB gives 1600-d.
+///
+/// Parameters are named `block{i}.conv.weight`, `block{i}.bn.{weight,bias,running_mean,running_var}`.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use protonet::backbone::{Backbone, Conv4, Conv4Config};
+/// let vm = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+/// let net = Conv4::new(&Conv4Config::default(), vb)?;
+/// let x = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?;
+/// assert_eq!(net.embed(&x, false)?.dims(), &[2, 64]);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Conv4 {
+    blocks: Vec<ConvBlock>,
+    config: Conv4Config,
+}
+
+impl Conv4 {
+    /// Creates (or loads, depending on `vb`) a Conv-4.
+    pub fn new(config: &Conv4Config, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let blocks = (0..config.depth)
+            .map(|i| {
+                let cin = if i == 0 { config.in_channels } else { config.hidden };
+                ConvBlock::new(cin, config.hidden, vb.pp(format!("block{i}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { blocks, config: config.clone() })
+    }
+}
+
+impl Backbone for Conv4 {
+    fn embed(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = images.clone();
+        for b in &self.blocks {
+            x = b.forward(&x, train)?;
+        }
+        Ok(x.flatten_from(1)?)
+    }
+
+    fn embedding_dim(&self, image_size: usize) -> usize {
+        self.config.embedding_dim(image_size)
+    }
+}

@@ -1,0 +1,76 @@
+//! Arguments and helpers shared by the subcommands.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use clap::{Args, ValueEnum};
+use protonet::data::{default_data_root, load_image_folder, load_omniglot, FolderOptions, ImageConfig, ImageSet, OmniglotSplit};
+use protonet::{Error, Result};
+
+/// Which kind of data set `--data` points to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DatasetKind {
+    /// Omniglot in its standard layout with the Vinyals splits (28x28 grey).
+    Omniglot,
+    /// An image folder: one sub-folder of PNG/JPEG images per class.
+    Folder,
+}
+
+/// Where the data is.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Kind of data set.
+    #[arg(long, value_enum, default_value_t = DatasetKind::Omniglot)]
+    pub dataset: DatasetKind,
+    /// Data set root. Default for omniglot: $PROTONET_DATA/omniglot, else ../shared/data/omniglot.
+    /// Required for folder.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// The data root, with the Omniglot default filled in.
+    pub fn root(&self) -> Result<PathBuf> {
+        match (&self.data, self.dataset) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, DatasetKind::Omniglot) => Ok(default_data_root().join("omniglot")),
+            (None, DatasetKind::Folder) => Err(Error::param("data", "--dataset folder needs --data DIR (one sub-folder per class)")),
+        }
+    }
+
+    /// Loads an Omniglot split, or the folder itself (the split is then ignored).
+    pub fn load(&self, split: &str, image: &ImageConfig, quiet: bool) -> Result<ImageSet> {
+        let root = self.root()?;
+        let t = std::time::Instant::now();
+        let set = match self.dataset {
+            DatasetKind::Omniglot => {
+                if image != &ImageConfig::omniglot() {
+                    return Err(Error::param("dataset", "this model was not trained on Omniglot-prepared images (28x28 grey); use --dataset folder"));
+                }
+                load_omniglot(&root, split.parse::<OmniglotSplit>()?)?
+            }
+            DatasetKind::Folder => load_image_folder(&root, image, &FolderOptions::default())?,
+        };
+        if !quiet {
+            eprintln!(
+                "loaded {} ({}): {} classes, {} images in {:.1}s",
+                root.display(),
+                if self.dataset == DatasetKind::Omniglot { split } else { "folder" },
+                set.num_classes(),
+                set.num_images(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Ok(set)
+    }
+}
+
+/// The compute device from `--device`.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::new_cuda(0)?),
+        "metal" => Ok(Device::new_metal(0)?),
+        other => Err(Error::param("device", format!("`{other}` is not one of cpu, cuda, metal"))),
+    }
+}

@@ -1,0 +1,92 @@
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::{load_image, ImageConfig, ImageSet};
+use crate::{Error, Result};
+
+/// Options for [`load_image_folder`].
+#[derive(Debug, Clone, Default)]
+pub struct FolderOptions {
+    /// Skip files that fail to decode (with a warning on stderr) instead of failing.
+    pub skip_bad_images: bool,
+}
+
+/// File extensions read as images (case-insensitive).
+const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        out.push(entry.map_err(|e| Error::io(dir, e))?.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Lists the image files of an image folder: one `(class name, files)` per sub-folder,
+/// sorted by name. Files other than PNG and JPEG are ignored.
+pub(crate) fn list_image_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
+    if !root.is_dir() {
+        return Err(Error::Dataset { path: root.to_path_buf(), reason: "is not a folder".into() });
+    }
+    let mut classes = Vec::new();
+    for dir in sorted_entries(root)? {
+        if !dir.is_dir() {
+            continue;
+        }
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let files: Vec<PathBuf> = sorted_entries(&dir)?.into_iter().filter(|p| p.is_file() && is_image(p)).collect();
+        if files.is_empty() {
+            return Err(Error::Dataset {
+                path: dir.clone(),
+                reason: "class folder holds no PNG or JPEG images".into(),
+            });
+        }
+        classes.push((name, files));
+    }
+    if classes.is_empty() {
+        return Err(Error::Dataset {
+            path: root.to_path_buf(),
+            reason: "no class sub-folders (expected one sub-folder of images per class)".into(),
+        });
+    }
+    Ok(classes)
+}
+
+/// Loads an image folder: one sub-folder per class, PNG and JPEG files inside, decoded
+/// in parallel, resized and normalised as `config` says, and kept in memory.
+///
+/// ```no_run
+/// use protonet::data::{load_image_folder, FolderOptions, ImageConfig};
+/// let set = load_image_folder("coins/".as_ref(), &ImageConfig::rgb(84), &FolderOptions::default())?;
+/// println!("{} classes, {} images", set.num_classes(), set.num_images());
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn load_image_folder(root: &Path, config: &ImageConfig, options: &FolderOptions) -> Result<ImageSet> {
+    config.validate()?;
+    let classes = list_image_folder(root)?;
+    let mut set = ImageSet::new(config.channels, config.size, config.size);
+    for (name, files) in classes {
+        let decoded: Vec<Result<Vec<f32>>> = files.par_iter().map(|f| load_image(f, config)).collect();
+        let mut images = Vec::with_capacity(decoded.len());
+        for (file, r) in files.iter().zip(decoded) {
+            match r {
+                Ok(im) => images.push(im),
+                Err(e) if options.skip_bad_images => eprintln!("warning: skipping {}: {e}", file.display()),
+                Err(e) => return Err(e),
+            }
+        }
+        if images.is_empty() {
+            return Err(Error::Dataset { path: root.join(&name), reason: "no image in this class could be decoded".into() });
+        }
+        set.push_class(name, images)?;
+    }
+    Ok(set)
+}

@@ -1,0 +1,110 @@
+use crate::{Error, Result};
+
+/// Images grouped by class, stored contiguously as `f32` in CHW order.
+///
+/// ```
+/// use protonet::data::ImageSet;
+/// let mut set = ImageSet::new(1, 2, 2);
+/// set.push_class("a", vec![vec![0.0; 4], vec![1.0; 4]]).unwrap();
+/// assert_eq!(set.num_classes(), 1);
+/// assert_eq!(set.class_len(0), 2);
+/// assert_eq!(set.image(0, 1), &[1.0; 4]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ImageSet {
+    channels: usize,
+    height: usize,
+    width: usize,
+    names: Vec<String>,
+    /// `offsets[c]..offsets[c + 1]` are the image indices of class `c`.
+    offsets: Vec<usize>,
+    pixels: Vec<f32>,
+}
+
+impl ImageSet {
+    /// An empty set of `channels x height x width` images.
+    pub fn new(channels: usize, height: usize, width: usize) -> Self {
+        Self { channels, height, width, names: Vec::new(), offsets: vec![0], pixels: Vec::new() }
+    }
+
+    /// Appends a class. Every image must hold `channels * height * width` values.
+    pub fn push_class(&mut self, name: impl Into<String>, images: Vec<Vec<f32>>) -> Result<()> {
+        let name = name.into();
+        let len = self.image_len();
+        if let Some(bad) = images.iter().find(|im| im.len() != len) {
+            return Err(Error::param(
+                "images",
+                format!("class `{name}`: an image has {} values, expected {len}", bad.len()),
+            ));
+        }
+        for im in &images {
+            self.pixels.extend_from_slice(im);
+        }
+        let last = *self.offsets.last().expect("offsets starts with 0");
+        self.offsets.push(last + images.len());
+        self.names.push(name);
+        Ok(())
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Total number of images.
+    pub fn num_images(&self) -> usize {
+        *self.offsets.last().expect("offsets starts with 0")
+    }
+
+    /// Number of images of class `class`.
+    pub fn class_len(&self, class: usize) -> usize {
+        self.offsets[class + 1] - self.offsets[class]
+    }
+
+    /// The name of class `class`.
+    pub fn class_name(&self, class: usize) -> &str {
+        &self.names[class]
+    }
+
+    /// All class names, in class-index order.
+    pub fn class_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// `(channels, height, width)` of every image.
+    pub fn image_dims(&self) -> (usize, usize, usize) {
+        (self.channels, self.height, self.width)
+    }
+
+    /// Values per image.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Image `index` of class `class`, CHW.
+    pub fn image(&self, class: usize, index: usize) -> &[f32] {
+        assert!(index < self.class_len(class), "image index {index} out of range for class {class}");
+        let i = self.offsets[class] + index;
+        let len = self.image_len();
+        &self.pixels[i * len..(i + 1) * len]
+    }
+
+    /// A new set holding only the given classes, in the given order.
+    pub fn subset(&self, classes: &[usize]) -> ImageSet {
+        let mut out = ImageSet::new(self.channels, self.height, self.width);
+        for &c in classes {
+            let images = (0..self.class_len(c)).map(|i| self.image(c, i).to_vec()).collect();
+            out.push_class(self.names[c].clone(), images).expect("same image size");
+        }
+        out
+    }
+
+    /// Copies the listed `(class, index)` images into one NCHW buffer.
+    pub fn gather(&self, items: &[(usize, usize)]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(items.len() * self.image_len());
+        for &(c, i) in items {
+            out.extend_from_slice(self.image(c, i));
+        }
+        out
+    }
+}

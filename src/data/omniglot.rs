@@ -1,0 +1,160 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use rayon::prelude::*;
+
+use super::{load_image, ImageConfig, ImageSet};
+use crate::{Error, Result};
+
+/// A split of Omniglot as listed in `splits/vinyals/<name>.txt`.
+///
+/// ```
+/// use protonet::data::OmniglotSplit;
+/// let s: OmniglotSplit = "val".parse().unwrap();
+/// assert_eq!(s.file_name(), "val.txt");
+/// assert!("bogus".parse::<OmniglotSplit>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OmniglotSplit {
+    /// 1028 characters, 4112 classes with rotations.
+    Train,
+    /// 172 characters, 688 classes.
+    Val,
+    /// 423 characters, 1692 classes.
+    Test,
+    /// Train and val together: 1200 characters, 4800 classes.
+    TrainVal,
+}
+
+impl OmniglotSplit {
+    /// The split list's file name.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            OmniglotSplit::Train => "train.txt",
+            OmniglotSplit::Val => "val.txt",
+            OmniglotSplit::Test => "test.txt",
+            OmniglotSplit::TrainVal => "trainval.txt",
+        }
+    }
+}
+
+impl FromStr for OmniglotSplit {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "train" => Ok(OmniglotSplit::Train),
+            "val" => Ok(OmniglotSplit::Val),
+            "test" => Ok(OmniglotSplit::Test),
+            "trainval" => Ok(OmniglotSplit::TrainVal),
+            other => Err(Error::param("split", format!("`{other}` is not one of train, val, test, trainval"))),
+        }
+    }
+}
+
+/// Rotates a square single-channel image counter-clockwise by `quarter_turns * 90` degrees.
+fn rotate_ccw(img: &[f32], n: usize, quarter_turns: usize) -> Vec<f32> {
+    let mut cur = img.to_vec();
+    for _ in 0..quarter_turns % 4 {
+        let mut next = vec![0f32; n * n];
+        for y in 0..n {
+            for x in 0..n {
+                // Counter-clockwise: the pixel at (y, x) comes from (x, n-1-y).
+                next[y * n + x] = cur[x * n + (n - 1 - y)];
+            }
+        }
+        cur = next;
+    }
+    cur
+}
+
+/// Loads one split of Omniglot from its standard layout: `root/images_background/`,
+/// `root/images_evaluation/` and `root/splits/vinyals/<split>.txt`.
+///
+/// Each line `Alphabet/characterNN/rotDDD` becomes one class holding the character's 20
+/// drawings rotated counter-clockwise by DDD degrees, resized to 28x28 (as
+/// [`ImageConfig::omniglot`]: grey, strokes 1 on 0). Class names are the split lines.
+///
+/// ```no_run
+/// use protonet::data::{load_omniglot, OmniglotSplit};
+/// let train = load_omniglot("../shared/data/omniglot".as_ref(), OmniglotSplit::Train)?;
+/// assert_eq!(train.num_classes(), 4112);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn load_omniglot(root: &Path, split: OmniglotSplit) -> Result<ImageSet> {
+    let config = ImageConfig::omniglot();
+    let split_file = root.join("splits").join("vinyals").join(split.file_name());
+    let text = std::fs::read_to_string(&split_file).map_err(|e| Error::io(&split_file, e))?;
+    // character folder -> rotations wanted, in order of first appearance.
+    let mut order: Vec<String> = Vec::new();
+    let mut rotations: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
+    for (lineno, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = || Error::Dataset {
+            path: split_file.clone(),
+            reason: format!("line {}: `{line}` is not `Alphabet/characterNN/rotDDD`", lineno + 1),
+        };
+        let (character, rot) = line.rsplit_once('/').ok_or_else(bad)?;
+        let degrees: usize = rot.strip_prefix("rot").and_then(|d| d.parse().ok()).ok_or_else(bad)?;
+        if degrees % 90 != 0 {
+            return Err(bad());
+        }
+        if !rotations.contains_key(character) {
+            order.push(character.to_string());
+        }
+        rotations.entry(character.to_string()).or_default().push((degrees / 90, line.to_string()));
+    }
+    let set_dirs = [root.join("images_background"), root.join("images_evaluation")];
+    let loaded: Vec<Result<Vec<(String, Vec<Vec<f32>>)>>> = order
+        .par_iter()
+        .map(|character| {
+            let dir = set_dirs.iter().map(|d| d.join(character)).find(|d| d.is_dir()).ok_or_else(|| {
+                Error::Dataset {
+                    path: root.to_path_buf(),
+                    reason: format!("character `{character}` (from {}) is in neither images_background nor images_evaluation", split_file.display()),
+                }
+            })?;
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| Error::io(&dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "png"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(Error::Dataset { path: dir, reason: "no PNG drawings".into() });
+            }
+            let drawings = files.iter().map(|f| load_image(f, &config)).collect::<Result<Vec<_>>>()?;
+            Ok(rotations[character]
+                .iter()
+                .map(|(turns, name)| {
+                    let imgs = drawings.iter().map(|d| rotate_ccw(d, config.size, *turns)).collect();
+                    (name.clone(), imgs)
+                })
+                .collect())
+        })
+        .collect();
+    let mut set = ImageSet::new(1, config.size, config.size);
+    for classes in loaded {
+        for (name, imgs) in classes? {
+            set.push_class(name, imgs)?;
+        }
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rotate_ccw;
+
+    #[test]
+    fn rotation_is_counter_clockwise_and_cyclic() {
+        // 2x2: [a b; c d] rotated ccw is [b d; a c].
+        let img = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(rotate_ccw(&img, 2, 1), vec![2.0, 4.0, 1.0, 3.0]);
+        assert_eq!(rotate_ccw(&img, 2, 4), img.to_vec());
+        assert_eq!(rotate_ccw(&rotate_ccw(&img, 2, 1), 2, 3), img.to_vec());
+    }
+}

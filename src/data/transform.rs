@@ -1,0 +1,118 @@
+use std::path::Path;
+
+use image::{imageops::FilterType, DynamicImage};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// How images are turned into network input: size, colour, normalisation.
+///
+/// It is stored in every model's `config.json`, so evaluation and prediction prepare
+/// images exactly as training did.
+///
+/// ```
+/// use protonet::data::ImageConfig;
+/// let omni = ImageConfig::omniglot();
+/// assert_eq!((omni.size, omni.channels), (28, 1));
+/// let rgb = ImageConfig::rgb(84);
+/// rgb.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// Images are resized to `size x size` pixels.
+    pub size: usize,
+    /// 1 (grey) or 3 (RGB).
+    pub channels: usize,
+    /// Per-channel mean subtracted after scaling pixels to [0, 1].
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation divided by after subtracting the mean.
+    pub std: Vec<f32>,
+    /// Use `1 - value` (Omniglot: strokes become 1 on a 0 background, as in Snell et al.).
+    #[serde(default)]
+    pub invert: bool,
+}
+
+impl ImageConfig {
+    /// Omniglot as in the paper's code: 28x28 grey, inverted, no further normalisation.
+    pub fn omniglot() -> Self {
+        Self { size: 28, channels: 1, mean: vec![0.0], std: vec![1.0], invert: true }
+    }
+
+    /// RGB at `size x size`, normalised with the ImageNet channel statistics.
+    pub fn rgb(size: usize) -> Self {
+        Self {
+            size,
+            channels: 3,
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+            invert: false,
+        }
+    }
+
+    /// Grey at `size x size`, values in [0, 1].
+    pub fn grey(size: usize) -> Self {
+        Self { size, channels: 1, mean: vec![0.0], std: vec![1.0], invert: false }
+    }
+
+    /// Checks the sizes and statistics.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=4096).contains(&self.size) {
+            return Err(Error::param("image-size", format!("must be in 1..=4096, got {}", self.size)));
+        }
+        if self.channels != 1 && self.channels != 3 {
+            return Err(Error::param("channels", format!("must be 1 or 3, got {}", self.channels)));
+        }
+        if self.mean.len() != self.channels || self.std.len() != self.channels {
+            return Err(Error::param("mean/std", format!("need {} values each", self.channels)));
+        }
+        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || self.mean.iter().any(|m| !m.is_finite()) {
+            return Err(Error::param("mean/std", "std must be positive and all values finite"));
+        }
+        Ok(())
+    }
+
+    /// Resizes, converts and normalises a decoded image into CHW `f32` values.
+    pub fn prepare(&self, img: &DynamicImage) -> Vec<f32> {
+        let n = self.size as u32;
+        let plane = self.size * self.size;
+        let mut out = vec![0f32; self.channels * plane];
+        if self.channels == 1 {
+            let resized = image::imageops::resize(&img.to_luma32f(), n, n, FilterType::Triangle);
+            for (i, p) in resized.pixels().enumerate() {
+                out[i] = p.0[0];
+            }
+        } else {
+            let resized = image::imageops::resize(&img.to_rgb32f(), n, n, FilterType::Triangle);
+            for (i, p) in resized.pixels().enumerate() {
+                for c in 0..3 {
+                    out[c * plane + i] = p.0[c];
+                }
+            }
+        }
+        for c in 0..self.channels {
+            let (m, s) = (self.mean[c], self.std[c]);
+            for v in &mut out[c * plane..(c + 1) * plane] {
+                let x = if self.invert { 1.0 - v.clamp(0.0, 1.0) } else { v.clamp(0.0, 1.0) };
+                *v = (x - m) / s;
+            }
+        }
+        out
+    }
+}
+
+/// Decodes the image at `path` (PNG or JPEG) and prepares it as `config` says.
+///
+/// ```no_run
+/// use protonet::data::{load_image, ImageConfig};
+/// let pixels = load_image("coin.jpg".as_ref(), &ImageConfig::rgb(84))?;
+/// assert_eq!(pixels.len(), 3 * 84 * 84);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn load_image(path: &Path, config: &ImageConfig) -> Result<Vec<f32>> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let img = reader.decode().map_err(|e| Error::Image { path: path.to_path_buf(), reason: e.to_string() })?;
+    Ok(config.prepare(&img))
+}

@@ -1,0 +1,103 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `protonet`, with enough context to act on.
+///
+/// ```
+/// use protonet::Error;
+/// let e = Error::InvalidParameter { name: "way".into(), reason: "must be at least 2, got 1".into() };
+/// assert!(e.to_string().contains("way"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or folder could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An image could not be decoded.
+    #[error("{path}: cannot decode image: {reason}")]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// A dataset on disk does not have the expected layout.
+    #[error("dataset {path}: {reason}")]
+    Dataset {
+        /// The dataset root or the offending file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A parameter is out of range.
+    #[error("invalid parameter `{name}`: {reason}")]
+    InvalidParameter {
+        /// The parameter's name as the user knows it (for example `way`).
+        name: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// An episode asks for more classes than the dataset has.
+    #[error("{way}-way episodes need at least {way} classes, but the dataset has only {available}")]
+    NotEnoughClasses {
+        /// Classes asked for.
+        way: usize,
+        /// Classes available.
+        available: usize,
+    },
+    /// A class has fewer images than an episode draws from it.
+    #[error("class `{class}` has {have} images, but a {shot}-shot {query}-query episode needs {need} (shot + query)")]
+    NotEnoughImages {
+        /// The class's name.
+        class: String,
+        /// Images the class has.
+        have: usize,
+        /// Images needed (shot + query).
+        need: usize,
+        /// Support images per class.
+        shot: usize,
+        /// Query images per class.
+        query: usize,
+    },
+    /// A model directory or checkpoint is missing, damaged or inconsistent.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The training loss became NaN or infinite.
+    #[error("training loss became {value} at episode {episode}; nothing was saved from this episode. Lower the learning rate (--lr) or resume from the last checkpoint with another seed")]
+    NonFiniteLoss {
+        /// The episode (1-based) whose loss was not finite.
+        episode: usize,
+        /// The loss value.
+        value: f32,
+    },
+    /// An error from candle (tensor shapes, devices, kernels).
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Shorthand for `Result<T, protonet::Error>`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    /// An [`Error::InvalidParameter`].
+    pub fn param(name: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidParameter { name: name.to_string(), reason: reason.into() }
+    }
+}

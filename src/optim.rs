@@ -1,0 +1,97 @@
+//! Adam (Kingma & Ba), as in PyTorch, with state that can be saved and restored.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{backprop::GradStore, Tensor, Var};
+
+use crate::{Error, Result};
+
+/// Adam without weight decay, matching `torch.optim.Adam`:
+/// `p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+///
+/// ```
+/// use candle_core::{Device, Var};
+/// use protonet::optim::Adam;
+/// let x = Var::new(&[1f32, -2.], &Device::Cpu)?;
+/// let mut adam = Adam::new(vec![("x".into(), x.clone())], 0.1);
+/// for _ in 0..100 {
+///     let loss = x.as_tensor().sqr()?.sum_all()?;
+///     adam.step(&loss.backward()?)?;
+/// }
+/// assert!(x.as_tensor().sqr()?.sum_all()?.to_scalar::<f32>()? < 0.1);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub struct Adam {
+    vars: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    step: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// First-moment decay (0.9).
+    pub beta1: f64,
+    /// Second-moment decay (0.999).
+    pub beta2: f64,
+    /// Denominator epsilon (1e-8).
+    pub eps: f64,
+}
+
+impl Adam {
+    /// Adam over the named variables with learning rate `lr`.
+    pub fn new(vars: Vec<(String, Var)>, lr: f64) -> Self {
+        let m = vars.iter().map(|(_, v)| v.as_tensor().zeros_like().expect("zeros")).collect();
+        let v = vars.iter().map(|(_, v)| v.as_tensor().zeros_like().expect("zeros")).collect();
+        Self { vars, m, v, step: 0, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> usize {
+        self.step
+    }
+
+    /// One update from the gradients in `grads`; variables without a gradient keep their value.
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let step_size = self.lr / (1.0 - self.beta1.powi(t));
+        let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
+        for (i, (_, var)) in self.vars.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
+            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            let denom = ((v.sqrt()? / bias2_sqrt)? + self.eps)?;
+            let update = ((&m / &denom)? * step_size)?;
+            var.set(&var.as_tensor().sub(&update)?)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+
+    /// The moments as tensors named `adam.m.<var>` and `adam.v.<var>`.
+    pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for (i, (name, _)) in self.vars.iter().enumerate() {
+            out.insert(format!("adam.m.{name}"), self.m[i].clone());
+            out.insert(format!("adam.v.{name}"), self.v[i].clone());
+        }
+        out
+    }
+
+    /// Restores the moments saved by [`Adam::state_tensors`] and the step count.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: usize) -> Result<()> {
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            for (key, slot) in [(format!("adam.m.{name}"), &mut self.m[i]), (format!("adam.v.{name}"), &mut self.v[i])] {
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| Error::param("checkpoint", format!("optimiser state `{key}` is missing")))?;
+                if t.dims() != var.dims() {
+                    return Err(Error::param("checkpoint", format!("optimiser state `{key}` has shape {:?}, expected {:?}", t.dims(), var.dims())));
+                }
+                *slot = t.to_device(var.device())?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}

@@ -1,0 +1,40 @@
+//! Omniglot on the shared data: split sizes, image format, and the shipped model.
+
+mod common;
+
+use protonet::data::{load_omniglot, OmniglotSplit};
+
+#[test]
+fn vinyals_splits_have_the_papers_sizes() {
+    let Some(root) = common::require_omniglot("vinyals_splits_have_the_papers_sizes") else { return };
+    for (split, classes) in [(OmniglotSplit::Train, 4112), (OmniglotSplit::Val, 688), (OmniglotSplit::Test, 1692)] {
+        let set = load_omniglot(&root, split).unwrap();
+        assert_eq!(set.num_classes(), classes, "{split:?}");
+        assert_eq!(set.image_dims(), (1, 28, 28));
+        for c in 0..set.num_classes() {
+            assert_eq!(set.class_len(c), 20, "{}", set.class_name(c));
+        }
+        // Strokes are 1 on a 0 background after inversion: mostly background.
+        let img = set.image(0, 0);
+        let mean = img.iter().sum::<f32>() / img.len() as f32;
+        assert!(img.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(mean > 0.01 && mean < 0.5, "mean ink {mean}");
+        // The four rotations of a character are distinct classes of rotated images.
+        assert!(set.class_name(0).ends_with("rot000") && set.class_name(1).ends_with("rot090"));
+        assert_ne!(set.image(0, 0), set.image(1, 0));
+    }
+}
+
+#[test]
+fn a_missing_character_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("splits/vinyals")).unwrap();
+    std::fs::write(dir.path().join("splits/vinyals/test.txt"), "Nowhere/character01/rot000\n").unwrap();
+    let err = load_omniglot(dir.path(), OmniglotSplit::Test).unwrap_err().to_string();
+    assert!(err.contains("Nowhere/character01"), "{err}");
+    std::fs::write(dir.path().join("splits/vinyals/test.txt"), "garbage line\n").unwrap();
+    let err = load_omniglot(dir.path(), OmniglotSplit::Test).unwrap_err().to_string();
+    assert!(err.contains("line 1"), "{err}");
+    let err = load_omniglot(&dir.path().join("absent"), OmniglotSplit::Val).unwrap_err().to_string();
+    assert!(err.contains("val.txt"), "{err}");
+}

@@ -1,0 +1,167 @@
+//! Prototypes, distances, loss and gradients against plain references.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use protonet::backbone::{Backbone, Conv4, Conv4Config};
+use protonet::{accuracy, episode_loss, prototypes, squared_distances, EpisodeSpec, ProtoNet};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn random_matrix(rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> Vec<Vec<f32>> {
+    (0..rows).map(|_| (0..cols).map(|_| rng.random_range(-2.0..2.0f32)).collect()).collect()
+}
+
+fn tensor(m: &[Vec<f32>]) -> Tensor {
+    Tensor::new(m.to_vec(), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn prototypes_and_distances_match_plain_loops() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for &(way, shot, query, d) in &[(2, 1, 1, 3), (5, 1, 15, 64), (3, 4, 1, 7), (20, 5, 2, 16), (7, 3, 5, 1)] {
+        let support = random_matrix(&mut rng, way * shot, d);
+        let queries = random_matrix(&mut rng, way * query, d);
+        let protos = prototypes(&tensor(&support), way, shot).unwrap();
+        assert_eq!(protos.dims(), &[way, d]);
+        let protos_v = protos.to_vec2::<f32>().unwrap();
+        for c in 0..way {
+            for j in 0..d {
+                let mean = (0..shot).map(|s| support[c * shot + s][j]).sum::<f32>() / shot as f32;
+                assert!((protos_v[c][j] - mean).abs() < 1e-5, "prototype {c},{j}");
+            }
+        }
+        let dist = squared_distances(&tensor(&queries), &protos).unwrap();
+        assert_eq!(dist.dims(), &[way * query, way], "no squeezing at Q={query}, K={shot}");
+        let dist_v = dist.to_vec2::<f32>().unwrap();
+        for (qi, q) in queries.iter().enumerate() {
+            for c in 0..way {
+                let want: f32 = (0..d).map(|j| (q[j] - protos_v[c][j]).powi(2)).sum();
+                assert!((dist_v[qi][c] - want).abs() <= 1e-4 * want.max(1.0), "distance {qi},{c}");
+            }
+        }
+    }
+}
+
+#[test]
+fn loss_and_accuracy_match_plain_log_softmax() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (q, n) = (9, 4);
+    let logits = random_matrix(&mut rng, q, n);
+    let labels: Vec<u32> = (0..q as u32).map(|i| i % n as u32).collect();
+    let loss = episode_loss(&tensor(&logits), &Tensor::new(labels.clone(), &Device::Cpu).unwrap()).unwrap();
+    let mut want = 0.0f64;
+    let mut correct = 0;
+    for (row, &y) in logits.iter().zip(&labels) {
+        let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        want += lse - row[y as usize] as f64;
+        let arg = (0..n).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        correct += (arg == y as usize) as usize;
+    }
+    want /= q as f64;
+    assert!((loss.to_scalar::<f32>().unwrap() as f64 - want).abs() < 1e-5);
+    let acc = accuracy(&tensor(&logits), &Tensor::new(labels, &Device::Cpu).unwrap()).unwrap();
+    assert!((acc - correct as f32 / q as f32).abs() < 1e-6);
+}
+
+#[test]
+fn forward_episode_handles_single_shot_and_single_query() {
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let net = ProtoNet::new(Box::new(Conv4::new(&Conv4Config::default(), vb).unwrap()));
+    for (way, shot, query) in [(2, 1, 1), (5, 1, 1), (3, 2, 1), (2, 1, 3)] {
+        let spec = EpisodeSpec::new(way, shot, query).unwrap();
+        let n = spec.num_support() + spec.num_query();
+        let images = Tensor::randn(0f32, 1.0, (n, 1, 28, 28), &Device::Cpu).unwrap();
+        let labels: Vec<u32> = (0..way as u32).flat_map(|c| std::iter::repeat_n(c, query)).collect();
+        let labels = Tensor::new(labels, &Device::Cpu).unwrap();
+        for train in [true, false] {
+            let out = net.forward_episode(&images, spec, &labels, train).unwrap();
+            assert_eq!(out.logits.dims(), &[way * query, way]);
+            assert!(out.loss_value.is_finite());
+            assert!((0.0..=1.0).contains(&out.accuracy));
+        }
+    }
+}
+
+/// The loss gradient of a small Conv-4 (BatchNorm in training mode) against central
+/// finite differences, in f64. This also guards candle's conv, BatchNorm and max-pool
+/// backward kernels.
+#[test]
+fn loss_gradient_matches_finite_differences() {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F64, &dev);
+    let cfg = Conv4Config { in_channels: 2, hidden: 3, depth: 2 };
+    let net = ProtoNet::new(Box::new(Conv4::new(&cfg, vb).unwrap()));
+    let spec = EpisodeSpec::new(3, 2, 2).unwrap();
+    let n = spec.num_support() + spec.num_query();
+    let images = Tensor::randn(0f64, 1.0, (n, 2, 9, 9), &dev).unwrap();
+    let labels = Tensor::new(&[0u32, 0, 1, 1, 2, 2], &dev).unwrap();
+    // Non-trivial BatchNorm affine parameters.
+    for (name, var) in vm.data().lock().unwrap().iter() {
+        if name.ends_with("bn.weight") || name.ends_with("bn.bias") {
+            var.set(&Tensor::randn(0f64, 0.5, var.dims(), &dev).unwrap().affine(1.0, 1.0).unwrap()).unwrap();
+        }
+    }
+    let loss_of = || -> f64 {
+        let out = net.forward_episode(&images, spec, &labels, true).unwrap();
+        out.loss.to_scalar::<f64>().unwrap()
+    };
+    let out = net.forward_episode(&images, spec, &labels, true).unwrap();
+    let grads = out.loss.backward().unwrap();
+    let vars: Vec<(String, Var)> = {
+        let data = vm.data().lock().unwrap();
+        let mut v: Vec<_> = data.iter().filter(|(k, _)| !k.contains("running")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut checked = 0;
+    for (name, var) in &vars {
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for _ in 0..4 {
+            let i = rng.random_range(0..base.len());
+            let h = 1e-5;
+            let mut plus = base.clone();
+            plus[i] += h;
+            var.set(&Tensor::from_vec(plus, var.dims(), &dev).unwrap()).unwrap();
+            let lp = loss_of();
+            let mut minus = base.clone();
+            minus[i] -= h;
+            var.set(&Tensor::from_vec(minus, var.dims(), &dev).unwrap()).unwrap();
+            let lm = loss_of();
+            var.set(&Tensor::from_vec(base.clone(), var.dims(), &dev).unwrap()).unwrap();
+            let fd = (lp - lm) / (2.0 * h);
+            let err = (fd - g[i]).abs() / (fd.abs() + g[i].abs()).max(1e-6);
+            assert!(err < 1e-4, "{name}[{i}]: analytic {} vs finite difference {fd} (rel err {err})", g[i]);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 16, "checked {checked} coordinates");
+}
+
+#[test]
+fn embedding_dimensions_follow_the_paper() {
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let rgb = Conv4::new(&Conv4Config { in_channels: 3, ..Default::default() }, vb).unwrap();
+    let x = Tensor::zeros((2, 3, 84, 84), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(rgb.embed(&x, false).unwrap().dims(), &[2, 1600]);
+    assert_eq!(rgb.embedding_dim(84), 1600);
+    // 113k parameters for the 28x28 grey Conv-4 (no conv bias, BatchNorm affine).
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let _ = Conv4::new(&Conv4Config::default(), vb).unwrap();
+    let trainable: usize = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| !k.contains("running"))
+        .map(|(_, v)| v.elem_count())
+        .sum();
+    assert_eq!(trainable, 9 * 64 + 3 * 9 * 64 * 64 + 4 * 2 * 64);
+}
