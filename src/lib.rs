@@ -38,6 +38,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod backbone;
 pub mod bench;
 pub mod checkpoint;

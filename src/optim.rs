@@ -57,11 +57,14 @@ impl Adam {
         let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
+            // Gradients can carry the graph they came from; the moments must not, or
+            // every step would keep the previous ones (and their graphs) alive.
+            let g = g.detach();
+            let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let denom = ((v.sqrt()? / bias2_sqrt)? + self.eps)?;
             let update = ((&m / &denom)? * step_size)?;
-            var.set(&var.as_tensor().sub(&update)?)?;
+            var.set(&var.as_tensor().detach().sub(&update)?)?;
             self.m[i] = m;
             self.v[i] = v;
         }

@@ -10,21 +10,6 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Keeps freed memory in the process instead of returning it to the OS after 10 ms:
-/// training allocates and frees the same large buffers every episode, and re-faulting
-/// them costs about half of a step (see the speed issue).
-fn keep_freed_memory() {
-    // `mi_option_arena_eager_commit` and `mi_option_purge_delay` in mimalloc v3's
-    // `mimalloc.h` (libmimalloc-sys 0.1.49).
-    const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: setting a mimalloc option is thread-safe and takes plain integers.
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
-    }
-}
-
 /// Few-shot image classification with prototypical networks (Snell et al. 2017).
 #[derive(Parser)]
 #[command(name = "protonet", version, about, long_about = None)]
@@ -44,7 +29,7 @@ enum Command {
 }
 
 fn main() {
-    keep_freed_memory();
+    protonet::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train::run(a),
