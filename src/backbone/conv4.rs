@@ -1,8 +1,8 @@
 use candle_core::Tensor;
-use candle_nn::{batch_norm, conv2d_no_bias, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Module, ModuleT, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{max_pool2x2, Backbone};
+use super::{conv2d, max_pool2x2, Backbone, BatchNormRelu, Ops};
 use crate::{Error, Result};
 
 /// Hyper-parameters of [`Conv4`].
@@ -59,21 +59,30 @@ impl Conv4Config {
 /// which cancels any bias exactly, so the function class is the paper's.
 #[derive(Debug, Clone)]
 struct ConvBlock {
-    conv: Conv2d,
-    bn: BatchNorm,
+    weight: Tensor,
+    bn: BatchNormRelu,
+    ops: Ops,
 }
 
 impl ConvBlock {
-    fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
-        let conv = conv2d_no_bias(cin, cout, 3, Conv2dConfig { padding: 1, ..Default::default() }, vb.pp("conv"))?;
-        let bn = batch_norm(cout, BatchNormConfig::default(), vb.pp("bn"))?;
-        Ok(Self { conv, bn })
+    fn new(cin: usize, cout: usize, vb: VarBuilder, ops: Ops) -> Result<Self> {
+        let init = Init::Kaiming { dist: candle_nn::init::NormalOrUniform::Uniform, fan: candle_nn::init::FanInOut::FanIn, non_linearity: candle_nn::init::NonLinearity::ReLU };
+        let weight = vb.pp("conv").get_with_hints((cout, cin, 3, 3), "weight", init)?;
+        let bn = BatchNormRelu::new(cout, vb.pp("bn"), ops)?;
+        Ok(Self { weight, bn, ops })
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.conv.forward(x)?;
-        let x = self.bn.forward_t(&x, train)?.relu()?;
-        max_pool2x2(&x)
+        match self.ops {
+            Ops::Fast => {
+                let x = conv2d(x, &self.weight, 1)?;
+                max_pool2x2(&self.bn.forward(&x, train)?)
+            }
+            Ops::Plain => {
+                let x = x.conv2d(&self.weight, 1, 1, 1, 1)?;
+                Ok(self.bn.forward(&x, train)?.max_pool2d(2)?)
+            }
+        }
     }
 }
 
@@ -101,13 +110,18 @@ pub struct Conv4 {
 }
 
 impl Conv4 {
-    /// Creates (or loads, depending on `vb`) a Conv-4.
+    /// Creates (or loads, depending on `vb`) a Conv-4 with the fast CPU operations.
     pub fn new(config: &Conv4Config, vb: VarBuilder) -> Result<Self> {
+        Self::with_ops(config, vb, Ops::Fast)
+    }
+
+    /// Creates a Conv-4 with the given operations (see [`Ops`]).
+    pub fn with_ops(config: &Conv4Config, vb: VarBuilder, ops: Ops) -> Result<Self> {
         config.validate()?;
         let blocks = (0..config.depth)
             .map(|i| {
                 let cin = if i == 0 { config.in_channels } else { config.hidden };
-                ConvBlock::new(cin, config.hidden, vb.pp(format!("block{i}")))
+                ConvBlock::new(cin, config.hidden, vb.pp(format!("block{i}")), ops)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { blocks, config: config.clone() })

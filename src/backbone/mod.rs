@@ -3,10 +3,14 @@
 //! A backbone maps a batch of images `(N, C, H, W)` to embeddings `(N, D)`. It knows
 //! nothing of episodes, files or training loops.
 
+mod batchnorm;
+mod conv;
 mod conv4;
 mod ops;
 
 pub use conv4::{Conv4, Conv4Config};
+pub use batchnorm::BatchNormRelu;
+pub use conv::conv2d;
 pub use ops::max_pool2x2;
 
 use candle_core::Tensor;
@@ -14,6 +18,21 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
+
+/// Which implementation of the hot operations a backbone uses.
+///
+/// `Fast` (the default) uses this crate's CPU custom ops ([`conv2d`], [`max_pool2x2`]),
+/// which also fix candle 0.11's wrong max-pool gradient; on other devices it falls back
+/// to candle's ops. `Plain` uses candle's ops everywhere, for comparison: note that its
+/// max-pool gradient is wrong (see [`max_pool2x2`]), so do not train with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ops {
+    /// This crate's custom ops on the CPU.
+    #[default]
+    Fast,
+    /// candle's own ops.
+    Plain,
+}
 
 /// An embedding network.
 ///
