@@ -209,7 +209,7 @@ pub struct TrainReport {
 /// for c in 0..4 {
 ///     set.push_class(format!("{c}"), (0..4).map(|i| vec![(c * 4 + i) as f32 / 16.0; 64]).collect())?;
 /// }
-/// let tc = TrainConfig { way: 3, shot: 1, query: 1, episodes: 4, val_way: 3, val_every: 2, val_episodes: 2, ..Default::default() };
+/// let tc = TrainConfig { way: 3, shot: 1, query: 1, episodes: 4, val_way: 3, val_query: 2, val_every: 2, val_episodes: 2, ..Default::default() };
 /// let dir = std::env::temp_dir().join(format!("protonet-train-doc-{}", std::process::id()));
 /// let report = protonet::train(&mut model, &set, Some(&set), &tc, &dir, &TrainOptions::default())?;
 /// assert_eq!(report.episodes, 4);

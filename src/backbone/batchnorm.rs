@@ -73,7 +73,7 @@ impl BatchNormRelu {
         let stats = Arc::new(Mutex::new(None));
         let op = BnReluTrain { stats: stats.clone() };
         let y = x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?;
-        let (mean, var) = stats.lock().expect("stats lock").take().expect("forward ran");
+        let (mean, var) = stats.lock().expect("stats lock").clone().expect("forward ran");
         let n = (x.elem_count() / c) as f64;
         let dev = x.device();
         let mean = Tensor::from_vec(mean, c, dev)?.to_dtype(x.dtype())?;
@@ -110,7 +110,8 @@ impl BatchNormRelu {
 }
 
 /// Training-mode forward: `(x, gamma, beta) -> relu(gamma * xhat + beta)`. Leaves the
-/// batch mean and (biased) variance in `stats` for the running-statistics update.
+/// batch mean and (biased) variance in `stats` for the running-statistics update and for
+/// the backward pass.
 struct BnReluTrain {
     stats: Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>,
 }
@@ -212,7 +213,8 @@ impl CustomOp3 for BnReluTrain {
     fn bwd(&self, x: &Tensor, gamma: &Tensor, _beta: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         // One op returns [dx | dgamma | dbeta] flattened; split it here.
-        let packed = x.apply_op3_no_bwd(&grad, &Tensor::cat(&[gamma.flatten_all()?, y.flatten_all()?], 0)?, &BnReluBackward)?;
+        let stats = self.stats.lock().expect("stats lock").clone();
+        let packed = x.apply_op3_no_bwd(&grad, &Tensor::cat(&[gamma.flatten_all()?, y.flatten_all()?], 0)?, &BnReluBackward { stats })?;
         let (len, c) = (x.elem_count(), gamma.elem_count());
         let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
         let dgamma = packed.narrow(0, len, c)?;
@@ -221,17 +223,24 @@ impl CustomOp3 for BnReluTrain {
     }
 }
 
-/// Backward of [`BnReluTrain`]: `(x, dy, [gamma | y]) -> [dx | dgamma | dbeta]`.
-struct BnReluBackward;
+/// Backward of [`BnReluTrain`]: `(x, dy, [gamma | y]) -> [dx | dgamma | dbeta]`, with
+/// the forward pass's batch statistics when it has them (else recomputed from `x`).
+struct BnReluBackward {
+    stats: Option<(Vec<f64>, Vec<f64>)>,
+}
 
-fn bwd<T: WithDType + Send + Sync>(x: &[T], dy: &[T], gamma: &[T], y: &[T], d: (usize, usize, usize)) -> Vec<T> {
+#[allow(clippy::type_complexity)]
+fn bwd<T: WithDType + Send + Sync>(x: &[T], dy: &[T], gamma: &[T], y: &[T], d: (usize, usize, usize), stats: &Option<(Vec<f64>, Vec<f64>)>) -> Vec<T> {
     let (n, c, hw) = d;
     let m = (n * hw) as f64;
     // Per channel: mean, inv_std, sum(dz), sum(dz * xhat), where dz = dy masked by ReLU.
     let per: Vec<(f64, f64, f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mean, var) = channel_stats(x, d, ch);
+            let (mean, var) = match stats {
+                Some((m, v)) if m.len() == c && v.len() == c => (m[ch], v[ch]),
+                _ => channel_stats(x, d, ch),
+            };
             let inv = 1.0 / (var + EPS).sqrt();
             let (mut sdz, mut sdzx) = (0.0, 0.0);
             for i in 0..n {
@@ -280,11 +289,11 @@ impl CustomOp3 for BnReluBackward {
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(dy), CpuStorage::F32(gy)) => {
                 let gy = contiguous(gy, l3)?;
-                CpuStorage::F32(bwd(contiguous(x, l1)?, contiguous(dy, l2)?, &gy[..d.1], &gy[d.1..], d))
+                CpuStorage::F32(bwd(contiguous(x, l1)?, contiguous(dy, l2)?, &gy[..d.1], &gy[d.1..], d, &self.stats))
             }
             (CpuStorage::F64(x), CpuStorage::F64(dy), CpuStorage::F64(gy)) => {
                 let gy = contiguous(gy, l3)?;
-                CpuStorage::F64(bwd(contiguous(x, l1)?, contiguous(dy, l2)?, &gy[..d.1], &gy[d.1..], d))
+                CpuStorage::F64(bwd(contiguous(x, l1)?, contiguous(dy, l2)?, &gy[..d.1], &gy[d.1..], d, &self.stats))
             }
             _ => candle_core::bail!("batch-norm backward: only f32 and f64 of one dtype"),
         };
