@@ -6,9 +6,13 @@
 mod batchnorm;
 mod conv;
 mod conv4;
+mod depthwise;
+mod efficientnet;
 mod ops;
 
 pub use conv4::{Conv4, Conv4Config};
+pub use depthwise::depthwise_conv2d;
+pub use efficientnet::{EfficientNetLite0, EFFICIENTNET_LITE0_DIM};
 pub use batchnorm::BatchNormRelu;
 pub use conv::conv2d;
 pub use ops::max_pool2x2;

