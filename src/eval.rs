@@ -1,6 +1,6 @@
 //! Evaluation: mean accuracy over many episodes with a 95% confidence interval.
 
-use candle_core::Device;
+use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
@@ -70,7 +70,7 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
 /// (BatchNorm in evaluation mode). Shows a progress bar when `progress` is true.
 ///
 /// ```
-/// use candle_core::Device;
+/// use candle_core::{Device, Tensor, D};
 /// use protonet::{backbone::{BackboneConfig, Conv4Config}, data::{ImageConfig, ImageSet}, EpisodeSpec, Model, ModelConfig};
 /// let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { hidden: 8, depth: 2, ..Default::default() }), ImageConfig::grey(8));
 /// let model = Model::new(cfg, 1, &Device::Cpu)?;
@@ -83,9 +83,19 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
 /// assert_eq!(r.episodes, 5);
 /// # Ok::<(), protonet::Error>(())
 /// ```
+///
+/// When the episodes would embed more images than the set holds, every image is embedded
+/// once ([`embed_set`]) and the episodes are drawn from the embeddings
+/// ([`evaluate_embedded`]): the same episodes and, BatchNorm being per-image in
+/// evaluation mode, the same result, much faster.
 pub fn evaluate(net: &ProtoNet, set: &ImageSet, spec: EpisodeSpec, episodes: usize, seed: u64, device: &Device, progress: bool) -> Result<EvalReport> {
     if episodes == 0 {
         return Err(crate::Error::param("episodes", "must be at least 1"));
+    }
+    spec.check_dataset(set)?;
+    if episodes * (spec.num_support() + spec.num_query()) > set.num_images() {
+        let embedded = embed_set(net, set, 256, device, progress)?;
+        return evaluate_embedded(&embedded, spec, episodes, seed, &FeatureNorm::None, device, progress);
     }
     let mut sampler = EpisodeSampler::new(set, spec, seed)?;
     let bar = crate::progress::bar(episodes as u64, progress, "eval");
@@ -113,4 +123,85 @@ pub fn evaluate(net: &ProtoNet, set: &ImageSet, spec: EpisodeSpec, episodes: usi
         std,
         seed,
     })
+}
+
+/// Embeds every image of `set` (evaluation mode, batches of `batch`) into a set with the
+/// same classes whose "images" are `(D, 1, 1)` embeddings.
+pub fn embed_set(net: &ProtoNet, set: &ImageSet, batch: usize, device: &Device, progress: bool) -> Result<ImageSet> {
+    let (c, h, w) = set.image_dims();
+    let items: Vec<(usize, usize)> = (0..set.num_classes()).flat_map(|k| (0..set.class_len(k)).map(move |i| (k, i))).collect();
+    let bar = crate::progress::bar(items.len() as u64, progress, "embed");
+    let mut values = Vec::new();
+    let mut dim = 0;
+    for chunk in items.chunks(batch.max(1)) {
+        let x = Tensor::from_vec(set.gather(chunk), (chunk.len(), c, h, w), device)?;
+        let e = net.embed(&x, false)?.detach();
+        dim = e.dim(1)?;
+        values.extend(e.flatten_all()?.to_vec1::<f32>()?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    set.with_images(dim, 1, 1, values)
+}
+
+/// How embeddings are normalised before prototypes are formed (SimpleShot, Wang et al. 2019).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum FeatureNorm {
+    /// Raw embeddings (the paper).
+    #[default]
+    None,
+    /// Each embedding divided by its L2 norm.
+    L2,
+    /// The episode's support mean subtracted, then L2.
+    CenterSupportL2,
+    /// A given mean (for example of the base classes' embeddings) subtracted, then L2.
+    CenterL2(Vec<f32>),
+}
+
+impl FeatureNorm {
+    /// Applies the normalisation to support `(S, D)` and query `(Q, D)` embeddings.
+    pub fn apply(&self, support: &Tensor, query: &Tensor) -> Result<(Tensor, Tensor)> {
+        let l2 = |t: &Tensor| -> Result<Tensor> {
+            let norm = (t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?;
+            Ok(t.broadcast_div(&norm)?)
+        };
+        match self {
+            FeatureNorm::None => Ok((support.clone(), query.clone())),
+            FeatureNorm::L2 => Ok((l2(support)?, l2(query)?)),
+            FeatureNorm::CenterSupportL2 => {
+                let mean = support.mean_keepdim(0)?;
+                Ok((l2(&support.broadcast_sub(&mean)?)?, l2(&query.broadcast_sub(&mean)?)?))
+            }
+            FeatureNorm::CenterL2(mean) => {
+                let mean = Tensor::from_slice(mean, (1, mean.len()), support.device())?;
+                Ok((l2(&support.broadcast_sub(&mean)?)?, l2(&query.broadcast_sub(&mean)?)?))
+            }
+        }
+    }
+}
+
+/// Evaluates nearest-prototype classification on a set of embeddings (as made by
+/// [`embed_set`]): `episodes` episodes of shape `spec` drawn with `seed`, embeddings
+/// normalised as `norm` says.
+pub fn evaluate_embedded(embedded: &ImageSet, spec: EpisodeSpec, episodes: usize, seed: u64, norm: &FeatureNorm, device: &Device, progress: bool) -> Result<EvalReport> {
+    if episodes == 0 {
+        return Err(crate::Error::param("episodes", "must be at least 1"));
+    }
+    let dim = embedded.image_len();
+    let mut sampler = EpisodeSampler::new(embedded, spec, seed)?;
+    let bar = crate::progress::bar(episodes as u64, progress, "eval");
+    let mut accs = Vec::with_capacity(episodes);
+    for _ in 0..episodes {
+        let ep = sampler.sample();
+        let support = Tensor::from_vec(embedded.gather(&ep.support), (ep.support.len(), dim), device)?;
+        let query = Tensor::from_vec(embedded.gather(&ep.query), (ep.query.len(), dim), device)?;
+        let (support, query) = norm.apply(&support, &query)?;
+        let labels = Tensor::new(ep.query_labels(), device)?;
+        let logits = crate::protonet::logits(&support, &query, spec.way, spec.shot)?;
+        accs.push(crate::protonet::accuracy(&logits, &labels)? as f64);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let (accuracy, std) = mean_std(&accs);
+    Ok(EvalReport { way: spec.way, shot: spec.shot, query: spec.query, episodes, accuracy, ci95: 1.96 * std / (episodes as f64).sqrt(), std, seed })
 }

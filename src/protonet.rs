@@ -48,6 +48,13 @@ pub fn squared_distances(query: &Tensor, protos: &Tensor) -> Result<Tensor> {
     Ok(diff.sqr()?.sum(D::Minus1)?)
 }
 
+/// Logits `(Q, N)`: negative squared distances from query embeddings `(Q, D)` to the
+/// prototypes of class-major support embeddings `(way * shot, D)`.
+pub fn logits(support: &Tensor, query: &Tensor, way: usize, shot: usize) -> Result<Tensor> {
+    let protos = prototypes(support, way, shot)?;
+    Ok(squared_distances(query, &protos)?.neg()?)
+}
+
 /// Mean cross-entropy of `logits` `(Q, N)` against `labels` `(Q,)` (`u32`), through
 /// log-softmax, as in the paper.
 pub fn episode_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
@@ -112,8 +119,7 @@ impl ProtoNet {
 
     /// Logits `(Q, N)` of query embeddings against the prototypes of support embeddings.
     pub fn logits(&self, support_emb: &Tensor, query_emb: &Tensor, way: usize, shot: usize) -> Result<Tensor> {
-        let protos = prototypes(support_emb, way, shot)?;
-        Ok(squared_distances(query_emb, &protos)?.neg()?)
+        logits(support_emb, query_emb, way, shot)
     }
 
     /// One episode: `images` holds the `way * shot` support images (class-major) followed

@@ -99,6 +99,22 @@ impl ImageSet {
         out
     }
 
+    /// Every image, mutably, in class order (for in-place transforms of stored values).
+    pub fn images_mut(&mut self) -> impl Iterator<Item = &mut [f32]> {
+        let len = self.image_len().max(1);
+        self.pixels.chunks_mut(len)
+    }
+
+    /// A set with the same classes holding `values[i]` (of `channels x height x width`
+    /// values each) as image `i`, in class order; used for embeddings.
+    pub fn with_images(&self, channels: usize, height: usize, width: usize, values: Vec<f32>) -> Result<ImageSet> {
+        let len = channels * height * width;
+        if values.len() != len * self.num_images() {
+            return Err(Error::param("values", format!("{} values for {} images of {len}", values.len(), self.num_images())));
+        }
+        Ok(ImageSet { channels, height, width, names: self.names.clone(), offsets: self.offsets.clone(), pixels: values })
+    }
+
     /// Copies the listed `(class, index)` images into one NCHW buffer.
     pub fn gather(&self, items: &[(usize, usize)]) -> Vec<f32> {
         let mut out = Vec::with_capacity(items.len() * self.image_len());

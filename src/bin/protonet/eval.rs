@@ -2,17 +2,50 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
-use protonet::{EpisodeSpec, Model, Result};
+use clap::{Args, ValueEnum};
+use protonet::backbone::EfficientNetLite0;
+use protonet::data::ImageConfig;
+use protonet::eval::{embed_set, evaluate_embedded, FeatureNorm};
+use protonet::{EpisodeSpec, Error, Model, ProtoNet, Result};
 
 use crate::common::{device, DataArgs};
+
+/// A pretrained backbone used frozen, instead of a trained model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PretrainedBackbone {
+    /// EfficientNet-Lite0 with ImageNet weights (scripts/fetch-pretrained.sh), 1280-d embeddings.
+    EfficientnetLite0,
+}
+
+/// How embeddings are normalised before prototypes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Normalize {
+    /// Raw embeddings, as in the paper.
+    None,
+    /// L2-normalised embeddings.
+    L2,
+    /// Centred on the episode's support mean, then L2-normalised (SimpleShot).
+    CenterL2,
+}
 
 /// Arguments of `protonet eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Model directory (config.json + model.safetensors), as written by `protonet train`.
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "backbone", conflicts_with = "backbone")]
+    model: Option<PathBuf>,
+    /// Evaluate a frozen pretrained backbone instead of a trained model.
+    #[arg(long, value_enum)]
+    backbone: Option<PretrainedBackbone>,
+    /// Weights of the pretrained backbone.
+    #[arg(long, default_value = EfficientNetLite0::DEFAULT_WEIGHTS)]
+    weights: PathBuf,
+    /// Image side for the pretrained backbone (RGB, ImageNet normalisation).
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
+    /// Embedding normalisation before prototypes.
+    #[arg(long, value_enum, default_value_t = Normalize::None)]
+    normalize: Normalize,
     #[command(flatten)]
     data: DataArgs,
     /// Omniglot split to evaluate on.
@@ -47,10 +80,32 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> Result<()> {
     let dev = device(&a.device)?;
     let spec = EpisodeSpec::new(a.way, a.shot, a.query)?;
-    let model = Model::load(&a.model, &dev)?;
+    if a.episodes == 0 {
+        return Err(Error::param("episodes", "must be at least 1"));
+    }
     let quiet = a.quiet || a.json;
-    let set = a.data.load(&a.split, &model.config().image, quiet)?;
-    let report = protonet::evaluate(model.net(), &set, spec, a.episodes, a.seed, &dev, !quiet)?;
+    let model;
+    let pretrained;
+    let (net, image): (&ProtoNet, ImageConfig) = match (&a.model, a.backbone) {
+        (Some(dir), _) => {
+            model = Model::load(dir, &dev)?;
+            (model.net(), model.config().image.clone())
+        }
+        (None, Some(PretrainedBackbone::EfficientnetLite0)) => {
+            pretrained = ProtoNet::new(Box::new(EfficientNetLite0::load(&a.weights, &dev)?));
+            (&pretrained, ImageConfig::rgb(a.image_size))
+        }
+        (None, None) => return Err(Error::param("model", "give --model DIR or --backbone")),
+    };
+    let set = a.data.load(&a.split, &image, quiet)?;
+    spec.check_dataset(&set)?;
+    let embedded = embed_set(net, &set, 64, &dev, !quiet)?;
+    let norm = match a.normalize {
+        Normalize::None => FeatureNorm::None,
+        Normalize::L2 => FeatureNorm::L2,
+        Normalize::CenterL2 => FeatureNorm::CenterSupportL2,
+    };
+    let report = evaluate_embedded(&embedded, spec, a.episodes, a.seed, &norm, &dev, !quiet)?;
     if a.json {
         println!("{}", serde_json::to_string(&report).expect("report serialises"));
     } else {
