@@ -144,6 +144,29 @@ pub fn embed_set(net: &ProtoNet, set: &ImageSet, batch: usize, device: &Device, 
     set.with_images(dim, 1, 1, values)
 }
 
+/// Like [`embed_set`], averaging each image's embedding over `rotations` rotations by
+/// multiples of 90 degrees (1: no averaging; 4: 0, 90, 180 and 270 degrees). For
+/// subjects whose class does not depend on their angle, such as coins.
+pub fn embed_set_rotations(net: &ProtoNet, set: &ImageSet, rotations: usize, batch: usize, device: &Device, progress: bool) -> Result<ImageSet> {
+    if !(1..=4).contains(&rotations) {
+        return Err(crate::Error::param("rotations", format!("must be 1 to 4, got {rotations}")));
+    }
+    let mut sum = embed_set(net, set, batch, device, progress)?;
+    for turns in 1..rotations {
+        let e = embed_set(net, &set.rotated(turns)?, batch, device, progress)?;
+        for (a, b) in sum.images_mut().zip((0..e.num_classes()).flat_map(|c| (0..e.class_len(c)).map(move |i| (c, i)))) {
+            for (x, y) in a.iter_mut().zip(e.image(b.0, b.1)) {
+                *x += y;
+            }
+        }
+    }
+    let k = rotations as f32;
+    for a in sum.images_mut() {
+        a.iter_mut().for_each(|x| *x /= k);
+    }
+    Ok(sum)
+}
+
 /// How embeddings are normalised before prototypes are formed (SimpleShot, Wang et al. 2019).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum FeatureNorm {

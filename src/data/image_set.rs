@@ -115,6 +115,20 @@ impl ImageSet {
         Ok(ImageSet { channels, height, width, names: self.names.clone(), offsets: self.offsets.clone(), pixels: values })
     }
 
+    /// A copy with every (square) image rotated counter-clockwise by `quarter_turns * 90`
+    /// degrees; an error for non-square images.
+    pub fn rotated(&self, quarter_turns: usize) -> Result<ImageSet> {
+        if self.height != self.width {
+            return Err(Error::param("rotations", format!("images are {}x{}, not square", self.height, self.width)));
+        }
+        let mut out = self.clone();
+        for im in out.images_mut() {
+            let r = super::rotate_square_ccw(im, self.channels, self.width, quarter_turns);
+            im.copy_from_slice(&r);
+        }
+        Ok(out)
+    }
+
     /// Copies the listed `(class, index)` images into one NCHW buffer.
     pub fn gather(&self, items: &[(usize, usize)]) -> Vec<f32> {
         let mut out = Vec::with_capacity(items.len() * self.image_len());

@@ -13,7 +13,7 @@ mod transform;
 pub use folder::{load_image_folder, FolderOptions};
 pub use image_set::ImageSet;
 pub use omniglot::{load_omniglot, OmniglotSplit};
-pub use transform::{load_image, ImageConfig};
+pub use transform::{load_image, rotate_square_ccw, ImageConfig};
 
 /// The default root of the shared data sets: `$PROTONET_DATA`, else `../shared/data`.
 ///

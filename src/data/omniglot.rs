@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use rayon::prelude::*;
 
-use super::{load_image, ImageConfig, ImageSet};
+use super::{load_image, rotate_square_ccw, ImageConfig, ImageSet};
 use crate::{Error, Result};
 
 /// A split of Omniglot as listed in `splits/vinyals/<name>.txt`.
@@ -50,22 +50,6 @@ impl FromStr for OmniglotSplit {
             other => Err(Error::param("split", format!("`{other}` is not one of train, val, test, trainval"))),
         }
     }
-}
-
-/// Rotates a square single-channel image counter-clockwise by `quarter_turns * 90` degrees.
-fn rotate_ccw(img: &[f32], n: usize, quarter_turns: usize) -> Vec<f32> {
-    let mut cur = img.to_vec();
-    for _ in 0..quarter_turns % 4 {
-        let mut next = vec![0f32; n * n];
-        for y in 0..n {
-            for x in 0..n {
-                // Counter-clockwise: the pixel at (y, x) comes from (x, n-1-y).
-                next[y * n + x] = cur[x * n + (n - 1 - y)];
-            }
-        }
-        cur = next;
-    }
-    cur
 }
 
 /// Loads one split of Omniglot from its standard layout: `root/images_background/`,
@@ -130,7 +114,7 @@ pub fn load_omniglot(root: &Path, split: OmniglotSplit) -> Result<ImageSet> {
             Ok(rotations[character]
                 .iter()
                 .map(|(turns, name)| {
-                    let imgs = drawings.iter().map(|d| rotate_ccw(d, config.size, *turns)).collect();
+                    let imgs = drawings.iter().map(|d| rotate_square_ccw(d, 1, config.size, *turns)).collect();
                     (name.clone(), imgs)
                 })
                 .collect())
@@ -145,16 +129,3 @@ pub fn load_omniglot(root: &Path, split: OmniglotSplit) -> Result<ImageSet> {
     Ok(set)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::rotate_ccw;
-
-    #[test]
-    fn rotation_is_counter_clockwise_and_cyclic() {
-        // 2x2: [a b; c d] rotated ccw is [b d; a c].
-        let img = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(rotate_ccw(&img, 2, 1), vec![2.0, 4.0, 1.0, 3.0]);
-        assert_eq!(rotate_ccw(&img, 2, 4), img.to_vec());
-        assert_eq!(rotate_ccw(&rotate_ccw(&img, 2, 1), 2, 3), img.to_vec());
-    }
-}

@@ -116,3 +116,44 @@ pub fn load_image(path: &Path, config: &ImageConfig) -> Result<Vec<f32>> {
     let img = reader.decode().map_err(|e| Error::Image { path: path.to_path_buf(), reason: e.to_string() })?;
     Ok(config.prepare(&img))
 }
+
+/// Rotates a square CHW image (`channels` planes of `n x n`) counter-clockwise by
+/// `quarter_turns * 90` degrees.
+///
+/// ```
+/// // 2x2: [a b; c d] rotated counter-clockwise is [b d; a c].
+/// let r = protonet::data::rotate_square_ccw(&[1.0, 2.0, 3.0, 4.0], 1, 2, 1);
+/// assert_eq!(r, vec![2.0, 4.0, 1.0, 3.0]);
+/// ```
+pub fn rotate_square_ccw(img: &[f32], channels: usize, n: usize, quarter_turns: usize) -> Vec<f32> {
+    let mut cur = img.to_vec();
+    for _ in 0..quarter_turns % 4 {
+        let mut next = vec![0f32; cur.len()];
+        for c in 0..channels {
+            let (src, dst) = (&cur[c * n * n..(c + 1) * n * n], &mut next[c * n * n..(c + 1) * n * n]);
+            for y in 0..n {
+                for x in 0..n {
+                    // Counter-clockwise: the pixel at (y, x) comes from (x, n-1-y).
+                    dst[y * n + x] = src[x * n + (n - 1 - y)];
+                }
+            }
+        }
+        cur = next;
+    }
+    cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rotate_square_ccw;
+
+    #[test]
+    fn rotation_is_cyclic_and_per_channel() {
+        let img: Vec<f32> = (0..18).map(|v| v as f32).collect(); // 2 channels of 3x3
+        assert_eq!(rotate_square_ccw(&img, 2, 3, 4), img);
+        assert_eq!(rotate_square_ccw(&rotate_square_ccw(&img, 2, 3, 1), 2, 3, 3), img);
+        let r = rotate_square_ccw(&img, 2, 3, 1);
+        // Second channel rotated on its own: its top-left comes from its top-right.
+        assert_eq!(r[9], img[9 + 2]);
+    }
+}

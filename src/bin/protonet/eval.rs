@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use protonet::backbone::EfficientNetLite0;
 use protonet::data::ImageConfig;
-use protonet::eval::{embed_set, evaluate_embedded, FeatureNorm};
+use protonet::eval::{embed_set_rotations, evaluate_embedded, FeatureNorm};
 use protonet::{EpisodeSpec, Error, Model, ProtoNet, Result};
 
 use crate::common::{device, DataArgs};
@@ -46,6 +46,9 @@ pub struct EvalArgs {
     /// Embedding normalisation before prototypes.
     #[arg(long, value_enum, default_value_t = Normalize::None)]
     normalize: Normalize,
+    /// Average each image's embedding over this many rotations by 90 degrees (1 to 4).
+    #[arg(long, default_value_t = 1)]
+    rotations: usize,
     #[command(flatten)]
     data: DataArgs,
     /// Omniglot split to evaluate on.
@@ -99,7 +102,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     let set = a.data.load(&a.split, &image, quiet)?;
     spec.check_dataset(&set)?;
-    let embedded = embed_set(net, &set, 64, &dev, !quiet)?;
+    let embedded = embed_set_rotations(net, &set, a.rotations, 64, &dev, !quiet)?;
     let norm = match a.normalize {
         Normalize::None => FeatureNorm::None,
         Normalize::L2 => FeatureNorm::L2,
