@@ -5,6 +5,7 @@
 //! touching the disk. Loaders: [`load_image_folder`] (one sub-folder per class) and
 //! [`load_omniglot`] (Omniglot with the Vinyals split).
 
+pub mod coins;
 mod folder;
 mod image_set;
 mod omniglot;
