@@ -27,6 +27,31 @@ pub struct EvalReport {
     pub std: f64,
     /// The sampler's seed.
     pub seed: u64,
+    /// `confusion[true][predicted]`: query counts over all episodes, by dataset class.
+    #[serde(skip)]
+    pub confusion: Vec<Vec<u64>>,
+}
+
+impl EvalReport {
+    /// The confusion matrix as a text table: one row per true class, the share of its
+    /// queries predicted as each class (in %), and its recall.
+    pub fn confusion_table(&self, names: &[String]) -> String {
+        let short: Vec<String> = names.iter().map(|n| n.chars().take(10).collect()).collect();
+        let mut out = format!("{:>12} |", "true \\ pred");
+        for n in &short {
+            out += &format!(" {n:>10}");
+        }
+        out += " |   recall\n";
+        for (i, row) in self.confusion.iter().enumerate() {
+            let total: u64 = row.iter().sum();
+            out += &format!("{:>12} |", short.get(i).map(String::as_str).unwrap_or("?"));
+            for &c in row {
+                out += &format!(" {:>10.1}", 100.0 * c as f64 / total.max(1) as f64);
+            }
+            out += &format!(" | {:>7.1}%\n", 100.0 * row.get(i).copied().unwrap_or(0) as f64 / total.max(1) as f64);
+        }
+        out
+    }
 }
 
 impl std::fmt::Display for EvalReport {
@@ -100,11 +125,13 @@ pub fn evaluate(net: &ProtoNet, set: &ImageSet, spec: EpisodeSpec, episodes: usi
     let mut sampler = EpisodeSampler::new(set, spec, seed)?;
     let bar = crate::progress::bar(episodes as u64, progress, "eval");
     let mut accs = Vec::with_capacity(episodes);
+    let mut confusion = vec![vec![0u64; set.num_classes()]; set.num_classes()];
     for _ in 0..episodes {
         let ep = sampler.sample();
         let (images, labels) = ep.tensors(set, device)?;
         let out = net.forward_episode(&images.detach(), spec, &labels, false)?;
         accs.push(out.accuracy as f64);
+        count_predictions(&mut confusion, &ep, &out.logits)?;
         bar.inc(1);
         if accs.len() % 10 == 0 {
             let (m, ci) = mean_ci95(&accs);
@@ -122,7 +149,17 @@ pub fn evaluate(net: &ProtoNet, set: &ImageSet, spec: EpisodeSpec, episodes: usi
         ci95: 1.96 * std / (episodes as f64).sqrt(),
         std,
         seed,
+        confusion,
     })
+}
+
+/// Adds an episode's predictions (argmax of `logits`) to `confusion`, by dataset class.
+fn count_predictions(confusion: &mut [Vec<u64>], ep: &crate::Episode, logits: &Tensor) -> Result<()> {
+    let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    for (q, p) in ep.query.iter().zip(pred) {
+        confusion[q.0][ep.classes[p as usize]] += 1;
+    }
+    Ok(())
 }
 
 /// Embeds every image of `set` (evaluation mode, batches of `batch`) into a set with the
@@ -214,6 +251,7 @@ pub fn evaluate_embedded(embedded: &ImageSet, spec: EpisodeSpec, episodes: usize
     let mut sampler = EpisodeSampler::new(embedded, spec, seed)?;
     let bar = crate::progress::bar(episodes as u64, progress, "eval");
     let mut accs = Vec::with_capacity(episodes);
+    let mut confusion = vec![vec![0u64; embedded.num_classes()]; embedded.num_classes()];
     for _ in 0..episodes {
         let ep = sampler.sample();
         let support = Tensor::from_vec(embedded.gather(&ep.support), (ep.support.len(), dim), device)?;
@@ -222,9 +260,10 @@ pub fn evaluate_embedded(embedded: &ImageSet, spec: EpisodeSpec, episodes: usize
         let labels = Tensor::new(ep.query_labels(), device)?;
         let logits = crate::protonet::logits(&support, &query, spec.way, spec.shot)?;
         accs.push(crate::protonet::accuracy(&logits, &labels)? as f64);
+        count_predictions(&mut confusion, &ep, &logits)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
     let (accuracy, std) = mean_std(&accs);
-    Ok(EvalReport { way: spec.way, shot: spec.shot, query: spec.query, episodes, accuracy, ci95: 1.96 * std / (episodes as f64).sqrt(), std, seed })
+    Ok(EvalReport { way: spec.way, shot: spec.shot, query: spec.query, episodes, accuracy, ci95: 1.96 * std / (episodes as f64).sqrt(), std, seed, confusion })
 }

@@ -62,6 +62,9 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Seed of the episode sampler (weights are initialised from the model's own seed).
     pub seed: u64,
+    /// Rotate every training image by a random multiple of 90 degrees (for subjects
+    /// whose class does not depend on their angle, such as coins). Square images only.
+    pub rotation_augment: bool,
 }
 
 impl Default for TrainConfig {
@@ -81,6 +84,7 @@ impl Default for TrainConfig {
             patience: Some(10),
             checkpoint_every: 100,
             seed: 1,
+            rotation_augment: false,
         }
     }
 }
@@ -260,7 +264,11 @@ pub fn train(model: &mut Model, train_set: &ImageSet, val_set: Option<&ImageSet>
         let lr = config.learning_rate_at(state.episode);
         adam.lr = lr;
         let ep = state.sampler.sample();
-        let (images, labels) = ep.tensors(train_set, &device)?;
+        let (images, labels) = if config.rotation_augment {
+            rotated_episode(&ep, train_set, config.seed, state.episode, &device)?
+        } else {
+            ep.tensors(train_set, &device)?
+        };
         let out = model.net().forward_episode(&images, spec, &labels, true)?;
         if !out.loss_value.is_finite() {
             bar.abandon();
@@ -365,6 +373,25 @@ pub fn train(model: &mut Model, train_set: &ImageSet, val_set: Option<&ImageSet>
         seconds: state.seconds,
         history: state.history,
     })
+}
+
+/// The episode's tensors with every image rotated by a random multiple of 90 degrees,
+/// drawn from a generator seeded by (seed, episode) so that resumed runs match.
+fn rotated_episode(ep: &crate::Episode, set: &ImageSet, seed: u64, episode: usize, device: &candle_core::Device) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+    use rand::{Rng, SeedableRng};
+    let (c, h, w) = set.image_dims();
+    if h != w {
+        return Err(Error::param("rotation_augment", format!("images are {h}x{w}, not square")));
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0005_07a7_e000u64 ^ (episode as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let items: Vec<(usize, usize)> = ep.support.iter().chain(&ep.query).copied().collect();
+    let mut data = Vec::with_capacity(items.len() * c * h * w);
+    for &(k, i) in &items {
+        data.extend(crate::data::rotate_square_ccw(set.image(k, i), c, w, rng.random_range(0..4)));
+    }
+    let images = candle_core::Tensor::from_vec(data, (items.len(), c, h, w), device)?;
+    let labels = candle_core::Tensor::new(ep.query_labels(), device)?;
+    Ok((images, labels))
 }
 
 fn training_record(state: &RunState) -> serde_json::Value {

@@ -68,6 +68,9 @@ pub struct TrainArgs {
     /// Seed for weight initialisation and episode sampling.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Rotate training images by random multiples of 90 degrees (for angle-free subjects such as coins).
+    #[arg(long)]
+    rotate: bool,
     /// Resume from OUT/checkpoint.safetensors if it exists.
     #[arg(long)]
     resume: bool,
@@ -114,6 +117,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         patience: (a.patience > 0).then_some(a.patience),
         checkpoint_every: a.checkpoint_every,
         seed: a.seed,
+        rotation_augment: a.rotate,
     };
     config.validate()?;
     let mut model = Model::new(ModelConfig::new(backbone, image.clone()), a.seed, &dev)?;
