@@ -122,16 +122,24 @@ pub fn evaluate(net: &ProtoNet, set: &ImageSet, spec: EpisodeSpec, episodes: usi
         let embedded = embed_set(net, set, 256, device, progress)?;
         return evaluate_embedded(&embedded, spec, episodes, seed, &FeatureNorm::None, device, progress);
     }
+    run_episodes(set, spec, episodes, seed, progress, |ep| {
+        let (images, labels) = ep.tensors(set, device)?;
+        Ok((net.forward_episode(&images.detach(), spec, &labels, false)?.logits, labels))
+    })
+}
+
+/// Draws `episodes` episodes from `set`, gets each one's logits from `logits_of`, and
+/// gathers accuracy, confidence interval and confusion into a report.
+fn run_episodes(set: &ImageSet, spec: EpisodeSpec, episodes: usize, seed: u64, progress: bool, mut logits_of: impl FnMut(&crate::Episode) -> Result<(Tensor, Tensor)>) -> Result<EvalReport> {
     let mut sampler = EpisodeSampler::new(set, spec, seed)?;
     let bar = crate::progress::bar(episodes as u64, progress, "eval");
     let mut accs = Vec::with_capacity(episodes);
     let mut confusion = vec![vec![0u64; set.num_classes()]; set.num_classes()];
     for _ in 0..episodes {
         let ep = sampler.sample();
-        let (images, labels) = ep.tensors(set, device)?;
-        let out = net.forward_episode(&images.detach(), spec, &labels, false)?;
-        accs.push(out.accuracy as f64);
-        count_predictions(&mut confusion, &ep, &out.logits)?;
+        let (logits, labels) = logits_of(&ep)?;
+        accs.push(crate::protonet::accuracy(&logits, &labels)? as f64);
+        count_predictions(&mut confusion, &ep, &logits)?;
         bar.inc(1);
         if accs.len() % 10 == 0 {
             let (m, ci) = mean_ci95(&accs);
@@ -248,22 +256,11 @@ pub fn evaluate_embedded(embedded: &ImageSet, spec: EpisodeSpec, episodes: usize
         return Err(crate::Error::param("episodes", "must be at least 1"));
     }
     let dim = embedded.image_len();
-    let mut sampler = EpisodeSampler::new(embedded, spec, seed)?;
-    let bar = crate::progress::bar(episodes as u64, progress, "eval");
-    let mut accs = Vec::with_capacity(episodes);
-    let mut confusion = vec![vec![0u64; embedded.num_classes()]; embedded.num_classes()];
-    for _ in 0..episodes {
-        let ep = sampler.sample();
+    run_episodes(embedded, spec, episodes, seed, progress, |ep| {
         let support = Tensor::from_vec(embedded.gather(&ep.support), (ep.support.len(), dim), device)?;
         let query = Tensor::from_vec(embedded.gather(&ep.query), (ep.query.len(), dim), device)?;
         let (support, query) = norm.apply(&support, &query)?;
         let labels = Tensor::new(ep.query_labels(), device)?;
-        let logits = crate::protonet::logits(&support, &query, spec.way, spec.shot)?;
-        accs.push(crate::protonet::accuracy(&logits, &labels)? as f64);
-        count_predictions(&mut confusion, &ep, &logits)?;
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let (accuracy, std) = mean_std(&accs);
-    Ok(EvalReport { way: spec.way, shot: spec.shot, query: spec.query, episodes, accuracy, ci95: 1.96 * std / (episodes as f64).sqrt(), std, seed, confusion })
+        Ok((crate::protonet::logits(&support, &query, spec.way, spec.shot)?, labels))
+    })
 }
