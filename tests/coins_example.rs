@@ -1,0 +1,39 @@
+//! The coin example's argument handling: clear errors, never a panic.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `target/<profile>/examples/coins`, built by `cargo test` along with the tests.
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    profile_dir.join("examples").join(format!("coins{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(example()).args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", example().display()));
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_folders_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let (ok, err) = run(&["--backbone", "conv4", "--data", missing.to_str().unwrap()]);
+    assert!(!ok && err.contains("missing") && err.contains("not a folder"), "{err}");
+
+    let one = dir.path().join("one");
+    common::write_glyph_folder(&one, 1, 10, 16, 1);
+    let (ok, err) = run(&["--backbone", "conv4", "--data", one.to_str().unwrap()]);
+    assert!(!ok && err.contains("at least 2 denominations"), "{err}");
+
+    let few = dir.path().join("few");
+    common::write_glyph_folder(&few, 4, 5, 16, 2);
+    let (ok, err) = run(&["--backbone", "conv4", "--data", few.to_str().unwrap()]);
+    assert!(!ok && err.contains("glyph000") && err.contains("has 5 photos"), "{err}");
+    for e in [&err] {
+        assert!(!e.contains("panicked"), "{e}");
+    }
+}
