@@ -38,3 +38,18 @@ fn a_missing_character_is_a_clear_error() {
     let err = load_omniglot(&dir.path().join("absent"), OmniglotSplit::Val).unwrap_err().to_string();
     assert!(err.contains("val.txt"), "{err}");
 }
+
+/// The Conv-4 shipped in data/omniglot-conv4 (trained with `protonet train`, see the
+/// README) recognises test characters it never saw.
+#[test]
+fn shipped_model_recognises_unseen_characters() {
+    let Some(root) = common::require_omniglot("shipped_model_recognises_unseen_characters") else { return };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/omniglot-conv4");
+    let model = protonet::Model::load(&dir, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(model.config().image, protonet::data::ImageConfig::omniglot());
+    let test = load_omniglot(&root, OmniglotSplit::Test).unwrap();
+    let spec = protonet::EpisodeSpec::new(5, 1, 15).unwrap();
+    let report = protonet::evaluate(model.net(), &test, spec, 200, 3, &candle_core::Device::Cpu, false).unwrap();
+    println!("shipped model, 5-way 1-shot on Omniglot test: {report}");
+    assert!(report.accuracy > 0.95, "{report}");
+}
