@@ -165,3 +165,24 @@ fn embedding_dimensions_follow_the_paper() {
         .sum();
     assert_eq!(trainable, 9 * 64 + 3 * 9 * 64 * 64 + 4 * 2 * 64);
 }
+
+/// The fast CPU Conv-4 and the plain candle one compute the same embeddings from the
+/// same weights, in training and in evaluation mode, on odd sizes and batch 1.
+#[test]
+fn fast_and_plain_conv4_agree() {
+    use protonet::backbone::Ops;
+    for (n, c, size) in [(1, 1, 28), (3, 3, 21), (5, 1, 16)] {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let cfg = Conv4Config { in_channels: c, hidden: 8, depth: 4 };
+        let fast = Conv4::with_ops(&cfg, vb.clone(), Ops::Fast).unwrap();
+        let plain = Conv4::with_ops(&cfg, vb, Ops::Plain).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (n, c, size, size), &Device::Cpu).unwrap();
+        for train in [false, true] {
+            let a = fast.embed(&x, train).unwrap();
+            let b = plain.embed(&x, train).unwrap();
+            let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-4, "{n}x{c}x{size} train={train}: {d}");
+        }
+    }
+}
