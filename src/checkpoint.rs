@@ -167,7 +167,7 @@ impl Model {
         &self.config
     }
 
-    /// Mutable access to the configuration's free-form parts (training record, description).
+    /// Records how the model was trained (stored in `config.json` on the next save).
     pub fn set_training_record(&mut self, record: serde_json::Value) {
         self.config.training = Some(record);
     }

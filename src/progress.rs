@@ -11,12 +11,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// ```
 pub fn bar(len: u64, show: bool, prefix: &str) -> ProgressBar {
     if !show {
-        return ProgressBar::hidden().with_position(0).with_style(ProgressStyle::default_bar()).with_prefix(prefix.to_string());
+        return ProgressBar::hidden();
     }
     let style = ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
         .expect("valid template")
         .progress_chars("=> ");
-    let bar = ProgressBar::new(len).with_style(style).with_prefix(prefix.to_string());
-    bar.set_length(len);
-    bar
+    ProgressBar::new(len).with_style(style).with_prefix(prefix.to_string())
 }

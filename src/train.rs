@@ -321,9 +321,8 @@ pub fn train(model: &mut Model, train_set: &ImageSet, val_set: Option<&ImageSet>
             state.acc_sum = 0.0;
             state.since_last = 0;
             let improved = match (val_accuracy, state.best_val) {
-                (None, _) => true,
-                (Some(v), None) => v >= 0.0,
                 (Some(v), Some(b)) => v > b,
+                _ => true,
             };
             if improved {
                 state.best_val = val_accuracy;
