@@ -19,12 +19,12 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::{Parser, ValueEnum};
 use protonet::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0};
-use protonet::data::{coins, load_image, load_image_folder, FolderOptions, ImageConfig, ImageSet};
+use protonet::data::{coins, list_image_folder, list_images, load_image_folder, FolderOptions, ImageConfig, ImageSet};
 use protonet::eval::{embed_set_rotations, evaluate_embedded, FeatureNorm};
-use protonet::{EpisodeSpec, Error, Model, ModelConfig, ProtoNet, Result, TrainConfig, TrainOptions};
+use protonet::{EpisodeSpec, Error, FewShotClassifier, Model, ModelConfig, ProtoNet, Result, TrainConfig, TrainOptions};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
@@ -87,6 +87,9 @@ struct Args {
     /// Image side for Conv-4 (RGB). Small enough for a CPU, large enough for numerals.
     #[arg(long, default_value_t = 48)]
     image_size: usize,
+    /// Also draw the confusion matrix as a PNG here.
+    #[arg(long)]
+    confusion_png: Option<PathBuf>,
     /// Seed for rendering, splitting, initialisation and sampling.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -102,6 +105,9 @@ fn main() {
 
 fn run(a: Args) -> Result<()> {
     let dev = Device::Cpu;
+    if let (Some(support), Some(query), Some(model)) = (&a.support, &a.query, &a.model) {
+        return predict(model, support, query, &dev);
+    }
     let pretrained_present = a.weights.is_file();
     let backbone = match a.backbone {
         BackboneChoice::Auto if pretrained_present => {
@@ -114,9 +120,6 @@ fn run(a: Args) -> Result<()> {
         }
         b => b,
     };
-    if let (Some(support), Some(query), Some(model)) = (&a.support, &a.query, &a.model) {
-        return predict(model, support, query, &dev);
-    }
 
     // 1. The data: the user's photos, or rendered coins.
     let image = match backbone {
@@ -191,6 +194,10 @@ fn run(a: Args) -> Result<()> {
     let report = evaluate_embedded(&embedded, spec, a.episodes, a.seed, &norm, &dev, true)?;
     println!("\n{way}-way {}-shot accuracy on unseen denominations: {:.1}% ± {:.1}% ({} episodes, {} queries per class)\n", a.shot, 100.0 * report.accuracy, 100.0 * report.ci95, a.episodes, a.query_per_class);
     println!("Confusion (% of each true class's queries):\n{}", report.confusion_table(test_set.class_names()));
+    if let Some(path) = &a.confusion_png {
+        protonet::plot::confusion_matrix(&report.confusion, test_set.class_names(), path)?;
+        println!("Wrote the confusion matrix to {}", path.display());
+    }
     Ok(())
 }
 
@@ -226,66 +233,23 @@ fn split_denominations(set: ImageSet, seed: u64) -> Result<(ImageSet, ImageSet)>
     Ok((set.subset(&order[..half]), set.subset(&order[half..])))
 }
 
-/// Classifies each query photo from the support photos with a saved model.
+/// Classifies each query photo from the support photos with a saved model, embeddings
+/// averaged over 4 rotations.
 fn predict(model_dir: &Path, support: &Path, query: &Path, dev: &Device) -> Result<()> {
-    let model = Model::load(model_dir, dev)?;
-    let image = &model.config().image;
-    let support_set = load_image_folder(support, image, &FolderOptions { skip_bad_images: true })?;
-    if support_set.num_classes() < 2 {
+    let mut clf = FewShotClassifier::from_model_dir(model_dir, dev)?;
+    clf.set_rotations(4)?;
+    let classes = list_image_folder(support)?;
+    if classes.len() < 2 {
         return Err(Error::Dataset { path: support.to_path_buf(), reason: "needs at least 2 denominations (sub-folders)".into() });
     }
-    let embedded = embed_set_rotations(model.net(), &support_set, 4, 64, dev, false)?;
-    let dim = embedded.image_len();
-    // One prototype per denomination: the mean of its support embeddings.
-    let mut protos = Vec::new();
-    for c in 0..embedded.num_classes() {
-        let n = embedded.class_len(c);
-        let mut p = vec![0f32; dim];
-        for i in 0..n {
-            for (a, b) in p.iter_mut().zip(embedded.image(c, i)) {
-                *a += b / n as f32;
-            }
-        }
-        protos.extend(p);
+    for (name, files) in classes {
+        clf.add_class_files(&name, &files)?;
     }
-    let protos = Tensor::from_vec(protos, (embedded.num_classes(), dim), dev)?;
-    let files = list_files(query)?;
-    for f in files {
-        let pixels = match load_image(&f, image) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("skipping {}: {e}", f.display());
-                continue;
-            }
-        };
-        let mut one = ImageSet::new(image.channels, image.size, image.size);
-        one.push_class("query", vec![pixels])?;
-        let e = embed_set_rotations(model.net(), &one, 4, 1, dev, false)?;
-        let q = Tensor::from_vec(e.image(0, 0).to_vec(), (1, dim), dev)?;
-        let d = protonet::squared_distances(&q, &protos)?;
-        let probs = candle_nn::ops::softmax_last_dim(&d.neg()?)?.flatten_all()?.to_vec1::<f32>()?;
-        let (best, conf) = probs.iter().enumerate().fold((0, 0f32), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
-        println!("{}\t{}\t{:.3}", f.display(), support_set.class_name(best), conf);
+    for f in list_images(&[query.to_path_buf()])? {
+        match clf.predict_files(std::slice::from_ref(&f)) {
+            Ok(p) => println!("{}\t{}\t{:.3}", f.display(), p[0].class.as_deref().unwrap_or("unknown"), p[0].confidence),
+            Err(e) => eprintln!("skipping {}: {e}", f.display()),
+        }
     }
     Ok(())
-}
-
-fn list_files(path: &Path) -> Result<Vec<PathBuf>> {
-    if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let p = entry.map_err(|e| Error::io(&dir, e))?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }

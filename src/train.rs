@@ -143,6 +143,10 @@ pub struct TrainOptions {
     pub stop_after: Option<usize>,
 }
 
+/// File name of the training curves (loss and accuracy against episodes) in the output
+/// directory, redrawn at every validation.
+pub const CURVES_FILE: &str = "curves.png";
+
 /// One row of the training history, written at every validation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryPoint {
@@ -320,6 +324,10 @@ pub fn train(model: &mut Model, train_set: &ImageSet, val_set: Option<&ImageSet>
             state.loss_sum = 0.0;
             state.acc_sum = 0.0;
             state.since_last = 0;
+            // The curves are a convenience: a failure to draw them does not stop training.
+            if let Err(e) = crate::plot::training_curves(&state.history, &out_dir.join(CURVES_FILE)) {
+                eprintln!("warning: {e}");
+            }
             let improved = match (val_accuracy, state.best_val) {
                 (Some(v), Some(b)) => v > b,
                 _ => true,

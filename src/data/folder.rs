@@ -32,7 +32,14 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Lists the image files of an image folder: one `(class name, files)` per sub-folder,
 /// sorted by name. Files other than PNG and JPEG are ignored.
-pub(crate) fn list_image_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
+///
+/// ```no_run
+/// for (class, files) in protonet::data::list_image_folder("coins/".as_ref())? {
+///     println!("{class}: {} images", files.len());
+/// }
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn list_image_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
     if !root.is_dir() {
         return Err(Error::Dataset { path: root.to_path_buf(), reason: "is not a folder".into() });
     }
@@ -58,6 +65,40 @@ pub(crate) fn list_image_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>
         });
     }
     Ok(classes)
+}
+
+/// Expands `paths` into image files: a file is kept as given (whatever its extension),
+/// a folder is searched recursively for PNG and JPEG files (sorted by path).
+///
+/// ```no_run
+/// let files = protonet::data::list_images(&["queries/".into(), "one.png".into()])?;
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn list_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+        if depth > 32 {
+            return Err(Error::Dataset { path: dir.to_path_buf(), reason: "folders nested more than 32 deep (a symbolic-link loop?)".into() });
+        }
+        for p in sorted_entries(dir)? {
+            if p.is_dir() {
+                walk(&p, depth + 1, out)?;
+            } else if p.is_file() && is_image(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, 0, &mut out)?;
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            return Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
+        }
+    }
+    Ok(out)
 }
 
 /// Loads an image folder: one sub-folder per class, PNG and JPEG files inside, decoded

@@ -11,7 +11,7 @@ mod image_set;
 mod omniglot;
 mod transform;
 
-pub use folder::{load_image_folder, FolderOptions};
+pub use folder::{list_image_folder, list_images, load_image_folder, FolderOptions};
 pub use image_set::ImageSet;
 pub use omniglot::{load_omniglot, OmniglotSplit};
 pub use transform::{load_image, rotate_square_ccw, ImageConfig};

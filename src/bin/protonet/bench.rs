@@ -64,9 +64,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.json {
         let mut v = serde_json::to_value(&r).expect("serialises");
         v["workload"] = serde_json::Value::String(what);
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!(
+        outln!(
             "{what}: median {:.1} ms (min {:.1}, max {:.1}) over {} iters; {:.2} per second, {:.0} images/s",
             r.median_ms, r.min_ms, r.max_ms, r.iters, r.per_second, r.images_per_second
         );

@@ -74,3 +74,17 @@ pub fn device(name: &str) -> Result<Device> {
         other => Err(Error::param("device", format!("`{other}` is not one of cpu, cuda, metal"))),
     }
 }
+
+/// Prints one line on stdout; a closed pipe (`protonet predict ... | head`) ends the
+/// program quietly instead of panicking.
+pub fn emit(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}

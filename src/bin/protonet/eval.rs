@@ -72,6 +72,9 @@ pub struct EvalArgs {
     /// Print one JSON object (way, shot, query, episodes, accuracy as a fraction, ci95, std, seed).
     #[arg(long)]
     json: bool,
+    /// Also draw the confusion matrix (true vs predicted class, over all episodes) as a PNG.
+    #[arg(long)]
+    confusion_png: Option<PathBuf>,
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -109,10 +112,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
         Normalize::CenterL2 => FeatureNorm::CenterSupportL2,
     };
     let report = evaluate_embedded(&embedded, spec, a.episodes, a.seed, &norm, &dev, !quiet)?;
+    if let Some(path) = &a.confusion_png {
+        protonet::plot::confusion_matrix(&report.confusion, set.class_names(), path)?;
+        if !quiet {
+            eprintln!("wrote {}", path.display());
+        }
+    }
     if a.json {
-        println!("{}", serde_json::to_string(&report).expect("report serialises"));
+        outln!("{}", serde_json::to_string(&report).expect("report serialises"));
     } else {
-        println!("{report}");
+        outln!("{report}");
     }
     Ok(())
 }

@@ -1,8 +1,16 @@
 //! `protonet`: train, evaluate and benchmark prototypical networks from the command line.
 
+/// `println!` that ends the program quietly when stdout is a closed pipe.
+macro_rules! outln {
+    ($($t:tt)*) => { crate::common::emit(format!($($t)*)) };
+}
+
 mod bench;
 mod common;
+mod embed;
 mod eval;
+mod plot;
+mod predict;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +34,14 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Time N-way K-shot episodes (inference, or a training step with --train) on random images.
     Bench(bench::BenchArgs),
+    /// Classify query images from a few support images per class (or a saved classifier).
+    Predict(predict::PredictArgs),
+    /// Write the embeddings and labels of an image folder as .npy files.
+    Embed(embed::EmbedArgs),
+    /// Draw a 2-D projection (PCA) of query embeddings and prototypes of a folder as a PNG.
+    PlotEmbeddings(plot::PlotEmbeddingsArgs),
+    /// Draw a model's training curves (from its config.json) as a PNG.
+    PlotCurves(plot::PlotCurvesArgs),
 }
 
 fn main() {
@@ -35,6 +51,10 @@ fn main() {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Predict(a) => predict::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::PlotEmbeddings(a) => plot::run_embeddings(a),
+        Command::PlotCurves(a) => plot::run_curves(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -133,7 +133,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     let options = TrainOptions { progress: !a.quiet, resume: a.resume, stop_after: None };
     let report = protonet::train(&mut model, &train_set, val_set.as_ref(), &config, &a.out, &options)?;
-    println!(
+    outln!(
         "trained {} episodes in {:.0}s{}; model saved to {}{}",
         report.episodes,
         report.seconds,

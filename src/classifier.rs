@@ -1,0 +1,548 @@
+//! A few-shot classifier for deployment: a trained backbone plus a store of class
+//! prototypes that grows without retraining.
+//!
+//! [`FewShotClassifier`] embeds the support images of each class once and keeps their
+//! embeddings; a class's prototype is their mean. New images of a class update its
+//! prototype (a running mean), classes can be removed and renamed, and the whole store
+//! is saved to a directory from which a deployed program predicts without the support
+//! images. An optional distance threshold answers "unknown" for queries far from every
+//! prototype (open-set rejection).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{read_safetensors, write_atomic, write_safetensors};
+use crate::data::{load_image, rotate_square_ccw};
+use crate::{Error, Model, Result};
+
+/// File of a classifier directory holding class names, counts and the threshold.
+pub const CLASSIFIER_FILE: &str = "classifier.json";
+/// File of a classifier directory holding the support embeddings.
+pub const EMBEDDINGS_FILE: &str = "prototypes.safetensors";
+const FORMAT: &str = "protonet-classifier";
+const VERSION: u32 = 1;
+/// Images embedded per forward pass.
+const BATCH: usize = 64;
+
+/// One class's score for a query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassScore {
+    /// The class name.
+    pub class: String,
+    /// Squared Euclidean distance from the query's embedding to the class prototype.
+    pub distance: f32,
+    /// Softmax of the negative distances over all classes.
+    pub probability: f32,
+}
+
+/// The answer for one query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The predicted class, or `None` ("unknown") when rejection is on and the query is
+    /// farther than the threshold from every prototype.
+    pub class: Option<String>,
+    /// The probability of the nearest class (softmax over negative squared distances).
+    pub confidence: f32,
+    /// The squared distance to the nearest prototype.
+    pub distance: f32,
+    /// Every class, nearest first.
+    pub ranked: Vec<ClassScore>,
+}
+
+#[derive(Debug, Clone)]
+struct ClassEntry {
+    name: String,
+    /// Support embeddings, one `Vec` of `D` values per image, in the order added.
+    embeddings: Vec<Vec<f32>>,
+    /// The mean of `embeddings`, summed in f64 in the order added.
+    prototype: Vec<f32>,
+}
+
+impl ClassEntry {
+    fn update_prototype(&mut self) {
+        let d = self.embeddings.first().map_or(0, Vec::len);
+        let mut sum = vec![0f64; d];
+        for e in &self.embeddings {
+            for (s, x) in sum.iter_mut().zip(e) {
+                *s += *x as f64;
+            }
+        }
+        let n = self.embeddings.len() as f64;
+        self.prototype = sum.iter().map(|s| (s / n) as f32).collect();
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ClassifierFile {
+    format: String,
+    version: u32,
+    /// Class names and their number of support images, in the order of the embeddings.
+    classes: Vec<ClassRecord>,
+    threshold: Option<f32>,
+    /// Rotations embeddings are averaged over (1: none).
+    #[serde(default = "one")]
+    rotations: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ClassRecord {
+    name: String,
+    images: usize,
+}
+
+/// Class prototypes built from embeddings: the part of [`FewShotClassifier`] that knows
+/// nothing of networks. Each class keeps its support embeddings (in the order added) and
+/// their mean, its prototype.
+///
+/// ```
+/// use protonet::classifier::PrototypeStore;
+/// let mut store = PrototypeStore::new(2);
+/// store.add("a", vec![vec![0.0, 0.0], vec![0.0, 2.0]])?;
+/// store.add("b", vec![vec![5.0, 5.0]])?;
+/// assert_eq!(store.prototype("a"), Some(&[0.0, 1.0][..]));
+/// let p = store.predict(&[vec![0.5, 1.0]])?;
+/// assert_eq!(p[0].class.as_deref(), Some("a"));
+/// assert!((p[0].distance - 0.25).abs() < 1e-6);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct PrototypeStore {
+    dim: usize,
+    classes: Vec<ClassEntry>,
+    threshold: Option<f32>,
+}
+
+impl PrototypeStore {
+    /// An empty store for embeddings of `dim` values.
+    pub fn new(dim: usize) -> Self {
+        Self { dim, classes: Vec::new(), threshold: None }
+    }
+
+    /// The embedding size.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Adds embeddings to class `name`, creating it if new; the class's prototype becomes
+    /// the mean of all its embeddings (summed in f64 in the order added, so adding them
+    /// one at a time or all at once gives the same prototype).
+    pub fn add(&mut self, name: &str, embeddings: Vec<Vec<f32>>) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::param("class", "a class name must not be empty"));
+        }
+        if embeddings.is_empty() {
+            return Err(Error::param("images", format!("no images given for class `{name}`")));
+        }
+        let d = self.dim;
+        if let Some(bad) = embeddings.iter().find(|e| e.len() != d) {
+            return Err(Error::param("embeddings", format!("an embedding has {} values, the store's have {d}", bad.len())));
+        }
+        if embeddings.iter().flatten().any(|x| !x.is_finite()) {
+            return Err(Error::param("images", format!("class `{name}`: an image embeds to non-finite values")));
+        }
+        match self.classes.iter_mut().find(|c| c.name == name) {
+            Some(c) => {
+                c.embeddings.extend(embeddings);
+                c.update_prototype();
+            }
+            None => {
+                let mut c = ClassEntry { name: name.to_string(), embeddings, prototype: Vec::new() };
+                c.update_prototype();
+                self.classes.push(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes class `name`.
+    pub fn remove(&mut self, name: &str) -> Result<()> {
+        let i = self.index_of(name)?;
+        self.classes.remove(i);
+        Ok(())
+    }
+
+    /// Renames class `from` to `to` (which must not exist yet).
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        if to.is_empty() {
+            return Err(Error::param("class", "a class name must not be empty"));
+        }
+        if self.classes.iter().any(|c| c.name == to) {
+            return Err(Error::param("class", format!("cannot rename `{from}` to `{to}`: `{to}` exists")));
+        }
+        let i = self.index_of(from)?;
+        self.classes[i].name = to.to_string();
+        Ok(())
+    }
+
+    fn index_of(&self, name: &str) -> Result<usize> {
+        self.classes
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| Error::param("class", format!("no class `{name}` (classes: {})", self.class_names().join(", "))))
+    }
+
+    /// The class names, in the order they were added.
+    pub fn class_names(&self) -> Vec<String> {
+        self.classes.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The prototype of class `name` (the mean of its support embeddings).
+    pub fn prototype(&self, name: &str) -> Option<&[f32]> {
+        self.classes.iter().find(|c| c.name == name).map(|c| c.prototype.as_slice())
+    }
+
+    /// The support embeddings of class `name`, in the order added.
+    pub fn embeddings(&self, name: &str) -> Option<&[Vec<f32>]> {
+        self.classes.iter().find(|c| c.name == name).map(|c| c.embeddings.as_slice())
+    }
+
+    /// The rejection threshold on the squared distance to the nearest prototype, if set.
+    pub fn threshold(&self) -> Option<f32> {
+        self.threshold
+    }
+
+    /// Sets (or with `None` turns off) the rejection threshold: a query whose squared
+    /// distance to the nearest prototype exceeds it is answered "unknown".
+    pub fn set_threshold(&mut self, threshold: Option<f32>) -> Result<()> {
+        if let Some(t) = threshold {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(Error::param("threshold", format!("must be a positive number, got {t}")));
+            }
+        }
+        self.threshold = threshold;
+        Ok(())
+    }
+
+    /// Leave-one-out distances of the support set: for every support image of a class
+    /// with at least 2 images, the squared distance from its embedding to the mean of
+    /// the class's other `n - 1` embeddings, scaled by `(n+1)(n-1)/n²` so that it
+    /// estimates the distance of a new image of the class to the full `n`-image
+    /// prototype (for independent spread around the class mean, the expected squared
+    /// distance to a mean of `m` images is proportional to `1 + 1/m`).
+    pub fn leave_one_out_distances(&self) -> Vec<f32> {
+        let mut out = Vec::new();
+        for c in &self.classes {
+            let n = c.embeddings.len();
+            if n < 2 {
+                continue;
+            }
+            let nf = n as f64;
+            let scale = (nf + 1.0) * (nf - 1.0) / (nf * nf);
+            for e in &c.embeddings {
+                let d: f64 = e
+                    .iter()
+                    .zip(&c.prototype)
+                    .map(|(&x, &p)| {
+                        let others = (nf * p as f64 - x as f64) / (nf - 1.0);
+                        (x as f64 - others).powi(2)
+                    })
+                    .sum();
+                out.push((d * scale) as f32);
+            }
+        }
+        out
+    }
+
+    /// Calibrates the rejection threshold from the support set and turns rejection on:
+    /// the threshold is the `quantile` (for example 0.95) of the leave-one-out distances
+    /// ([`PrototypeStore::leave_one_out_distances`]), meant to accept about that share of
+    /// new images of known classes. Needs a class with at least 2 images.
+    pub fn calibrate_threshold(&mut self, quantile: f32) -> Result<f32> {
+        if !(quantile > 0.0 && quantile <= 1.0) {
+            return Err(Error::param("quantile", format!("must be in (0, 1], got {quantile}")));
+        }
+        let mut d = self.leave_one_out_distances();
+        if d.is_empty() {
+            return Err(Error::param("support", "calibrating a threshold needs a class with at least 2 images"));
+        }
+        d.sort_by(f32::total_cmp);
+        let pos = quantile as f64 * (d.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        let t = (d[lo] + (d[hi] - d[lo]) * (pos - lo as f64) as f32).max(f32::MIN_POSITIVE);
+        self.threshold = Some(t);
+        Ok(t)
+    }
+
+    /// Classifies embeddings: squared Euclidean distance to every prototype, softmax over
+    /// the negative distances, nearest first; "unknown" past the threshold, if one is set.
+    pub fn predict(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Prediction>> {
+        if self.classes.is_empty() {
+            return Err(Error::param("classes", "add at least one class before predicting"));
+        }
+        if let Some(bad) = embeddings.iter().find(|e| e.len() != self.dim) {
+            return Err(Error::param("embeddings", format!("an embedding has {} values, the store's have {}", bad.len(), self.dim)));
+        }
+        Ok(embeddings
+            .iter()
+            .map(|q| {
+                let dist: Vec<f32> = self.classes.iter().map(|c| q.iter().zip(&c.prototype).map(|(a, b)| (a - b) * (a - b)).sum()).collect();
+                let min = dist.iter().copied().fold(f32::INFINITY, f32::min) as f64;
+                let w: Vec<f64> = dist.iter().map(|&d| (min - d as f64).exp()).collect();
+                let total: f64 = w.iter().sum();
+                let mut ranked: Vec<ClassScore> = self
+                    .classes
+                    .iter()
+                    .zip(dist.iter().zip(&w))
+                    .map(|(c, (&distance, &w))| ClassScore { class: c.name.clone(), distance, probability: (w / total) as f32 })
+                    .collect();
+                ranked.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+                let best = &ranked[0];
+                let rejected = self.threshold.is_some_and(|t| !(best.distance <= t));
+                Prediction {
+                    class: if rejected { None } else { Some(best.class.clone()) },
+                    confidence: best.probability,
+                    distance: best.distance,
+                    ranked,
+                }
+            })
+            .collect())
+    }
+}
+
+/// A trained backbone with a persistent store of class prototypes ([`PrototypeStore`]).
+///
+/// ```
+/// use candle_core::Device;
+/// use protonet::{backbone::{BackboneConfig, Conv4Config}, data::ImageConfig, FewShotClassifier, Model, ModelConfig};
+/// let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { hidden: 8, depth: 2, ..Default::default() }), ImageConfig::grey(8));
+/// let mut clf = FewShotClassifier::new(Model::new(cfg, 7, &Device::Cpu)?);
+/// let dark: Vec<Vec<f32>> = (0..3).map(|i| vec![0.1 * i as f32; 64]).collect();
+/// let light: Vec<Vec<f32>> = (0..3).map(|i| vec![0.9 - 0.1 * i as f32; 64]).collect();
+/// clf.add_class("dark", &dark)?;
+/// clf.add_class("light", &light)?;
+/// let p = clf.predict(&vec![0.95; 64])?;
+/// assert_eq!(p.class.as_deref(), Some("light"));
+/// assert_eq!(p.ranked.len(), 2);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub struct FewShotClassifier {
+    model: Model,
+    store: PrototypeStore,
+    rotations: usize,
+}
+
+impl FewShotClassifier {
+    /// A classifier with no classes yet around a trained `model`.
+    pub fn new(model: Model) -> Self {
+        let dim = model.config().embedding_dim();
+        Self { model, store: PrototypeStore::new(dim), rotations: 1 }
+    }
+
+    /// A classifier around the model saved in `dir` (as by `protonet train`), no classes.
+    pub fn from_model_dir(dir: &Path, device: &Device) -> Result<Self> {
+        Ok(Self::new(Model::load(dir, device)?))
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The classes and their prototypes.
+    pub fn store(&self) -> &PrototypeStore {
+        &self.store
+    }
+
+    /// The classes and their prototypes, to change (remove, rename, set the threshold).
+    pub fn store_mut(&mut self) -> &mut PrototypeStore {
+        &mut self.store
+    }
+
+    /// Test-time rotation averaging: every image (support and query) is embedded at this
+    /// many rotations by 90 degrees (1 to 4) and the embeddings averaged. For subjects
+    /// whose class does not depend on their angle, such as coins. Default 1 (off).
+    pub fn set_rotations(&mut self, rotations: usize) -> Result<()> {
+        if !(1..=4).contains(&rotations) {
+            return Err(Error::param("rotations", format!("must be 1 to 4, got {rotations}")));
+        }
+        self.rotations = rotations;
+        Ok(())
+    }
+
+    /// The number of rotations embeddings are averaged over (see [`FewShotClassifier::set_rotations`]).
+    pub fn rotations(&self) -> usize {
+        self.rotations
+    }
+
+    /// Embeds prepared images (each `C*H*W` values as the model's
+    /// [`crate::data::ImageConfig`] prepares them) in evaluation mode, averaged over the
+    /// rotations set by [`FewShotClassifier::set_rotations`].
+    pub fn embed(&self, images: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        let mut sum = self.embed_once(images)?;
+        let cfg = &self.model.config().image;
+        for turns in 1..self.rotations {
+            let rotated: Vec<Vec<f32>> = images.iter().map(|im| rotate_square_ccw(im, cfg.channels, cfg.size, turns)).collect();
+            for (s, e) in sum.iter_mut().zip(self.embed_once(&rotated)?) {
+                s.iter_mut().zip(e).for_each(|(a, b)| *a += b);
+            }
+        }
+        if self.rotations > 1 {
+            let k = self.rotations as f32;
+            sum.iter_mut().flatten().for_each(|a| *a /= k);
+        }
+        Ok(sum)
+    }
+
+    fn embed_once(&self, images: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        let cfg = &self.model.config().image;
+        let len = cfg.channels * cfg.size * cfg.size;
+        if let Some((i, im)) = images.iter().enumerate().find(|(_, im)| im.len() != len) {
+            return Err(Error::param(
+                "image",
+                format!("image {i} has {} values, the model takes {}x{}x{} = {len}", im.len(), cfg.channels, cfg.size, cfg.size),
+            ));
+        }
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(BATCH) {
+            let flat: Vec<f32> = chunk.iter().flatten().copied().collect();
+            let x = Tensor::from_vec(flat, (chunk.len(), cfg.channels, cfg.size, cfg.size), self.model.device())?;
+            out.extend(self.model.net().embed(&x, false)?.detach().to_vec2::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    /// Decodes and prepares image files as the model expects them.
+    pub fn load_images(&self, files: &[PathBuf]) -> Result<Vec<Vec<f32>>> {
+        files.iter().map(|f| load_image(f, &self.model.config().image)).collect()
+    }
+
+    /// Adds prepared `images` to class `name`, creating it if it is new; an existing
+    /// class's prototype becomes the mean over all its images, old and new.
+    pub fn add_class(&mut self, name: &str, images: &[Vec<f32>]) -> Result<()> {
+        if images.is_empty() {
+            return Err(Error::param("images", format!("no images given for class `{name}`")));
+        }
+        let embeddings = self.embed(images)?;
+        self.store.add(name, embeddings)
+    }
+
+    /// Adds image files to class `name` (see [`FewShotClassifier::add_class`]).
+    pub fn add_class_files(&mut self, name: &str, files: &[PathBuf]) -> Result<()> {
+        let images = self.load_images(files)?;
+        self.add_class(name, &images)
+    }
+
+    /// Removes class `name`.
+    pub fn remove_class(&mut self, name: &str) -> Result<()> {
+        self.store.remove(name)
+    }
+
+    /// Renames class `from` to `to`.
+    pub fn rename_class(&mut self, from: &str, to: &str) -> Result<()> {
+        self.store.rename(from, to)
+    }
+
+    /// The class names, in the order they were added.
+    pub fn class_names(&self) -> Vec<String> {
+        self.store.class_names()
+    }
+
+    /// The prototype of class `name`.
+    pub fn prototype(&self, name: &str) -> Option<&[f32]> {
+        self.store.prototype(name)
+    }
+
+    /// The rejection threshold, if set (see [`PrototypeStore::set_threshold`]).
+    pub fn threshold(&self) -> Option<f32> {
+        self.store.threshold()
+    }
+
+    /// Sets or clears the rejection threshold (see [`PrototypeStore::set_threshold`]).
+    pub fn set_threshold(&mut self, threshold: Option<f32>) -> Result<()> {
+        self.store.set_threshold(threshold)
+    }
+
+    /// Calibrates the rejection threshold (see [`PrototypeStore::calibrate_threshold`]).
+    pub fn calibrate_threshold(&mut self, quantile: f32) -> Result<f32> {
+        self.store.calibrate_threshold(quantile)
+    }
+
+    /// Classifies one prepared image.
+    pub fn predict(&self, image: &[f32]) -> Result<Prediction> {
+        Ok(self.predict_batch(&[image.to_vec()])?.remove(0))
+    }
+
+    /// Classifies prepared images, one [`Prediction`] each.
+    pub fn predict_batch(&self, images: &[Vec<f32>]) -> Result<Vec<Prediction>> {
+        if self.store.class_names().is_empty() {
+            return Err(Error::param("classes", "add at least one class before predicting"));
+        }
+        self.store.predict(&self.embed(images)?)
+    }
+
+    /// Classifies image files, one [`Prediction`] each.
+    pub fn predict_files(&self, files: &[PathBuf]) -> Result<Vec<Prediction>> {
+        let images = self.load_images(files)?;
+        self.predict_batch(&images)
+    }
+
+    /// Saves the classifier to `dir`: the model (`config.json`, `model.safetensors`), the
+    /// support embeddings (`prototypes.safetensors`) and `classifier.json` (class names,
+    /// image counts, threshold, rotations), each written to a temporary file and renamed.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        self.model.save(dir)?;
+        let d = self.model.config().embedding_dim();
+        let flat: Vec<f32> = self.store.classes.iter().flat_map(|c| c.embeddings.iter().flatten().copied()).collect();
+        let n = flat.len() / d.max(1);
+        let mut tensors = std::collections::BTreeMap::new();
+        tensors.insert("embeddings".to_string(), Tensor::from_vec(flat, (n, d), &Device::Cpu)?);
+        write_safetensors(&dir.join(EMBEDDINGS_FILE), &tensors, None)?;
+        let file = ClassifierFile {
+            format: FORMAT.into(),
+            version: VERSION,
+            classes: self.store.classes.iter().map(|c| ClassRecord { name: c.name.clone(), images: c.embeddings.len() }).collect(),
+            threshold: self.store.threshold,
+            rotations: self.rotations,
+        };
+        write_atomic(&dir.join(CLASSIFIER_FILE), &serde_json::to_vec_pretty(&file).expect("serialises"))
+    }
+
+    /// Loads a classifier saved by [`FewShotClassifier::save`]. A model directory without
+    /// a class store loads as a classifier with no classes.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let model = Model::load(dir, device)?;
+        let path = dir.join(CLASSIFIER_FILE);
+        if !path.exists() {
+            return Ok(Self::new(model));
+        }
+        let bad = |path: &Path, reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let file: ClassifierFile = serde_json::from_str(&text).map_err(|e| bad(&path, format!("invalid classifier file: {e}")))?;
+        if file.format != FORMAT || file.version != VERSION {
+            return Err(bad(&path, format!("expected format `{FORMAT}` version {VERSION}, found `{}` version {}", file.format, file.version)));
+        }
+        let emb_path = dir.join(EMBEDDINGS_FILE);
+        let (tensors, _): (HashMap<String, Tensor>, _) = read_safetensors(&emb_path, &Device::Cpu)?;
+        let emb = tensors.get("embeddings").ok_or_else(|| bad(&emb_path, "tensor `embeddings` is missing".into()))?;
+        let d = model.config().embedding_dim();
+        let total: usize = file.classes.iter().map(|c| c.images).sum();
+        if emb.dims() != [total, d] || emb.dtype() != DType::F32 {
+            return Err(bad(
+                &emb_path,
+                format!("embeddings are {:?} {:?}, but {CLASSIFIER_FILE} and the model need [{total}, {d}] F32", emb.dims(), emb.dtype()),
+            ));
+        }
+        let rows = emb.to_vec2::<f32>()?;
+        let mut clf = Self::new(model);
+        let mut rows = rows.into_iter();
+        for c in &file.classes {
+            if c.images == 0 {
+                return Err(bad(&path, format!("class `{}` has no images", c.name)));
+            }
+            if clf.store.classes.iter().any(|e| e.name == c.name) {
+                return Err(bad(&path, format!("class `{}` appears twice", c.name)));
+            }
+            clf.store.add(&c.name, rows.by_ref().take(c.images).collect()).map_err(|e| bad(&emb_path, e.to_string()))?;
+        }
+        clf.set_threshold(file.threshold).map_err(|e| bad(&path, e.to_string()))?;
+        clf.set_rotations(file.rotations).map_err(|e| bad(&path, e.to_string()))?;
+        Ok(clf)
+    }
+}

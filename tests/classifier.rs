@@ -1,0 +1,161 @@
+//! The few-shot classifier: stored prototypes, incremental classes, persistence and
+//! open-set rejection (the last on Omniglot with the shipped model).
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use protonet::backbone::{BackboneConfig, Conv4Config};
+use protonet::data::{load_omniglot, ImageConfig, ImageSet, OmniglotSplit};
+use protonet::eval::{embed_set, evaluate_open_set};
+use protonet::{prototypes, squared_distances, FewShotClassifier, Model, ModelConfig};
+
+fn small_model(seed: u64) -> Model {
+    let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 16, depth: 4 }), ImageConfig::grey(28));
+    Model::new(cfg, seed, &Device::Cpu).unwrap()
+}
+
+fn images(set: &ImageSet, class: usize, range: std::ops::Range<usize>) -> Vec<Vec<f32>> {
+    range.map(|i| set.image(class, i).to_vec()).collect()
+}
+
+#[test]
+fn stored_prototypes_predict_as_prototypes_recomputed_from_the_support_images() {
+    let set = common::glyph_set(5, 8, 28, 11);
+    let (shot, way) = (3, 5);
+    let mut clf = FewShotClassifier::new(small_model(3));
+    for c in 0..way {
+        clf.add_class(set.class_name(c), &images(&set, c, 0..shot)).unwrap();
+    }
+    let queries: Vec<Vec<f32>> = (0..way).flat_map(|c| images(&set, c, shot..8)).collect();
+    let predictions = clf.predict_batch(&queries).unwrap();
+
+    // The reference: one batch of support images through the network, prototypes and
+    // distances from the library's episode functions.
+    let net = clf.model().net();
+    let support: Vec<f32> = (0..way).flat_map(|c| images(&set, c, 0..shot)).flatten().collect();
+    let s = net.embed(&Tensor::from_vec(support, (way * shot, 1, 28, 28), &Device::Cpu).unwrap(), false).unwrap();
+    let q = net.embed(&Tensor::from_vec(queries.concat(), (queries.len(), 1, 28, 28), &Device::Cpu).unwrap(), false).unwrap();
+    let d = squared_distances(&q, &prototypes(&s, way, shot).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+    for (p, row) in predictions.iter().zip(&d) {
+        let best = (0..way).min_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        assert_eq!(p.class.as_deref(), Some(set.class_name(best)));
+        for score in &p.ranked {
+            let c = (0..way).find(|&c| set.class_name(c) == score.class).unwrap();
+            assert!((score.distance - row[c]).abs() <= 1e-4 * row[c].max(1.0), "{} vs {}", score.distance, row[c]);
+        }
+        let total: f32 = p.ranked.iter().map(|s| s.probability).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        assert!(p.ranked.windows(2).all(|w| w[0].distance <= w[1].distance));
+        assert_eq!(p.confidence, p.ranked[0].probability);
+    }
+}
+
+#[test]
+fn adding_images_one_by_one_gives_the_prototype_of_adding_them_at_once() {
+    let set = common::glyph_set(2, 6, 28, 5);
+    let mut at_once = FewShotClassifier::new(small_model(9));
+    let mut one_by_one = FewShotClassifier::new(small_model(9));
+    at_once.add_class("a", &images(&set, 0, 0..6)).unwrap();
+    for i in 0..6 {
+        one_by_one.add_class("a", &images(&set, 0, i..i + 1)).unwrap();
+    }
+    let (p, q) = (at_once.prototype("a").unwrap(), one_by_one.prototype("a").unwrap());
+    // Embeddings of a batch and of single images may differ in the last bits (blocked
+    // matrix products); the running mean itself is exact (summed in f64, in order).
+    for (x, y) in p.iter().zip(q) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
+    }
+    // The running mean of the first 3 and then 3 more equals the mean over all 6.
+    let mut halves = FewShotClassifier::new(small_model(9));
+    halves.add_class("a", &images(&set, 0, 0..3)).unwrap();
+    let first = halves.prototype("a").unwrap().to_vec();
+    halves.add_class("a", &images(&set, 0, 3..6)).unwrap();
+    assert_ne!(first, halves.prototype("a").unwrap());
+    assert_eq!(halves.store().embeddings("a").unwrap().len(), 6);
+    for (x, y) in p.iter().zip(halves.prototype("a").unwrap()) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0));
+    }
+}
+
+#[test]
+fn save_then_load_gives_identical_predictions() {
+    let set = common::glyph_set(4, 7, 28, 21);
+    let mut clf = FewShotClassifier::new(small_model(4));
+    for c in 0..4 {
+        clf.add_class(set.class_name(c), &images(&set, c, 0..4)).unwrap();
+    }
+    clf.calibrate_threshold(0.9).unwrap();
+    let queries: Vec<Vec<f32>> = (0..4).flat_map(|c| images(&set, c, 4..7)).collect();
+    let before = clf.predict_batch(&queries).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    clf.save(dir.path()).unwrap();
+    let loaded = FewShotClassifier::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(loaded.class_names(), clf.class_names());
+    assert_eq!(loaded.threshold(), clf.threshold());
+    assert_eq!(loaded.predict_batch(&queries).unwrap(), before);
+
+    // A damaged store is an error naming its file, not a panic.
+    let emb = dir.path().join(protonet::classifier::EMBEDDINGS_FILE);
+    let bytes = std::fs::read(&emb).unwrap();
+    std::fs::write(&emb, &bytes[..bytes.len() / 2]).unwrap();
+    let err = FewShotClassifier::load(dir.path(), &Device::Cpu).err().expect("truncated store must fail").to_string();
+    assert!(err.contains("prototypes.safetensors"), "{err}");
+}
+
+#[test]
+fn classes_can_be_removed_and_renamed() {
+    let set = common::glyph_set(3, 4, 28, 8);
+    let mut clf = FewShotClassifier::new(small_model(1));
+    assert!(clf.predict(set.image(0, 0)).unwrap_err().to_string().contains("add at least one class"));
+    for c in 0..3 {
+        clf.add_class(&format!("c{c}"), &images(&set, c, 0..2)).unwrap();
+    }
+    clf.rename_class("c1", "one").unwrap();
+    assert_eq!(clf.class_names(), ["c0", "one", "c2"]);
+    assert!(clf.rename_class("c0", "c2").unwrap_err().to_string().contains("exists"));
+    clf.remove_class("c2").unwrap();
+    assert_eq!(clf.class_names(), ["c0", "one"]);
+    assert!(clf.remove_class("c2").unwrap_err().to_string().contains("no class `c2`"));
+    let p = clf.predict(set.image(2, 3)).unwrap();
+    assert!(p.ranked.iter().all(|s| s.class != "c2"));
+    // A wrong image size is an error, not a panic.
+    assert!(clf.predict(&[0.0; 10]).unwrap_err().to_string().contains("values"));
+}
+
+#[test]
+fn a_class_never_added_is_answered_unknown_with_a_threshold() {
+    let set = common::glyph_set(4, 8, 28, 33);
+    let mut clf = FewShotClassifier::new(small_model(2));
+    for c in 0..3 {
+        clf.add_class(set.class_name(c), &images(&set, c, 0..5)).unwrap();
+    }
+    let query = set.image(3, 0).to_vec();
+    let p = clf.predict(&query).unwrap();
+    assert!(p.class.is_some(), "without a threshold every query gets a class");
+    clf.set_threshold(Some(p.distance * 0.5)).unwrap();
+    assert_eq!(clf.predict(&query).unwrap().class, None);
+    assert!(clf.set_threshold(Some(f32::NAN)).is_err() && clf.set_threshold(Some(-1.0)).is_err());
+}
+
+/// Open-set rejection with the shipped Omniglot model at the calibrated threshold
+/// (quantile 0.95): characters that were added are mostly accepted, characters that
+/// were not are mostly rejected. The README quotes `cargo run --release --example open_set`.
+#[test]
+fn calibrated_rejection_on_omniglot_separates_seen_and_unseen_characters() {
+    let Some(root) = common::require_omniglot("calibrated_rejection_on_omniglot_separates_seen_and_unseen_characters") else { return };
+    let model = Model::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/omniglot-conv4"), &Device::Cpu).unwrap();
+    let test = load_omniglot(&root, OmniglotSplit::Test).unwrap();
+    // Every 4th class: one rotation of 423 characters, embedded once.
+    let subset = test.subset(&(0..test.num_classes()).step_by(4).collect::<Vec<_>>());
+    let embedded = embed_set(model.net(), &subset, 256, &Device::Cpu, false).unwrap();
+    let r = evaluate_open_set(&embedded, 20, 5, 20, 60, 0.95, 7).unwrap();
+    eprintln!("{r}");
+    assert!(r.known_accepted > 0.85, "{r}");
+    assert!(r.known_correct > 0.85, "{r}");
+    assert!(r.unknown_rejected > 0.8, "{r}");
+    // A tighter quantile rejects more of both.
+    let tight = evaluate_open_set(&embedded, 20, 5, 20, 60, 0.5, 7).unwrap();
+    assert!(tight.known_accepted < r.known_accepted && tight.unknown_rejected > r.unknown_rejected, "{tight}");
+}
