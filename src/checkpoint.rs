@@ -246,6 +246,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Removes the temporary files that [`write_atomic`] leaves behind when a process is
+/// killed in the middle of a write (`.NAME.PID.tmp` in `dir`); the files they were to
+/// replace are intact. Returns how many were removed.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mine = format!(".{}.tmp", std::process::id());
+    entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with('.') && n.ends_with(".tmp") && !n.ends_with(&mine) && e.path().is_file()
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 /// Writes named tensors (and optional string metadata) as safetensors, atomically.
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: Option<HashMap<String, String>>) -> Result<()> {
     let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), metadata)

@@ -82,6 +82,14 @@ pub enum Error {
         /// The loss value.
         value: f32,
     },
+    /// A gradient became NaN or infinite although the loss was finite.
+    #[error("the gradient of `{parameter}` became NaN or infinite at episode {episode}; nothing was saved from this episode. Lower the learning rate (--lr) or resume from the last checkpoint with another seed")]
+    NonFiniteGradient {
+        /// The episode (1-based).
+        episode: usize,
+        /// The parameter whose gradient was not finite.
+        parameter: String,
+    },
     /// An error from candle (tensor shapes, devices, kernels).
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),

@@ -233,6 +233,8 @@ pub fn train(model: &mut Model, train_set: &ImageSet, val_set: Option<&ImageSet>
         val_spec.check_dataset(v).map_err(|e| Error::param("validation set", e.to_string()))?;
     }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    // Left by a run killed while writing; the files they were to replace are intact.
+    crate::checkpoint::remove_stale_temporaries(out_dir);
     let device = model.device().clone();
     let mut adam = Adam::new(model.trainable_vars(), config.learning_rate);
     let ckpt_path = out_dir.join(CHECKPOINT_FILE);
@@ -279,6 +281,15 @@ pub fn train(model: &mut Model, train_set: &ImageSet, val_set: Option<&ImageSet>
             return Err(Error::NonFiniteLoss { episode: state.episode + 1, value: out.loss_value });
         }
         let grads = out.loss.backward()?;
+        // A finite loss can still have non-finite gradients; never let them into the weights.
+        for (name, var) in model.trainable_vars() {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                if !g.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?.is_finite() {
+                    bar.abandon();
+                    return Err(Error::NonFiniteGradient { episode: state.episode + 1, parameter: name });
+                }
+            }
+        }
         adam.step(&grads)?;
         state.episode += 1;
         state.adam_steps = adam.steps();

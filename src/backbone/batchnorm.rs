@@ -177,7 +177,8 @@ fn fwd<T: WithDType + Send + Sync>(x: &[T], gamma: &[T], beta: &[T], d: (usize, 
         let src = &x[(i * c + ch) * hw..][..hw];
         for (o, &v) in plane.iter_mut().zip(src) {
             let z = v * s + b;
-            *o = if z > T::zero() { z } else { T::zero() };
+            // NaN passes through (as in PyTorch), so a blown-up network shows in the loss.
+            *o = if z > T::zero() || z != z { z } else { T::zero() };
         }
     });
     let mean = stats.iter().map(|s| s.0).collect();

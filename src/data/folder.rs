@@ -8,8 +8,20 @@ use crate::{Error, Result};
 /// Options for [`load_image_folder`].
 #[derive(Debug, Clone, Default)]
 pub struct FolderOptions {
-    /// Skip files that fail to decode (with a warning on stderr) instead of failing.
+    /// Skip PNG/JPEG files that cannot be used (unreadable, corrupt, truncated, not an
+    /// image, too large or too small) instead of failing on the first one. Skipped files
+    /// are reported by [`load_image_folder_report`]; [`load_image_folder`] prints each one
+    /// and their count on stderr. Off by default: a bad file is an error naming it.
     pub skip_bad_images: bool,
+}
+
+/// A file that [`load_image_folder_report`] skipped, and why.
+#[derive(Debug)]
+pub struct SkippedImage {
+    /// The file.
+    pub path: PathBuf,
+    /// The error that made it unusable.
+    pub error: Error,
 }
 
 /// File extensions read as images (case-insensitive).
@@ -111,16 +123,38 @@ pub fn list_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// # Ok::<(), protonet::Error>(())
 /// ```
 pub fn load_image_folder(root: &Path, config: &ImageConfig, options: &FolderOptions) -> Result<ImageSet> {
+    let (set, skipped) = load_image_folder_report(root, config, options)?;
+    for s in &skipped {
+        eprintln!("warning: skipping {}", s.error);
+    }
+    if !skipped.is_empty() {
+        eprintln!("warning: skipped {} of {} image files in {}", skipped.len(), skipped.len() + set.num_images(), root.display());
+    }
+    Ok(set)
+}
+
+/// Like [`load_image_folder`], returning the skipped files (with
+/// [`FolderOptions::skip_bad_images`]) instead of printing them.
+///
+/// ```no_run
+/// use protonet::data::{load_image_folder_report, FolderOptions, ImageConfig};
+/// let opts = FolderOptions { skip_bad_images: true };
+/// let (set, skipped) = load_image_folder_report("photos/".as_ref(), &ImageConfig::rgb(84), &opts)?;
+/// println!("{} images, {} skipped", set.num_images(), skipped.len());
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn load_image_folder_report(root: &Path, config: &ImageConfig, options: &FolderOptions) -> Result<(ImageSet, Vec<SkippedImage>)> {
     config.validate()?;
     let classes = list_image_folder(root)?;
     let mut set = ImageSet::new(config.channels, config.size, config.size);
+    let mut skipped = Vec::new();
     for (name, files) in classes {
         let decoded: Vec<Result<Vec<f32>>> = files.par_iter().map(|f| load_image(f, config)).collect();
         let mut images = Vec::with_capacity(decoded.len());
         for (file, r) in files.iter().zip(decoded) {
             match r {
                 Ok(im) => images.push(im),
-                Err(e) if options.skip_bad_images => eprintln!("warning: skipping {}: {e}", file.display()),
+                Err(error) if options.skip_bad_images => skipped.push(SkippedImage { path: file.clone(), error }),
                 Err(e) => return Err(e),
             }
         }
@@ -129,5 +163,5 @@ pub fn load_image_folder(root: &Path, config: &ImageConfig, options: &FolderOpti
         }
         set.push_class(name, images)?;
     }
-    Ok(set)
+    Ok((set, skipped))
 }

@@ -11,10 +11,10 @@ mod image_set;
 mod omniglot;
 mod transform;
 
-pub use folder::{list_image_folder, list_images, load_image_folder, FolderOptions};
+pub use folder::{list_image_folder, list_images, load_image_folder, load_image_folder_report, FolderOptions, SkippedImage};
 pub use image_set::ImageSet;
 pub use omniglot::{load_omniglot, OmniglotSplit};
-pub use transform::{load_image, rotate_square_ccw, ImageConfig};
+pub use transform::{load_image, rotate_square_ccw, ImageConfig, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};
 
 /// The default root of the shared data sets: `$PROTONET_DATA`, else `../shared/data`.
 ///

@@ -100,7 +100,20 @@ impl ImageConfig {
     }
 }
 
-/// Decodes the image at `path` (PNG or JPEG) and prepares it as `config` says.
+/// The largest image side [`load_image`] decodes, in pixels; larger images are refused
+/// from their header, before any pixel is decoded, so memory stays bounded (16384 x 16384
+/// RGBA is 1 GiB).
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+/// The smallest image side [`load_image`] accepts, in pixels: smaller images carry too
+/// little to classify (and are often placeholders or broken thumbnails).
+pub const MIN_IMAGE_SIDE: u32 = 8;
+
+/// Decodes the image at `path` (PNG or JPEG, recognised by its content, whatever its
+/// extension) and prepares it as `config` says.
+///
+/// Errors name the file: unreadable, not an image, truncated or corrupt data, sides
+/// larger than [`MAX_IMAGE_SIDE`] (refused from the header, before decoding) or smaller
+/// than [`MIN_IMAGE_SIDE`].
 ///
 /// ```no_run
 /// use protonet::data::{load_image, ImageConfig};
@@ -109,11 +122,39 @@ impl ImageConfig {
 /// # Ok::<(), protonet::Error>(())
 /// ```
 pub fn load_image(path: &Path, config: &ImageConfig) -> Result<Vec<f32>> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    let img = reader.decode().map_err(|e| Error::Image { path: path.to_path_buf(), reason: e.to_string() })?;
+    let bad = |reason: String| Error::Image { path: path.to_path_buf(), reason };
+    let open = || -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
+        image::ImageReader::open(path).map_err(|e| Error::io(path, e))?.with_guessed_format().map_err(|e| Error::io(path, e))
+    };
+    // Recognise the format by the content, not the extension.
+    let mut head = Vec::with_capacity(16);
+    {
+        use std::io::Read;
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        f.take(16).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+    }
+    match image::guess_format(&head) {
+        _ if head.is_empty() => return Err(bad("the file is empty (0 bytes)".into())),
+        Ok(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
+        Ok(other) => return Err(bad(format!("a {other:?} file; only PNG and JPEG are read"))),
+        Err(_) => return Err(bad("not a PNG or JPEG image (unrecognised content)".into())),
+    }
+    let header = open()?;
+    // The size from the header alone, before any pixel is decoded.
+    let (w, h) = header.into_dimensions().map_err(|e| bad(e.to_string()))?;
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(bad(format!("the image is {w}x{h} pixels, larger than the {MAX_IMAGE_SIDE}-pixel limit; downscale it first")));
+    }
+    if w < MIN_IMAGE_SIDE || h < MIN_IMAGE_SIDE {
+        return Err(bad(format!("the image is {w}x{h} pixels, smaller than {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")));
+    }
+    let mut reader = open()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| bad(e.to_string()))?;
     Ok(config.prepare(&img))
 }
 

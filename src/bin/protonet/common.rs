@@ -26,6 +26,11 @@ pub struct DataArgs {
     /// Required for folder.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// For --dataset folder: skip image files that cannot be used (corrupt, truncated, not
+    /// an image, too large or small), with a warning for each and their count, instead of
+    /// stopping at the first with an error.
+    #[arg(long)]
+    pub skip_bad_images: bool,
 }
 
 impl DataArgs {
@@ -49,7 +54,7 @@ impl DataArgs {
                 }
                 load_omniglot(&root, split.parse::<OmniglotSplit>()?)?
             }
-            DatasetKind::Folder => load_image_folder(&root, image, &FolderOptions::default())?,
+            DatasetKind::Folder => load_image_folder(&root, image, &FolderOptions { skip_bad_images: self.skip_bad_images })?,
         };
         if !quiet {
             eprintln!(

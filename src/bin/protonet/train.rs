@@ -126,7 +126,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         (DatasetKind::Omniglot, _) if a.val_split == "none" => None,
         (DatasetKind::Omniglot, _) => Some(a.data.load(&a.val_split, &image, a.quiet)?),
         (DatasetKind::Folder, Some(dir)) => {
-            let args = DataArgs { dataset: DatasetKind::Folder, data: Some(dir.clone()) };
+            let args = DataArgs { dataset: DatasetKind::Folder, data: Some(dir.clone()), skip_bad_images: a.data.skip_bad_images };
             Some(args.load("val", &image, a.quiet)?)
         }
         (DatasetKind::Folder, None) => None,
