@@ -157,6 +157,20 @@ impl EpisodeSampler {
         Ok(Self { spec, class_sizes, rng: ChaCha8Rng::seed_from_u64(seed) })
     }
 
+    /// Checks that this sampler (for example one restored from a checkpoint) draws `spec`
+    /// episodes from a set with the class sizes of `set`, so that [`EpisodeSampler::sample`]
+    /// only yields valid indices.
+    pub fn check_compatible(&self, set: &ImageSet, spec: EpisodeSpec) -> Result<()> {
+        if self.spec != spec {
+            return Err(Error::param("sampler", format!("it draws {:?} episodes, not {:?}", self.spec, spec)));
+        }
+        let sizes: Vec<usize> = (0..set.num_classes()).map(|c| set.class_len(c)).collect();
+        if self.class_sizes != sizes {
+            return Err(Error::param("sampler", "it was made for a data set with other classes or class sizes"));
+        }
+        Ok(())
+    }
+
     /// The episode shape.
     pub fn spec(&self) -> EpisodeSpec {
         self.spec

@@ -240,7 +240,12 @@ pub fn train(model: &mut Model, train_set: &ImageSet, val_set: Option<&ImageSet>
     let ckpt_path = out_dir.join(CHECKPOINT_FILE);
 
     let mut state = if options.resume && ckpt_path.exists() {
-        resume_state(model, &mut adam, &ckpt_path, config)?
+        let state = resume_state(model, &mut adam, &ckpt_path, config)?;
+        state.sampler.check_compatible(train_set, spec).map_err(|e| Error::Checkpoint {
+            path: ckpt_path.clone(),
+            reason: format!("cannot resume on this training set: {e}"),
+        })?;
+        state
     } else {
         RunState {
             config: config.clone(),

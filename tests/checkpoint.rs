@@ -112,6 +112,12 @@ fn interrupted_then_resumed_training_equals_an_uninterrupted_run() {
         assert_eq!(max_abs_diff(t, &b[name]), 0.0, "{name} differs after resume");
     }
 
+    // Resuming on another training set (other classes) is refused: the saved sampler
+    // would draw indices that do not exist there.
+    let other_set = common::glyph_set(9, 8, 28, 2);
+    let err = train(&mut second, &other_set, Some(&val), &cfg, resumed_dir.path(), &resume).unwrap_err().to_string();
+    assert!(err.contains("cannot resume on this training set"), "{err}");
+
     // Resuming with other settings is refused with a clear message.
     let other = TrainConfig { way: 4, ..cfg.clone() };
     let err = train(&mut second, &set, Some(&val), &other, resumed_dir.path(), &resume).unwrap_err().to_string();
