@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use super::Ops;
 use crate::Result;
 
-const EPS: f64 = 1e-5;
+pub(crate) const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
 
 /// Per-channel BatchNorm over `(N, C, H, W)` followed by ReLU.
@@ -82,6 +82,37 @@ impl BatchNormRelu {
         Ok(y)
     }
 
+    /// `maxpool2x2(relu(batchnorm(x)))`, the tail of a Conv-4 block, as one fused
+    /// operation on the CPU with [`Ops::Fast`] (see the `fused` module): the same values
+    /// and gradients as [`BatchNormRelu::forward`] followed by [`super::max_pool2x2`], with
+    /// a fraction of the memory traffic. Elsewhere it is that composition.
+    pub fn forward_pool(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if self.ops == Ops::Plain || !x.device().is_cpu() || x.rank() != 4 || x.dim(2)? < 2 || x.dim(3)? < 2 {
+            return super::max_pool2x2(&self.forward(x, train)?);
+        }
+        let c = x.dim(1)?;
+        let x = x.contiguous()?;
+        if !train {
+            let var = self.running_var.as_tensor().to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+            let mean = self.running_mean.as_tensor().to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+            let gamma = self.weight.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+            let beta = self.bias.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+            let scale: Vec<f64> = (0..c).map(|i| gamma[i] / (var[i] + EPS).sqrt()).collect();
+            let shift: Vec<f64> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+            return Ok(x.apply_op1(super::fused::AffineReluPool { scale, shift })?);
+        }
+        let stats = Arc::new(Mutex::new(None));
+        let op = super::fused::BnReluPoolTrain { stats: stats.clone() };
+        let y = x.apply_op3(&self.weight, &self.bias, op)?;
+        let (mean, var) = stats.lock().expect("stats lock").clone().expect("forward ran");
+        let n = (x.elem_count() / c) as f64;
+        let dev = x.device();
+        let mean = Tensor::from_vec(mean, c, dev)?.to_dtype(x.dtype())?;
+        let var = Tensor::from_vec(var, c, dev)?.to_dtype(x.dtype())?;
+        self.update_running(&mean, &var, n)?;
+        Ok(y)
+    }
+
     fn update_running(&self, mean: &Tensor, var: &Tensor, n: f64) -> Result<()> {
         let rm = ((self.running_mean.as_tensor() * (1.0 - MOMENTUM))? + (mean.detach() * MOMENTUM)?)?;
         let unbiased = (var.detach() * (n / (n - 1.0).max(1.0)))?;
@@ -132,7 +163,7 @@ fn contiguous<'a, T>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
 }
 
 /// Mean and biased variance of channel `c` (two passes, f64 accumulation).
-fn channel_stats<T: WithDType>(x: &[T], (n, c, hw): (usize, usize, usize), ch: usize) -> (f64, f64) {
+pub(crate) fn channel_stats<T: WithDType>(x: &[T], (n, c, hw): (usize, usize, usize), ch: usize) -> (f64, f64) {
     let mut sum = 0.0;
     for i in 0..n {
         sum += x[(i * c + ch) * hw..][..hw].iter().map(|v| v.to_f64()).sum::<f64>();
@@ -146,7 +177,7 @@ fn channel_stats<T: WithDType>(x: &[T], (n, c, hw): (usize, usize, usize), ch: u
 }
 
 /// Writes `f(channel, plane)` into every `(n, channel)` plane of `out`, channels in parallel.
-fn per_channel_planes<T: WithDType + Send + Sync>(out: &mut [T], (n, c, hw): (usize, usize, usize), f: impl Fn(usize, usize, &mut [T]) + Sync) {
+pub(crate) fn per_channel_planes<T: WithDType + Send + Sync>(out: &mut [T], (n, c, hw): (usize, usize, usize), f: impl Fn(usize, usize, &mut [T]) + Sync) {
     // Planes of one channel are strided by C*HW; hand each thread whole channels through
     // raw parts of disjoint planes.
     let ptr = SendPtr(out.as_mut_ptr());
@@ -346,6 +377,49 @@ mod tests {
             }
             // Evaluation mode uses the running statistics and is the same for both.
             assert!(max_diff(&fast.forward(x.as_tensor(), false).unwrap(), &plain.forward(x.as_tensor(), false).unwrap()) < 1e-10);
+        }
+    }
+
+    /// The fused BatchNorm + ReLU + max-pool against the unfused ops: values, gradients
+    /// of x, weight and bias, and running statistics, in training and evaluation mode,
+    /// on odd sides, batch 1, and inputs with ties (all-negative windows).
+    #[test]
+    fn fused_pool_matches_unfused_values_gradients_and_running_stats() {
+        for dims in [(1, 3, 7, 7), (2, 4, 3, 3), (6, 2, 5, 8), (1, 1, 2, 2), (3, 5, 4, 6), (2, 3, 28, 28)] {
+            for train in [true, false] {
+                let x = Var::from_tensor(&Tensor::randn(0f64, 1.5, dims, &Device::Cpu).unwrap().affine(1.0, -0.2).unwrap()).unwrap();
+                let (mut vm_f, mut vm_u) = (VarMap::new(), VarMap::new());
+                let fused = BatchNormRelu::new(dims.1, VarBuilder::from_varmap(&vm_f, DType::F64, &Device::Cpu), Ops::Fast).unwrap();
+                let unfused = BatchNormRelu::new(dims.1, VarBuilder::from_varmap(&vm_u, DType::F64, &Device::Cpu), Ops::Fast).unwrap();
+                let g = Tensor::randn(1f64, 0.3, dims.1, &Device::Cpu).unwrap();
+                let b = Tensor::randn(0f64, 0.3, dims.1, &Device::Cpu).unwrap();
+                let rm = Tensor::randn(0f64, 0.2, dims.1, &Device::Cpu).unwrap();
+                let rv = Tensor::randn(1f64, 0.1, dims.1, &Device::Cpu).unwrap().abs().unwrap();
+                for vm in [&mut vm_f, &mut vm_u] {
+                    vm.set_one("weight", &g).unwrap();
+                    vm.set_one("bias", &b).unwrap();
+                }
+                fused.running_mean.set(&rm).unwrap();
+                fused.running_var.set(&rv).unwrap();
+                unfused.running_mean.set(&rm).unwrap();
+                unfused.running_var.set(&rv).unwrap();
+                let yf = fused.forward_pool(x.as_tensor(), train).unwrap();
+                let yu = super::super::max_pool2x2(&unfused.forward(x.as_tensor(), train).unwrap()).unwrap();
+                assert_eq!(yf.dims(), yu.dims());
+                assert!(max_diff(&yf, &yu) < 1e-10, "{dims:?} train={train} values");
+                let r = Tensor::randn(0f64, 1.0, yf.dims(), &Device::Cpu).unwrap();
+                let gf = (&yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let gu = (&yu * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                assert!(max_diff(gf.get(x.as_tensor()).unwrap(), gu.get(x.as_tensor()).unwrap()) < 1e-9, "{dims:?} train={train} dx");
+                if train {
+                    for name in ["weight", "bias"] {
+                        let (vf, vu) = (vm_f.data().lock().unwrap()[name].clone(), vm_u.data().lock().unwrap()[name].clone());
+                        assert!(max_diff(gf.get(vf.as_tensor()).unwrap(), gu.get(vu.as_tensor()).unwrap()) < 1e-9, "{dims:?} d{name}");
+                    }
+                }
+                assert!(max_diff(fused.running_mean.as_tensor(), unfused.running_mean.as_tensor()) < 1e-12);
+                assert!(max_diff(fused.running_var.as_tensor(), unfused.running_var.as_tensor()) < 1e-12);
+            }
         }
     }
 

@@ -2,7 +2,7 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{conv2d, max_pool2x2, Backbone, BatchNormRelu, Ops};
+use super::{conv2d, Backbone, BatchNormRelu, Ops};
 use crate::{Error, Result};
 
 /// Hyper-parameters of [`Conv4`].
@@ -76,7 +76,7 @@ impl ConvBlock {
         match self.ops {
             Ops::Fast => {
                 let x = conv2d(x, &self.weight, 1)?;
-                max_pool2x2(&self.bn.forward(&x, train)?)
+                self.bn.forward_pool(&x, train)
             }
             Ops::Plain => {
                 let x = x.conv2d(&self.weight, 1, 1, 1, 1)?;

@@ -8,6 +8,7 @@ mod conv;
 mod conv4;
 mod depthwise;
 mod efficientnet;
+mod fused;
 mod ops;
 
 pub use conv4::{Conv4, Conv4Config};
