@@ -104,7 +104,11 @@ impl BatchNormRelu {
         let stats = Arc::new(Mutex::new(None));
         let op = super::fused::BnReluPoolTrain { stats: stats.clone() };
         let y = x.apply_op3(&self.weight, &self.bias, op)?;
-        let (mean, var) = stats.lock().expect("stats lock").clone().expect("forward ran");
+        let (mean, var) = {
+            let saved = stats.lock().expect("stats lock");
+            let (mean, var, _) = saved.as_ref().expect("forward ran");
+            (mean.clone(), var.clone())
+        };
         let n = (x.elem_count() / c) as f64;
         let dev = x.device();
         let mean = Tensor::from_vec(mean, c, dev)?.to_dtype(x.dtype())?;
@@ -162,18 +166,33 @@ fn contiguous<'a, T>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
     }
 }
 
-/// Mean and biased variance of channel `c` (two passes, f64 accumulation).
+/// Mean and biased variance of channel `c` (two passes, f64 accumulation in 8 lanes so
+/// that the additions do not wait on each other).
 pub(crate) fn channel_stats<T: WithDType>(x: &[T], (n, c, hw): (usize, usize, usize), ch: usize) -> (f64, f64) {
     let mut sum = 0.0;
     for i in 0..n {
-        sum += x[(i * c + ch) * hw..][..hw].iter().map(|v| v.to_f64()).sum::<f64>();
+        sum += lane_sum(&x[(i * c + ch) * hw..][..hw], |v| v);
     }
     let mean = sum / (n * hw) as f64;
     let mut sq = 0.0;
     for i in 0..n {
-        sq += x[(i * c + ch) * hw..][..hw].iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>();
+        sq += lane_sum(&x[(i * c + ch) * hw..][..hw], |v| (v - mean) * (v - mean));
     }
     (mean, sq / (n * hw) as f64)
+}
+
+/// `sum(f(v))` over `s` in f64, in 8 independent lanes.
+#[inline]
+fn lane_sum<T: WithDType>(s: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = s.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += f(c[k].to_f64());
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(|v| f(v.to_f64())).sum::<f64>()
 }
 
 /// Writes `f(channel, plane)` into every `(n, channel)` plane of `out`, channels in parallel.

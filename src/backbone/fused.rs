@@ -77,6 +77,41 @@ fn pool_affine_relu<T: WithDType + Send + Sync>(x: &[T], scale: &[T], shift: &[T
     out
 }
 
+/// Code of a window whose maximum has `z <= 0`: no gradient passes.
+const MASKED: u8 = u8::MAX;
+
+/// Like [`pool_affine_relu`], also returning per window the position of its maximum
+/// (0..4, row-major) or [`MASKED`], for the backward pass.
+fn pool_affine_relu_codes<T: WithDType + Send + Sync>(x: &[T], scale: &[T], shift: &[T], (n, c, h, w): (usize, usize, usize, usize)) -> (Vec<T>, Vec<u8>) {
+    let (oh, ow) = (h / 2, w / 2);
+    let mut out = vec![T::zero(); n * c * oh * ow];
+    let mut codes = vec![0u8; n * c * oh * ow];
+    let codes_ptr = CodesPtr(codes.as_mut_ptr());
+    per_channel_planes(&mut out, (n, c, oh * ow), |ch, i, plane| {
+        let src = &x[(i * c + ch) * h * w..][..h * w];
+        // SAFETY: plane (i, ch) of the codes is written by this task only, like `plane`.
+        let code = unsafe { std::slice::from_raw_parts_mut(codes_ptr.get().add((i * c + ch) * oh * ow), oh * ow) };
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (j, z, y) = window(src, w, oy, ox, scale[ch], shift[ch]);
+                plane[oy * ow + ox] = y;
+                let (r, col) = (j / w - 2 * oy, j % w - 2 * ox);
+                code[oy * ow + ox] = if z > T::zero() { (2 * r + col) as u8 } else { MASKED };
+            }
+        }
+    });
+    (out, codes)
+}
+
+struct CodesPtr(*mut u8);
+unsafe impl Sync for CodesPtr {}
+unsafe impl Send for CodesPtr {}
+impl CodesPtr {
+    fn get(&self) -> *mut u8 {
+        self.0
+    }
+}
+
 /// Per-channel scale and shift (`gamma / sqrt(var + eps)`, `beta - mean * scale`), as `T`.
 fn affine<T: WithDType>(gamma: &[T], beta: &[T], mean: &[f64], var: &[f64]) -> (Vec<T>, Vec<T>) {
     let mut scale = Vec::with_capacity(gamma.len());
@@ -92,16 +127,21 @@ fn affine<T: WithDType>(gamma: &[T], beta: &[T], mean: &[f64], var: &[f64]) -> (
 /// Training-mode forward: `(x, gamma, beta) -> maxpool(relu(batchnorm(x)))`, leaving the
 /// batch mean and biased variance in `stats`.
 pub(crate) struct BnReluPoolTrain {
-    pub(crate) stats: Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>,
+    pub(crate) stats: Arc<Mutex<Option<Saved>>>,
 }
 
-fn train_fwd<T: WithDType + Send + Sync>(x: &[T], gamma: &[T], beta: &[T], d: (usize, usize, usize, usize)) -> (Vec<T>, Vec<f64>, Vec<f64>) {
+/// What the forward pass keeps for the backward pass: batch mean, biased variance, and
+/// each window's code (see [`pool_affine_relu_codes`]).
+pub(crate) type Saved = (Vec<f64>, Vec<f64>, Vec<u8>);
+
+fn train_fwd<T: WithDType + Send + Sync>(x: &[T], gamma: &[T], beta: &[T], d: (usize, usize, usize, usize)) -> (Vec<T>, Saved) {
     let (n, c, h, w) = d;
     let stats: Vec<(f64, f64)> = (0..c).into_par_iter().map(|ch| channel_stats(x, (n, c, h * w), ch)).collect();
     let mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
     let var: Vec<f64> = stats.iter().map(|s| s.1).collect();
     let (scale, shift) = affine(gamma, beta, &mean, &var);
-    (pool_affine_relu(x, &scale, &shift, d), mean, var)
+    let (y, codes) = pool_affine_relu_codes(x, &scale, &shift, d);
+    (y, (mean, var, codes))
 }
 
 impl CustomOp3 for BnReluPoolTrain {
@@ -114,18 +154,18 @@ impl CustomOp3 for BnReluPoolTrain {
         if l2.dims() != [d.1] || l3.dims() != [d.1] {
             candle_core::bail!("batch-norm-relu-pool: weight and bias need {} values", d.1);
         }
-        let (out, mean, var) = match (s1, s2, s3) {
+        let (out, saved) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
-                let (y, m, v) = train_fwd(contiguous(x, l1)?, contiguous(g, l2)?, contiguous(b, l3)?, d);
-                (CpuStorage::F32(y), m, v)
+                let (y, saved) = train_fwd(contiguous(x, l1)?, contiguous(g, l2)?, contiguous(b, l3)?, d);
+                (CpuStorage::F32(y), saved)
             }
             (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
-                let (y, m, v) = train_fwd(contiguous(x, l1)?, contiguous(g, l2)?, contiguous(b, l3)?, d);
-                (CpuStorage::F64(y), m, v)
+                let (y, saved) = train_fwd(contiguous(x, l1)?, contiguous(g, l2)?, contiguous(b, l3)?, d);
+                (CpuStorage::F64(y), saved)
             }
             _ => candle_core::bail!("batch-norm-relu-pool: only f32 and f64 of one dtype"),
         };
-        *self.stats.lock().expect("stats lock") = Some((mean, var));
+        *self.stats.lock().expect("stats lock") = Some(saved);
         Ok((out, Shape::from((d.0, d.1, d.2 / 2, d.3 / 2))))
     }
 
@@ -144,18 +184,25 @@ impl CustomOp3 for BnReluPoolTrain {
 
 /// Backward of [`BnReluPoolTrain`]: `(x, d pooled, [gamma | beta]) -> [dx | dgamma | dbeta]`.
 struct BnReluPoolBackward {
-    stats: Option<(Vec<f64>, Vec<f64>)>,
+    stats: Option<Saved>,
 }
 
-fn train_bwd<T: WithDType + Send + Sync>(x: &[T], gp: &[T], gamma: &[T], beta: &[T], d: (usize, usize, usize, usize), stats: &Option<(Vec<f64>, Vec<f64>)>) -> Vec<T> {
+fn train_bwd<T: WithDType + Send + Sync>(x: &[T], gp: &[T], gamma: &[T], beta: &[T], d: (usize, usize, usize, usize), saved: &Option<Saved>) -> Vec<T> {
     let (n, c, h, w) = d;
     let (hw, oh, ow) = (h * w, h / 2, w / 2);
     let m = (n * hw) as f64;
-    let (mean, var): (Vec<f64>, Vec<f64>) = match stats {
-        Some((mu, v)) if mu.len() == c && v.len() == c => (mu.clone(), v.clone()),
-        _ => (0..c).into_par_iter().map(|ch| channel_stats(x, (n, c, hw), ch)).unzip(),
+    let recomputed;
+    let (mean, var, codes) = match saved {
+        Some((mu, v, codes)) if mu.len() == c && v.len() == c && codes.len() == gp.len() => (mu, v, codes),
+        _ => {
+            let (mu, v): (Vec<f64>, Vec<f64>) = (0..c).into_par_iter().map(|ch| channel_stats(x, (n, c, hw), ch)).unzip();
+            let (scale, shift) = affine(gamma, beta, &mu, &v);
+            recomputed = (pool_affine_relu_codes(x, &scale, &shift, d).1, mu, v);
+            (&recomputed.1, &recomputed.2, &recomputed.0)
+        }
     };
-    let (scale, shift) = affine(gamma, beta, &mean, &var);
+    // Position in the plane of the maximum of window `o` (its code is not MASKED).
+    let at = |o: usize, code: u8| (2 * (o / ow) + (code as usize >> 1)) * w + 2 * (o % ow) + (code as usize & 1);
     // Per channel: sum(dz) and sum(dz * xhat) over the window maxima where z > 0 (the only
     // places with a gradient: dz = d pooled there).
     let sums: Vec<(f64, f64)> = (0..c)
@@ -165,15 +212,12 @@ fn train_bwd<T: WithDType + Send + Sync>(x: &[T], gp: &[T], gamma: &[T], beta: &
             let (mut sdz, mut sdzx) = (0.0, 0.0);
             for i in 0..n {
                 let src = &x[(i * c + ch) * hw..][..hw];
-                let g = &gp[(i * c + ch) * oh * ow..][..oh * ow];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let (j, z, _) = window(src, w, oy, ox, scale[ch], shift[ch]);
-                        if z > T::zero() {
-                            let dz = g[oy * ow + ox].to_f64();
-                            sdz += dz;
-                            sdzx += dz * (src[j].to_f64() - mean[ch]) * inv;
-                        }
+                let base = (i * c + ch) * oh * ow;
+                for (o, (&code, g)) in codes[base..base + oh * ow].iter().zip(&gp[base..base + oh * ow]).enumerate() {
+                    if code != MASKED {
+                        let dz = g.to_f64();
+                        sdz += dz;
+                        sdzx += dz * (src[at(o, code)].to_f64() - mean[ch]) * inv;
                     }
                 }
             }
@@ -188,17 +232,16 @@ fn train_bwd<T: WithDType + Send + Sync>(x: &[T], gp: &[T], gamma: &[T], beta: &
         let k = gamma[ch].to_f64() * inv;
         let src = &x[(i * c + ch) * hw..][..hw];
         // dx = k * (dz - sum(dz)/m - xhat * sum(dz xhat)/m), dz = 0 off the maxima.
-        let (a, b) = (-k * sdzx / m * inv, -k * sdz / m + k * sdzx / m * inv * mean[ch]);
-        for (p, v) in plane.iter_mut().zip(src) {
-            *p = T::from_f64(a * v.to_f64() + b);
+        let a = T::from_f64(-k * sdzx / m * inv);
+        let b = T::from_f64(-k * sdz / m + k * sdzx / m * inv * mean[ch]);
+        for (p, &v) in plane.iter_mut().zip(src) {
+            *p = a * v + b;
         }
-        let g = &gp[(i * c + ch) * oh * ow..][..oh * ow];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let (j, z, _) = window(src, w, oy, ox, scale[ch], shift[ch]);
-                if z > T::zero() {
-                    plane[j] = T::from_f64(plane[j].to_f64() + k * g[oy * ow + ox].to_f64());
-                }
+        let kt = T::from_f64(k);
+        let base = (i * c + ch) * oh * ow;
+        for (o, (&code, &g)) in codes[base..base + oh * ow].iter().zip(&gp[base..base + oh * ow]).enumerate() {
+            if code != MASKED {
+                plane[at(o, code)] += kt * g;
             }
         }
     });
