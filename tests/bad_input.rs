@@ -11,10 +11,7 @@ use std::process::Command;
 use protonet::data::{list_image_folder, list_images, load_image, load_image_folder, load_image_folder_report, FolderOptions, ImageConfig};
 
 fn protonet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_protonet")).args(args).output().expect("runs");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert!(!stderr.contains("panicked") && !stdout.contains("panicked"), "protonet {args:?} panicked:\n{stderr}");
-    (out.status.success(), stdout, stderr)
+    common::run_protonet(args)
 }
 
 fn crc32(bytes: &[u8]) -> u32 {

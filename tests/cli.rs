@@ -2,11 +2,9 @@
 
 mod common;
 
-use std::process::Command;
 
 fn protonet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_protonet")).args(args).output().expect("runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    common::run_protonet(args)
 }
 
 #[test]

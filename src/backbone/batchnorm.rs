@@ -74,11 +74,7 @@ impl BatchNormRelu {
         let op = BnReluTrain { stats: stats.clone() };
         let y = x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?;
         let (mean, var) = stats.lock().expect("stats lock").clone().expect("forward ran");
-        let n = (x.elem_count() / c) as f64;
-        let dev = x.device();
-        let mean = Tensor::from_vec(mean, c, dev)?.to_dtype(x.dtype())?;
-        let var = Tensor::from_vec(var, c, dev)?.to_dtype(x.dtype())?;
-        self.update_running(&mean, &var, n)?;
+        self.update_running_from(x, mean, var)?;
         Ok(y)
     }
 
@@ -109,12 +105,19 @@ impl BatchNormRelu {
             let (mean, var, _) = saved.as_ref().expect("forward ran");
             (mean.clone(), var.clone())
         };
+        self.update_running_from(&x, mean, var)?;
+        Ok(y)
+    }
+
+    /// Updates the running statistics from the batch statistics of `x` computed by a
+    /// fused op.
+    fn update_running_from(&self, x: &Tensor, mean: Vec<f64>, var: Vec<f64>) -> Result<()> {
+        let c = mean.len();
         let n = (x.elem_count() / c) as f64;
         let dev = x.device();
         let mean = Tensor::from_vec(mean, c, dev)?.to_dtype(x.dtype())?;
         let var = Tensor::from_vec(var, c, dev)?.to_dtype(x.dtype())?;
-        self.update_running(&mean, &var, n)?;
-        Ok(y)
+        self.update_running(&mean, &var, n)
     }
 
     fn update_running(&self, mean: &Tensor, var: &Tensor, n: f64) -> Result<()> {

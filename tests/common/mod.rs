@@ -94,3 +94,12 @@ pub fn require_omniglot(test: &str) -> Option<PathBuf> {
         Err(msg) => panic!("{test}: {msg}"),
     }
 }
+
+/// Runs the `protonet` binary with `args`: (success, stdout, stderr). Fails the test if
+/// it panicked: every error must be a message.
+pub fn run_protonet(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_protonet")).args(args).output().expect("runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(!stderr.contains("panicked") && !stdout.contains("panicked"), "protonet {args:?} panicked:\n{stderr}");
+    (out.status.success(), stdout, stderr)
+}
