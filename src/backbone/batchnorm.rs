@@ -409,6 +409,17 @@ mod tests {
     fn fused_pool_matches_unfused_values_gradients_and_running_stats() {
         for dims in [(1, 3, 7, 7), (2, 4, 3, 3), (6, 2, 5, 8), (1, 1, 2, 2), (3, 5, 4, 6), (2, 3, 28, 28)] {
             for train in [true, false] {
+                if !train {
+                    // A NaN input gives NaN where its window is pooled, and nowhere else.
+                    let mut v = Tensor::randn(0f64, 1.0, dims, &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                    v[0] = f64::NAN;
+                    let xn = Tensor::from_vec(v, dims, &Device::Cpu).unwrap();
+                    let vm = VarMap::new();
+                    let bn = BatchNormRelu::new(dims.1, VarBuilder::from_varmap(&vm, DType::F64, &Device::Cpu), Ops::Fast).unwrap();
+                    let yf = bn.forward_pool(&xn, false).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                    assert!(yf[0].is_nan(), "{dims:?}: NaN must pass through");
+                    assert_eq!(yf.iter().filter(|v| v.is_nan()).count(), 1);
+                }
                 let x = Var::from_tensor(&Tensor::randn(0f64, 1.5, dims, &Device::Cpu).unwrap().affine(1.0, -0.2).unwrap()).unwrap();
                 let (mut vm_f, mut vm_u) = (VarMap::new(), VarMap::new());
                 let fused = BatchNormRelu::new(dims.1, VarBuilder::from_varmap(&vm_f, DType::F64, &Device::Cpu), Ops::Fast).unwrap();

@@ -34,32 +34,27 @@ fn contiguous<'a, T>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
     }
 }
 
-/// ReLU that lets NaN through.
-#[inline]
-fn relu<T: WithDType>(z: T) -> T {
-    if z > T::zero() || z != z {
-        z
-    } else {
-        T::zero()
-    }
-}
-
 /// The window of output `(oy, ox)` of a plane `src` of width `w`, through `z = v*s + b`
-/// and ReLU: the index (0..4, row-major) of its first maximum and the z there.
-#[inline]
+/// and ReLU: the index in the plane of its first maximum, the z there, and the pooled
+/// value. Written without branches on the data (selects, not jumps), since whether a
+/// value passes the ReLU is a coin flip the branch predictor cannot learn. As
+/// `max_pool2x2(relu(z))` gives it: `relu(max(z))`, the gradient to the first maximum;
+/// a NaN anywhere in the window gives NaN and no gradient.
+#[inline(always)]
 fn window<T: WithDType>(src: &[T], w: usize, oy: usize, ox: usize, s: T, b: T) -> (usize, T, T) {
     let i0 = 2 * oy * w + 2 * ox;
-    let idx = [i0, i0 + 1, i0 + w, i0 + w + 1];
-    let z0 = src[i0] * s + b;
-    let (mut best, mut bz, mut by) = (0, z0, relu(z0));
-    for (k, &i) in idx.iter().enumerate().skip(1) {
-        let z = src[i] * s + b;
-        let y = relu(z);
-        if y > by || (y != y && by == by) {
-            (best, bz, by) = (k, z, y);
-        }
+    let z = [src[i0] * s + b, src[i0 + 1] * s + b, src[i0 + w] * s + b, src[i0 + w + 1] * s + b];
+    let (mut k, mut bz) = (0usize, z[0]);
+    for (j, &zj) in z.iter().enumerate().skip(1) {
+        let better = zj > bz;
+        k = if better { j } else { k };
+        bz = if better { zj } else { bz };
     }
-    (idx[best], bz, by)
+    #[allow(clippy::eq_op)]
+    let nan = (z[0] != z[0]) | (z[1] != z[1]) | (z[2] != z[2]) | (z[3] != z[3]);
+    let y = if bz > T::zero() { bz } else { T::zero() };
+    let (bz, y) = if nan { (z[0] + z[1] + z[2] + z[3], z[0] + z[1] + z[2] + z[3]) } else { (bz, y) };
+    (i0 + (k >> 1) * w + (k & 1), bz, y)
 }
 
 /// Pooled `relu(x * scale + shift)` per channel.
