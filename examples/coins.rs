@@ -87,6 +87,10 @@ struct Args {
     /// Image side for Conv-4 (RGB). Small enough for a CPU, large enough for numerals.
     #[arg(long, default_value_t = 48)]
     image_size: usize,
+    /// With --train/--test or --data and Conv-4: add this many rendered denominations (of
+    /// made-up currencies, 20 images each) to the training denominations.
+    #[arg(long, default_value_t = 0)]
+    add_rendered: usize,
     /// Also draw the confusion matrix as a PNG here.
     #[arg(long)]
     confusion_png: Option<PathBuf>,
@@ -140,6 +144,23 @@ fn run(a: Args) -> Result<()> {
         let test = coins::render_set(&test_designs, 20, &image, a.seed + 1, "test-")?;
         (train, test)
     };
+    let train_set = if a.add_rendered > 0 && (a.train.is_some() || a.data.is_some()) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed ^ 0xc01);
+        let mut designs = Vec::new();
+        while designs.len() < a.add_rendered {
+            designs.extend(coins::currency(6, &mut rng));
+        }
+        designs.truncate(a.add_rendered);
+        let rendered = coins::render_set(&designs, 20, &image, a.seed ^ 0xc01, "rendered-")?;
+        println!("Adding {} rendered denominations ({} images) to the training denominations.", rendered.num_classes(), rendered.num_images());
+        let mut merged = train_set;
+        for c in 0..rendered.num_classes() {
+            merged.push_class(rendered.class_name(c), (0..rendered.class_len(c)).map(|i| rendered.image(c, i).to_vec()).collect())?;
+        }
+        merged
+    } else {
+        train_set
+    };
     println!(
         "Training denominations: {} ({} photos); test denominations: {} ({} photos).",
         train_set.num_classes(),
@@ -160,7 +181,15 @@ fn run(a: Args) -> Result<()> {
             (&pretrained, FeatureNorm::CenterSupportL2)
         }
         _ => {
-            let config = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 3, ..Default::default() }), image.clone());
+            let mut config = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 3, ..Default::default() }), image.clone());
+            config.description = format!(
+                "Conv-4 for coin photographs (examples/coins.rs): {}x{} RGB, trained episodically with rotation augmentation on {} denominations ({}). Use 4 rotations at test time (protonet predict --rotations 4).",
+                image.size,
+                image.size,
+                train_set.num_classes(),
+                a.train.as_ref().or(a.data.as_ref()).map(|p| p.display().to_string()).unwrap_or_else(|| "rendered coins".into())
+                    + &if a.add_rendered > 0 { format!(" plus {} rendered", a.add_rendered) } else { String::new() }
+            );
             let mut model = Model::new(config, a.seed, &dev)?;
             let train_way = train_set.num_classes().min(20);
             let tc = TrainConfig {

@@ -36,6 +36,8 @@ pub enum WorkloadKind {
 pub struct Workload {
     kind: WorkloadKind,
     model: Model,
+    /// A network to time instead of the model's (a frozen pretrained backbone).
+    frozen: Option<crate::ProtoNet>,
     images: Tensor,
     labels: Tensor,
     adam: Adam,
@@ -59,7 +61,23 @@ impl Workload {
         let images = Tensor::randn(0f32, 1.0, (n, channels, image_size, image_size), device)?;
         let labels = Tensor::new(labels, device)?;
         let adam = Adam::new(model.trainable_vars(), 1e-3);
-        Ok(Self { kind, model, images, labels, adam })
+        Ok(Self { kind, model, frozen: None, images, labels, adam })
+    }
+
+    /// A workload that embeds (or runs inference episodes) with `net`, a frozen backbone
+    /// such as [`crate::backbone::EfficientNetLite0`], on `3 x image_size x image_size`
+    /// random images. Training steps are refused: the network is frozen.
+    pub fn frozen(net: crate::ProtoNet, kind: WorkloadKind, image_size: usize, device: &Device) -> Result<Self> {
+        if let WorkloadKind::TrainStep(_) = kind {
+            return Err(Error::param("train", "a frozen pretrained backbone has no training step to time"));
+        }
+        let mut w = Self::new(kind, 3, image_size, device)?;
+        w.frozen = Some(net);
+        Ok(w)
+    }
+
+    fn net(&self) -> &crate::ProtoNet {
+        self.frozen.as_ref().unwrap_or(self.model.net())
     }
 
     /// Images processed per iteration.
@@ -76,11 +94,11 @@ impl Workload {
                 self.adam.step(&grads)?;
             }
             WorkloadKind::Inference(spec) => {
-                let out = self.model.net().forward_episode(&self.images.detach(), spec, &self.labels, false)?;
+                let out = self.net().forward_episode(&self.images.detach(), spec, &self.labels, false)?;
                 std::hint::black_box(out.accuracy);
             }
             WorkloadKind::Embed(_) => {
-                let e = self.model.net().embed(&self.images.detach(), false)?;
+                let e = self.net().embed(&self.images.detach(), false)?;
                 // Force the computation to finish.
                 std::hint::black_box(e.sum_all()?.to_scalar::<f32>()?);
             }

@@ -39,6 +39,12 @@ pub struct BenchArgs {
     /// Print one JSON object (median_ms, min_ms, max_ms, per_second, images_per_second, iters, workload).
     #[arg(long)]
     json: bool,
+    /// Time a frozen pretrained backbone instead of a Conv-4 (RGB; inference or --embed-batch).
+    #[arg(long, value_enum)]
+    backbone: Option<crate::eval::PretrainedBackbone>,
+    /// Weights of the pretrained backbone.
+    #[arg(long, default_value = protonet::backbone::EfficientNetLite0::DEFAULT_WEIGHTS)]
+    weights: std::path::PathBuf,
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -53,14 +59,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if a.train { WorkloadKind::TrainStep(spec) } else { WorkloadKind::Inference(spec) }
         }
     };
-    let mut w = Workload::new(kind, a.channels, a.image_size, &dev)?;
+    let (mut w, channels) = match a.backbone {
+        Some(crate::eval::PretrainedBackbone::EfficientnetLite0) => {
+            let net = protonet::ProtoNet::new(Box::new(protonet::backbone::EfficientNetLite0::load(&a.weights, &dev)?));
+            (Workload::frozen(net, kind, a.image_size, &dev)?, 3)
+        }
+        None => (Workload::new(kind, a.channels, a.image_size, &dev)?, a.channels),
+    };
     let r = time_workload(&mut w, a.warmup, a.iters)?;
     let what = match kind {
         WorkloadKind::TrainStep(s) => format!("train step {s}"),
         WorkloadKind::Inference(s) => format!("inference {s}"),
         WorkloadKind::Embed(b) => format!("embed batch {b}"),
     };
-    let what = format!("{what}, {}x{}x{}", a.channels, a.image_size, a.image_size);
+    let what = format!("{what}, {channels}x{}x{}{}", a.image_size, a.image_size, if a.backbone.is_some() { ", EfficientNet-Lite0" } else { "" });
     if a.json {
         let mut v = serde_json::to_value(&r).expect("serialises");
         v["workload"] = serde_json::Value::String(what);
