@@ -37,3 +37,26 @@ fn bad_folders_are_clear_errors() {
         assert!(!e.contains("panicked"), "{e}");
     }
 }
+
+/// Training on your own photos with rendered denominations added, and saving the model:
+/// its description says it is a coin model.
+#[test]
+fn rendered_denominations_can_be_added_to_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train"), dir.path().join("test"));
+    common::write_glyph_folder(&train, 4, 12, 24, 1);
+    common::write_glyph_folder(&test, 3, 12, 24, 2);
+    let model = dir.path().join("model");
+    let out = Command::new(example())
+        .args(["--backbone", "conv4", "--train", train.to_str().unwrap(), "--test", test.to_str().unwrap(), "--add-rendered", "3"])
+        .args(["--train-episodes", "2", "--episodes", "3", "--image-size", "16", "--save", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Adding 3 rendered denominations (60 images)"), "{stdout}");
+    assert!(stdout.contains("Training denominations: 7"), "{stdout}");
+    assert!(stdout.contains("accuracy on unseen denominations"), "{stdout}");
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+    assert!(config.contains("coin photographs") && config.contains("plus 3 rendered"), "{config}");
+}
