@@ -81,6 +81,7 @@ impl ModelConfig {
     pub fn embedding_dim(&self) -> usize {
         match &self.backbone {
             BackboneConfig::Conv4(c) => c.embedding_dim(self.image.size),
+            BackboneConfig::EfficientNetLite0 { .. } => crate::backbone::EFFICIENTNET_LITE0_DIM,
         }
     }
 }

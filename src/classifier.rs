@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{read_safetensors, write_atomic, write_safetensors};
 use crate::data::{load_image, rotate_square_ccw};
+use crate::eval::FeatureNorm;
 use crate::{Error, Model, Result};
 
 /// File of a classifier directory holding class names, counts and the threshold.
@@ -85,6 +86,9 @@ struct ClassifierFile {
     /// Rotations embeddings are averaged over (1: none).
     #[serde(default = "one")]
     rotations: usize,
+    /// How embeddings are normalised.
+    #[serde(default)]
+    normalization: FeatureNorm,
 }
 
 fn one() -> usize {
@@ -117,12 +121,13 @@ pub struct PrototypeStore {
     dim: usize,
     classes: Vec<ClassEntry>,
     threshold: Option<f32>,
+    norm: FeatureNorm,
 }
 
 impl PrototypeStore {
     /// An empty store for embeddings of `dim` values.
     pub fn new(dim: usize) -> Self {
-        Self { dim, classes: Vec::new(), threshold: None }
+        Self { dim, classes: Vec::new(), threshold: None, norm: FeatureNorm::None }
     }
 
     /// The embedding size.
@@ -220,15 +225,54 @@ impl PrototypeStore {
         Ok(())
     }
 
+    /// How embeddings are normalised before prototypes and distances (SimpleShot): none
+    /// (the default, the paper), L2, centred on the mean of all support embeddings then
+    /// L2, or centred on a given mean (for example of base-class embeddings) then L2.
+    /// Thresholds are distances between normalised embeddings: set or calibrate them
+    /// after choosing the normalisation.
+    pub fn set_normalization(&mut self, norm: FeatureNorm) -> Result<()> {
+        if let FeatureNorm::CenterL2(m) = &norm {
+            if m.len() != self.dim {
+                return Err(Error::param("normalize", format!("the centre has {} values, embeddings have {}", m.len(), self.dim)));
+            }
+        }
+        self.norm = norm;
+        Ok(())
+    }
+
+    /// The normalisation (see [`PrototypeStore::set_normalization`]).
+    pub fn normalization(&self) -> &FeatureNorm {
+        &self.norm
+    }
+
+    /// The store as prediction sees it: every embedding normalised (prototypes are the
+    /// means of normalised embeddings), and the centre to subtract from queries.
+    fn normalised(&self) -> (std::borrow::Cow<'_, PrototypeStore>, Option<Vec<f32>>) {
+        if self.norm == FeatureNorm::None {
+            return (std::borrow::Cow::Borrowed(self), None);
+        }
+        let all: Vec<Vec<f32>> = self.classes.iter().flat_map(|c| c.embeddings.iter().cloned()).collect();
+        let centre = self.norm.centre(&all);
+        let mut view = self.clone();
+        view.norm = FeatureNorm::None;
+        for c in &mut view.classes {
+            c.embeddings = c.embeddings.iter().map(|e| self.norm.normalise(e, centre.as_deref())).collect();
+            c.update_prototype();
+        }
+        (std::borrow::Cow::Owned(view), centre)
+    }
+
     /// Leave-one-out distances of the support set: for every support image of a class
     /// with at least 2 images, the squared distance from its embedding to the mean of
     /// the class's other `n - 1` embeddings, scaled by `(n+1)(n-1)/n²` so that it
     /// estimates the distance of a new image of the class to the full `n`-image
     /// prototype (for independent spread around the class mean, the expected squared
     /// distance to a mean of `m` images is proportional to `1 + 1/m`).
+    /// Embeddings are normalised first (see [`PrototypeStore::set_normalization`]).
     pub fn leave_one_out_distances(&self) -> Vec<f32> {
+        let (view, _) = self.normalised();
         let mut out = Vec::new();
-        for c in &self.classes {
+        for c in &view.classes {
             let n = c.embeddings.len();
             if n < 2 {
                 continue;
@@ -279,10 +323,12 @@ impl PrototypeStore {
         if let Some(bad) = embeddings.iter().find(|e| e.len() != self.dim) {
             return Err(Error::param("embeddings", format!("an embedding has {} values, the store's have {}", bad.len(), self.dim)));
         }
+        let (view, centre) = self.normalised();
         Ok(embeddings
             .iter()
             .map(|q| {
-                let dist: Vec<f32> = self.classes.iter().map(|c| q.iter().zip(&c.prototype).map(|(a, b)| (a - b) * (a - b)).sum()).collect();
+                let q = self.norm.normalise(q, centre.as_deref());
+                let dist: Vec<f32> = view.classes.iter().map(|c| q.iter().zip(&c.prototype).map(|(a, b)| (a - b) * (a - b)).sum()).collect();
                 let min = dist.iter().copied().fold(f32::INFINITY, f32::min) as f64;
                 let w: Vec<f64> = dist.iter().map(|&d| (min - d as f64).exp()).collect();
                 let total: f64 = w.iter().sum();
@@ -500,6 +546,7 @@ impl FewShotClassifier {
             classes: self.store.classes.iter().map(|c| ClassRecord { name: c.name.clone(), images: c.embeddings.len() }).collect(),
             threshold: self.store.threshold,
             rotations: self.rotations,
+            normalization: self.store.norm.clone(),
         };
         write_atomic(&dir.join(CLASSIFIER_FILE), &serde_json::to_vec_pretty(&file).expect("serialises"))
     }
@@ -543,6 +590,7 @@ impl FewShotClassifier {
         }
         clf.set_threshold(file.threshold).map_err(|e| bad(&path, e.to_string()))?;
         clf.set_rotations(file.rotations).map_err(|e| bad(&path, e.to_string()))?;
+        clf.store.set_normalization(file.normalization).map_err(|e| bad(&path, e.to_string()))?;
         Ok(clf)
     }
 }

@@ -213,7 +213,8 @@ pub fn embed_set_rotations(net: &ProtoNet, set: &ImageSet, rotations: usize, bat
 }
 
 /// How embeddings are normalised before prototypes are formed (SimpleShot, Wang et al. 2019).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FeatureNorm {
     /// Raw embeddings (the paper).
     #[default]
@@ -227,6 +228,45 @@ pub enum FeatureNorm {
 }
 
 impl FeatureNorm {
+    /// The centre this normalisation subtracts, given all support embeddings: their mean
+    /// for [`FeatureNorm::CenterSupportL2`], the given mean for [`FeatureNorm::CenterL2`].
+    ///
+    /// ```
+    /// use protonet::eval::FeatureNorm;
+    /// let s = [vec![1.0, 0.0], vec![3.0, 2.0]];
+    /// assert_eq!(FeatureNorm::CenterSupportL2.centre(&s), Some(vec![2.0, 1.0]));
+    /// assert_eq!(FeatureNorm::L2.centre(&s), None);
+    /// ```
+    pub fn centre(&self, support: &[Vec<f32>]) -> Option<Vec<f32>> {
+        match self {
+            FeatureNorm::None | FeatureNorm::L2 => None,
+            FeatureNorm::CenterL2(m) => Some(m.clone()),
+            FeatureNorm::CenterSupportL2 => {
+                let d = support.first()?.len();
+                let mut sum = vec![0f64; d];
+                for e in support {
+                    sum.iter_mut().zip(e).for_each(|(s, &x)| *s += x as f64);
+                }
+                Some(sum.iter().map(|s| (s / support.len() as f64) as f32).collect())
+            }
+        }
+    }
+
+    /// Normalises one embedding: minus `centre` (if any), then divided by its L2 norm
+    /// (unless [`FeatureNorm::None`]).
+    pub fn normalise(&self, v: &[f32], centre: Option<&[f32]>) -> Vec<f32> {
+        if *self == FeatureNorm::None {
+            return v.to_vec();
+        }
+        let mut out: Vec<f32> = match centre {
+            Some(c) => v.iter().zip(c).map(|(a, b)| a - b).collect(),
+            None => v.to_vec(),
+        };
+        let norm = out.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt() + 1e-12;
+        out.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
+        out
+    }
+
     /// Applies the normalisation to support `(S, D)` and query `(Q, D)` embeddings.
     pub fn apply(&self, support: &Tensor, query: &Tensor) -> Result<(Tensor, Tensor)> {
         let l2 = |t: &Tensor| -> Result<Tensor> {

@@ -159,3 +159,41 @@ fn calibrated_rejection_on_omniglot_separates_seen_and_unseen_characters() {
     let tight = evaluate_open_set(&embedded, 20, 5, 20, 60, 0.5, 7).unwrap();
     assert!(tight.known_accepted < r.known_accepted && tight.unknown_rejected > r.unknown_rejected, "{tight}");
 }
+
+/// With centring on the support mean and L2 normalisation (SimpleShot), predictions do
+/// not change when every embedding is shifted by one vector or scaled by one factor, and
+/// the setting survives save and load.
+#[test]
+fn normalisation_makes_predictions_shift_and_scale_invariant() {
+    use protonet::eval::FeatureNorm;
+    use protonet::PrototypeStore;
+    let set = common::glyph_set(3, 6, 28, 13);
+    let clf = FewShotClassifier::new(small_model(5));
+    let emb: Vec<Vec<Vec<f32>>> = (0..3).map(|c| clf.embed(&images(&set, c, 0..6)).unwrap()).collect();
+    let build = |f: &dyn Fn(&[f32]) -> Vec<f32>| {
+        let mut s = PrototypeStore::new(emb[0][0].len());
+        s.set_normalization(FeatureNorm::CenterSupportL2).unwrap();
+        for (c, e) in emb.iter().enumerate() {
+            s.add(&format!("c{c}"), e[..3].iter().map(|v| f(v)).collect()).unwrap();
+        }
+        let queries: Vec<Vec<f32>> = emb.iter().flat_map(|e| e[3..].iter().map(|v| f(v))).collect();
+        s.predict(&queries).unwrap().into_iter().map(|p| p.class).collect::<Vec<_>>()
+    };
+    let plain = build(&|v| v.to_vec());
+    let shifted = build(&|v| v.iter().enumerate().map(|(i, x)| x + 3.0 + i as f32).collect());
+    let scaled = build(&|v| v.iter().map(|x| x * 7.5).collect());
+    assert_eq!(plain, shifted);
+    assert_eq!(plain, scaled);
+
+    let mut clf = clf;
+    for c in 0..3 {
+        clf.add_class(&format!("c{c}"), &images(&set, c, 0..3)).unwrap();
+    }
+    clf.store_mut().set_normalization(FeatureNorm::CenterSupportL2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    clf.save(dir.path()).unwrap();
+    let loaded = FewShotClassifier::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(loaded.store().normalization(), &FeatureNorm::CenterSupportL2);
+    let q = images(&set, 1, 3..6);
+    assert_eq!(loaded.predict_batch(&q).unwrap(), clf.predict_batch(&q).unwrap());
+}

@@ -88,3 +88,39 @@ fn frozen_backbone_workloads_run() {
     let err = Workload::frozen(net(), WorkloadKind::TrainStep(spec), 96, &Device::Cpu).err().expect("frozen training refused").to_string();
     assert!(err.contains("frozen"), "{err}");
 }
+
+/// A model directory for the frozen EfficientNet-Lite0 holds no weights, only their name
+/// and SHA-256; it loads, embeds as the network itself does, serves a FewShotClassifier,
+/// and refuses weights with another SHA-256.
+#[test]
+fn model_directory_references_the_pretrained_weights() {
+    use protonet::backbone::{BackboneConfig, PretrainedWeights};
+    use protonet::data::ImageConfig;
+    use protonet::{FewShotClassifier, Model, ModelConfig};
+    let Some(path) = weights() else { return };
+    let cfg = ModelConfig::new(BackboneConfig::EfficientNetLite0 { weights: PretrainedWeights::efficientnet_lite0() }, ImageConfig::rgb(96));
+    let dir = tempfile::tempdir().unwrap();
+    Model::new(cfg.clone(), 0, &Device::Cpu).unwrap().save(dir.path()).unwrap();
+    let size: u64 = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(size < 10_000, "the directory must not copy the 18 MB of weights ({size} bytes)");
+    let model = Model::load(dir.path(), &Device::Cpu).unwrap();
+    let x = fixed_input(2, 96);
+    let direct = EfficientNetLite0::load(&path, &Device::Cpu).unwrap().embed(&x, false).unwrap();
+    let via_model = model.net().embed(&x, false).unwrap();
+    assert_eq!(via_model.dims(), &[2, 1280]);
+    let diff = (direct - &via_model).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-5, "{diff}");
+
+    let mut clf = FewShotClassifier::new(model);
+    let img = |i: usize| x.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    clf.add_class("a", &[img(0)]).unwrap();
+    clf.add_class("b", &[img(1)]).unwrap();
+    assert_eq!(clf.predict(&img(1)).unwrap().class.as_deref(), Some("b"));
+
+    // Other weights under the same name are refused with both hashes in the message.
+    let config_path = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&config_path).unwrap().replace("579344248a93", "000000000000");
+    std::fs::write(&config_path, text).unwrap();
+    let err = Model::load(dir.path(), &Device::Cpu).err().expect("wrong sha256 must fail").to_string();
+    assert!(err.contains("sha256 is 579344248a93") && err.contains("000000000000"), "{err}");
+}

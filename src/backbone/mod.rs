@@ -50,6 +50,59 @@ pub trait Backbone: Send + Sync {
     fn embedding_dim(&self, image_size: usize) -> usize;
 }
 
+/// A reference to third-party weights that a model uses but does not contain: the file
+/// name and its SHA-256. The file is looked for in `$PROTONET_PRETRAINED` (a folder), else
+/// in `data/pretrained/` of the working directory, else of this crate's source tree.
+///
+/// ```
+/// let w = protonet::backbone::PretrainedWeights::efficientnet_lite0();
+/// assert!(w.name.ends_with(".pth") && w.sha256.len() == 64);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PretrainedWeights {
+    /// File name, for example `efficientnet-lite0-57934424.pth`.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+}
+
+impl PretrainedWeights {
+    /// The ImageNet EfficientNet-Lite0 state dict that `scripts/fetch-pretrained.sh` fetches.
+    pub fn efficientnet_lite0() -> Self {
+        Self { name: "efficientnet-lite0-57934424.pth".into(), sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db".into() }
+    }
+
+    /// Finds the file and checks its SHA-256; errors say where it looked and how to fetch it.
+    pub fn locate(&self) -> Result<std::path::PathBuf> {
+        use sha2::Digest;
+        if self.name.contains('/') || self.name.contains('\\') || self.name.starts_with('.') {
+            return Err(crate::Error::param("weights", format!("`{}` is not a plain file name", self.name)));
+        }
+        let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+        if let Some(d) = std::env::var_os("PROTONET_PRETRAINED") {
+            dirs.push(d.into());
+        }
+        dirs.push("data/pretrained".into());
+        dirs.push(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/pretrained"));
+        let path = dirs.iter().map(|d| d.join(&self.name)).find(|p| p.is_file()).ok_or_else(|| crate::Error::Checkpoint {
+            path: self.name.clone().into(),
+            reason: format!(
+                "pretrained weights not found in {}; run scripts/fetch-pretrained.sh or set PROTONET_PRETRAINED to their folder",
+                dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+        let bytes = std::fs::read(&path).map_err(|e| crate::Error::io(&path, e))?;
+        let digest: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        if digest != self.sha256 {
+            return Err(crate::Error::Checkpoint {
+                path,
+                reason: format!("sha256 is {digest}, but the model was made with {} (other weights under the same name)", self.sha256),
+            });
+        }
+        Ok(path)
+    }
+}
+
 /// Which backbone a model uses, with its hyper-parameters; stored in `config.json`.
 ///
 /// ```
@@ -63,6 +116,13 @@ pub trait Backbone: Send + Sync {
 pub enum BackboneConfig {
     /// The Conv-4 of Snell et al.
     Conv4(Conv4Config),
+    /// EfficientNet-Lite0 with ImageNet weights, frozen, 1280-d embeddings. The model
+    /// directory holds no weights of it, only the reference.
+    #[serde(rename = "efficientnet_lite0")]
+    EfficientNetLite0 {
+        /// The ImageNet weights.
+        weights: PretrainedWeights,
+    },
 }
 
 impl BackboneConfig {
@@ -70,6 +130,14 @@ impl BackboneConfig {
     pub fn build(&self, vb: VarBuilder) -> Result<Box<dyn Backbone>> {
         match self {
             BackboneConfig::Conv4(c) => Ok(Box::new(Conv4::new(c, vb)?)),
+            BackboneConfig::EfficientNetLite0 { weights } => {
+                // The reference is the published state dict; scripts/fetch-pretrained.sh
+                // converts it (after checking this same SHA-256) into safetensors beside it,
+                // which candle reads.
+                let pth = weights.locate()?;
+                let converted = pth.with_file_name("efficientnet-lite0.safetensors");
+                Ok(Box::new(EfficientNetLite0::load(if converted.is_file() { &converted } else { &pth }, vb.device())?))
+            }
         }
     }
 
@@ -77,6 +145,12 @@ impl BackboneConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             BackboneConfig::Conv4(c) => c.validate(),
+            BackboneConfig::EfficientNetLite0 { weights } => {
+                if weights.sha256.len() != 64 || !weights.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(crate::Error::param("weights", format!("sha256 `{}` is not 64 hex digits", weights.sha256)));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -84,6 +158,7 @@ impl BackboneConfig {
     pub fn in_channels(&self) -> usize {
         match self {
             BackboneConfig::Conv4(c) => c.in_channels,
+            BackboneConfig::EfficientNetLite0 { .. } => 3,
         }
     }
 }

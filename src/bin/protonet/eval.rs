@@ -28,6 +28,17 @@ pub enum Normalize {
     CenterL2,
 }
 
+impl Normalize {
+    /// The library's normalisation (centring on the support set's mean).
+    pub fn feature_norm(self) -> FeatureNorm {
+        match self {
+            Normalize::None => FeatureNorm::None,
+            Normalize::L2 => FeatureNorm::L2,
+            Normalize::CenterL2 => FeatureNorm::CenterSupportL2,
+        }
+    }
+}
+
 /// Arguments of `protonet eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -106,11 +117,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let set = a.data.load(&a.split, &image, quiet)?;
     spec.check_dataset(&set)?;
     let embedded = embed_set_rotations(net, &set, a.rotations, 64, &dev, !quiet)?;
-    let norm = match a.normalize {
-        Normalize::None => FeatureNorm::None,
-        Normalize::L2 => FeatureNorm::L2,
-        Normalize::CenterL2 => FeatureNorm::CenterSupportL2,
-    };
+    let norm = a.normalize.feature_norm();
     let report = evaluate_embedded(&embedded, spec, a.episodes, a.seed, &norm, &dev, !quiet)?;
     if let Some(path) = &a.confusion_png {
         protonet::plot::confusion_matrix(&report.confusion, set.class_names(), path)?;

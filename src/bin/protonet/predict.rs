@@ -13,8 +13,19 @@ use crate::common::device;
 pub struct PredictArgs {
     /// Model directory (from `protonet train`), or a classifier saved with --save (its
     /// classes are then known without --support).
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "backbone", conflicts_with = "backbone")]
+    model: Option<PathBuf>,
+    /// Use a frozen pretrained backbone instead of a trained model (its weights are
+    /// referenced by name and SHA-256 in a saved classifier, not copied).
+    #[arg(long, value_enum)]
+    backbone: Option<crate::eval::PretrainedBackbone>,
+    /// Image side for the pretrained backbone (RGB, ImageNet normalisation).
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
+    /// Embedding normalisation before prototypes (center-l2: centred on the mean of all
+    /// support embeddings, then L2; SimpleShot). Default: as saved, else none.
+    #[arg(long, value_enum)]
+    normalize: Option<crate::eval::Normalize>,
     /// Support folder: one sub-folder of images per class; the sub-folder's name is the class.
     #[arg(long)]
     support: Option<PathBuf>,
@@ -52,10 +63,22 @@ pub struct PredictArgs {
 
 pub fn run(a: PredictArgs) -> Result<()> {
     let dev = device(&a.device)?;
-    let mut clf = FewShotClassifier::load(&a.model, &dev)?;
+    let mut clf = match (&a.model, a.backbone) {
+        (Some(dir), _) => FewShotClassifier::load(dir, &dev)?,
+        (None, Some(crate::eval::PretrainedBackbone::EfficientnetLite0)) => {
+            let weights = protonet::backbone::PretrainedWeights::efficientnet_lite0();
+            let config = protonet::ModelConfig::new(protonet::backbone::BackboneConfig::EfficientNetLite0 { weights }, protonet::data::ImageConfig::rgb(a.image_size));
+            FewShotClassifier::new(protonet::Model::new(config, 0, &dev)?)
+        }
+        (None, None) => return Err(Error::param("model", "give --model DIR or --backbone")),
+    };
+    let model_name = a.model.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "the pretrained backbone".into());
+    if let Some(n) = a.normalize {
+        clf.store_mut().set_normalization(n.feature_norm())?;
+    }
     if let Some(r) = a.rotations {
         if r != clf.rotations() && !clf.class_names().is_empty() {
-            return Err(Error::param("rotations", format!("{} was saved with {} rotations; its prototypes cannot change to {r}", a.model.display(), clf.rotations())));
+            return Err(Error::param("rotations", format!("{model_name} was saved with {} rotations; its prototypes cannot change to {r}", clf.rotations())));
         }
         clf.set_rotations(r)?;
     }
@@ -65,7 +88,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         }
     }
     if clf.class_names().is_empty() {
-        return Err(Error::param("support", format!("{} holds no classes: give --support DIR (one sub-folder per class)", a.model.display())));
+        return Err(Error::param("support", format!("{model_name} holds no classes: give --support DIR (one sub-folder per class)")));
     }
     match (a.threshold, a.reject) {
         (Some(t), _) => clf.set_threshold(Some(t))?,
