@@ -166,9 +166,10 @@ impl CustomOp3 for BnReluPoolTrain {
 
     fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let stats = self.stats.lock().expect("stats lock").clone();
         let gb = Tensor::cat(&[gamma.flatten_all()?, beta.flatten_all()?], 0)?;
-        let packed = x.apply_op3_no_bwd(&grad, &gb, &BnReluPoolBackward { stats })?;
+        // Shares the forward pass's saved state (the window codes are a quarter of the
+        // input's size) instead of copying it.
+        let packed = x.apply_op3_no_bwd(&grad, &gb, &BnReluPoolBackward { stats: self.stats.clone() })?;
         let (len, c) = (x.elem_count(), gamma.elem_count());
         let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
         let dgamma = packed.narrow(0, len, c)?;
@@ -179,7 +180,7 @@ impl CustomOp3 for BnReluPoolTrain {
 
 /// Backward of [`BnReluPoolTrain`]: `(x, d pooled, [gamma | beta]) -> [dx | dgamma | dbeta]`.
 struct BnReluPoolBackward {
-    stats: Option<Saved>,
+    stats: Arc<Mutex<Option<Saved>>>,
 }
 
 fn train_bwd<T: WithDType + Send + Sync>(x: &[T], gp: &[T], gamma: &[T], beta: &[T], d: (usize, usize, usize, usize), saved: &Option<Saved>) -> Vec<T> {
@@ -258,14 +259,15 @@ impl CustomOp3 for BnReluPoolBackward {
         if l2.dims() != [d.0, d.1, d.2 / 2, d.3 / 2] || l3.shape().elem_count() != 2 * d.1 {
             candle_core::bail!("batch-norm-relu-pool backward: mismatched shapes");
         }
+        let saved = self.stats.lock().expect("stats lock");
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(gb)) => {
                 let gb = contiguous(gb, l3)?;
-                CpuStorage::F32(train_bwd(contiguous(x, l1)?, contiguous(g, l2)?, &gb[..d.1], &gb[d.1..], d, &self.stats))
+                CpuStorage::F32(train_bwd(contiguous(x, l1)?, contiguous(g, l2)?, &gb[..d.1], &gb[d.1..], d, &saved))
             }
             (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(gb)) => {
                 let gb = contiguous(gb, l3)?;
-                CpuStorage::F64(train_bwd(contiguous(x, l1)?, contiguous(g, l2)?, &gb[..d.1], &gb[d.1..], d, &self.stats))
+                CpuStorage::F64(train_bwd(contiguous(x, l1)?, contiguous(g, l2)?, &gb[..d.1], &gb[d.1..], d, &saved))
             }
             _ => candle_core::bail!("batch-norm-relu-pool backward: only f32 and f64 of one dtype"),
         };
