@@ -11,6 +11,7 @@
 //! cargo run --release --example coins -- --data DIR         # your photos: one sub-folder per denomination
 //! cargo run --release --example coins -- --train DIR --test DIR [--save MODEL]
 //! cargo run --release --example coins -- --backbone efficientnet-lite0 --data DIR
+//! cargo run --release --example coins -- --backbone efficientnet-lite0-finetuned --train DIR --test DIR
 //! cargo run --release --example coins -- --model MODEL --support DIR --query DIR
 //! ```
 //!
@@ -21,7 +22,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use clap::{Parser, ValueEnum};
-use protonet::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0};
+use protonet::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0, PretrainedWeights};
+use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig};
 use protonet::data::{coins, list_image_folder, list_images, load_image_folder, FolderOptions, ImageConfig, ImageSet};
 use protonet::eval::{embed_set_rotations, evaluate_embedded, FeatureNorm};
 use protonet::{EpisodeSpec, Error, FewShotClassifier, Model, ModelConfig, ProtoNet, Result, TrainConfig, TrainOptions};
@@ -39,6 +41,9 @@ enum BackboneChoice {
     Conv4,
     /// Frozen EfficientNet-Lite0 with ImageNet weights (no training).
     EfficientnetLite0,
+    /// EfficientNet-Lite0 with its head fine-tuned episodically on the training denominations
+    /// (frozen trunk, cached features of 4 rotations, cosine distances with a learnable temperature).
+    EfficientnetLite0Finetuned,
 }
 
 /// Few-shot coin classification: denominations from 4 photos each.
@@ -63,7 +68,7 @@ struct Args {
     /// A model directory: written by --save, read by --support/--query.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Save the trained Conv-4 model to this directory.
+    /// Save the trained model (Conv-4, or the fine-tuned EfficientNet-Lite0 head) to this directory.
     #[arg(long)]
     save: Option<PathBuf>,
     /// Backbone.
@@ -84,6 +89,9 @@ struct Args {
     /// Training episodes (Conv-4).
     #[arg(long, default_value_t = 400)]
     train_episodes: usize,
+    /// Training episodes (fine-tuned EfficientNet-Lite0 head).
+    #[arg(long, default_value_t = 300)]
+    finetune_episodes: usize,
     /// Image side for Conv-4 (RGB). Small enough for a CPU, large enough for numerals.
     #[arg(long, default_value_t = 48)]
     image_size: usize,
@@ -127,7 +135,7 @@ fn run(a: Args) -> Result<()> {
 
     // 1. The data: the user's photos, or rendered coins.
     let image = match backbone {
-        BackboneChoice::EfficientnetLite0 => ImageConfig::rgb(224),
+        BackboneChoice::EfficientnetLite0 | BackboneChoice::EfficientnetLite0Finetuned => ImageConfig::rgb(224),
         _ => ImageConfig::rgb(a.image_size),
     };
     let need = a.shot + a.query_per_class;
@@ -154,9 +162,7 @@ fn run(a: Args) -> Result<()> {
         let rendered = coins::render_set(&designs, 20, &image, a.seed ^ 0xc01, "rendered-")?;
         println!("Adding {} rendered denominations ({} images) to the training denominations.", rendered.num_classes(), rendered.num_images());
         let mut merged = train_set;
-        for c in 0..rendered.num_classes() {
-            merged.push_class(rendered.class_name(c), (0..rendered.class_len(c)).map(|i| rendered.image(c, i).to_vec()).collect())?;
-        }
+        merged.append_classes(&rendered)?;
         merged
     } else {
         train_set
@@ -179,6 +185,28 @@ fn run(a: Args) -> Result<()> {
         BackboneChoice::EfficientnetLite0 => {
             pretrained = ProtoNet::new(Box::new(EfficientNetLite0::load(&a.weights, &dev)?));
             (&pretrained, FeatureNorm::CenterSupportL2)
+        }
+        BackboneChoice::EfficientnetLite0Finetuned => {
+            let mut config = FineTuneConfig {
+                description: format!(
+                    "EfficientNet-Lite0 for coin photographs (examples/coins.rs): head fine-tuned on {} denominations ({}), 224x224 RGB, 4 rotations cached; the ImageNet trunk is referenced, not stored.",
+                    train_set.num_classes(),
+                    a.train.as_ref().or(a.data.as_ref()).map(|p| p.display().to_string()).unwrap_or_else(|| "rendered coins".into())
+                ),
+                ..FineTuneConfig::default()
+            };
+            config.train.way = train_set.num_classes().min(20);
+            config.train.shot = a.shot;
+            config.train.query = (smallest_class(&train_set) * config.rotations).saturating_sub(a.shot).clamp(1, 4);
+            config.train.episodes = a.finetune_episodes;
+            config.train.val_every = a.finetune_episodes;
+            config.train.seed = a.seed;
+            println!("Fine-tuning the EfficientNet-Lite0 head on {}-way {}-shot episodes, {} episodes:", config.train.way, config.train.shot, config.train.episodes);
+            let out = output_dir(&a.save);
+            let (model, report) = fine_tune_efficientnet(&PretrainedWeights::efficientnet_lite0(), &image, &train_set, None, &config, &out, &TrainOptions { progress: true, ..Default::default() })?;
+            finish_output(&a.save, &out, report.seconds);
+            trained = model;
+            (trained.net(), FeatureNorm::None)
         }
         _ => {
             let mut config = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 3, ..Default::default() }), image.clone());
@@ -204,14 +232,9 @@ fn run(a: Args) -> Result<()> {
                 ..Default::default()
             };
             println!("Training Conv-4 on {train_way}-way {}-shot episodes, {} episodes:", tc.shot, tc.episodes);
-            let out = a.save.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("protonet-coins-{}", std::process::id())));
+            let out = output_dir(&a.save);
             let report = protonet::train(&mut model, &train_set, None, &tc, &out, &TrainOptions { progress: true, ..Default::default() })?;
-            println!("  trained in {:.0}s", report.seconds);
-            if a.save.is_some() {
-                println!("  model saved to {}", out.display());
-            } else {
-                std::fs::remove_dir_all(&out).ok();
-            }
+            finish_output(&a.save, &out, report.seconds);
             trained = model;
             (trained.net(), FeatureNorm::None)
         }
@@ -228,6 +251,21 @@ fn run(a: Args) -> Result<()> {
         println!("Wrote the confusion matrix to {}", path.display());
     }
     Ok(())
+}
+
+/// Where training writes: `--save`, or a temporary folder removed afterwards.
+fn output_dir(save: &Option<PathBuf>) -> PathBuf {
+    save.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("protonet-coins-{}", std::process::id())))
+}
+
+/// Reports the training time, and where the model was saved or removes the temporary folder.
+fn finish_output(save: &Option<PathBuf>, out: &Path, seconds: f64) {
+    println!("  trained in {seconds:.0}s");
+    if save.is_some() {
+        println!("  model saved to {}", out.display());
+    } else {
+        std::fs::remove_dir_all(out).ok();
+    }
 }
 
 fn smallest_class(set: &ImageSet) -> usize {

@@ -64,7 +64,14 @@ impl ModelConfig {
             return Err(Error::param("version", format!("this build reads version {VERSION}, found {}", self.version)));
         }
         self.backbone.validate()?;
-        self.image.validate()?;
+        if let BackboneConfig::EfficientNetLite0Head { .. } = self.backbone {
+            // Its inputs are the trunk's feature maps, not images: only the shape matters.
+            if !(1..=128).contains(&self.image.size) {
+                return Err(Error::param("image-size", format!("trunk feature maps of side {} (expected 1..=128)", self.image.size)));
+            }
+        } else {
+            self.image.validate()?;
+        }
         if self.backbone.in_channels() != self.image.channels {
             return Err(Error::param(
                 "channels",
@@ -81,7 +88,7 @@ impl ModelConfig {
     pub fn embedding_dim(&self) -> usize {
         match &self.backbone {
             BackboneConfig::Conv4(c) => c.embedding_dim(self.image.size),
-            BackboneConfig::EfficientNetLite0 { .. } => crate::backbone::EFFICIENTNET_LITE0_DIM,
+            BackboneConfig::EfficientNetLite0 { .. } | BackboneConfig::EfficientNetLite0Head { .. } => crate::backbone::EFFICIENTNET_LITE0_DIM,
         }
     }
 }

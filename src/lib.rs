@@ -69,6 +69,7 @@ pub mod data;
 pub mod episode;
 mod error;
 pub mod eval;
+pub mod finetune;
 pub mod optim;
 pub mod plot;
 pub mod progress;

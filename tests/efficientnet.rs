@@ -1,23 +1,15 @@
 //! EfficientNet-Lite0 in candle against PyTorch's outputs (tests/fixtures, written by
 //! scripts/efficientnet_reference.py) on the real ImageNet weights.
 
+mod common;
+
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use protonet::backbone::{Backbone, EfficientNetLite0};
 
 fn weights() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(EfficientNetLite0::DEFAULT_WEIGHTS);
-    if p.is_file() {
-        return Some(p);
-    }
-    let msg = format!("{} is missing: run scripts/fetch-pretrained.sh (CI's .ci/run does)", p.display());
-    if std::env::var("PROTONET_SKIP_DATA_TESTS").as_deref() == Ok("1") {
-        eprintln!("SKIPPED efficientnet reference test: {msg}");
-        None
-    } else {
-        panic!("{msg}");
-    }
+    common::pretrained_weights("efficientnet reference test")
 }
 
 /// The fixture's input formula: `1.5 * sin(0.05 h + 0.07 (c + 1) w + 1.3 i + 0.2 c)`.
@@ -98,7 +90,7 @@ fn model_directory_references_the_pretrained_weights() {
     use protonet::data::ImageConfig;
     use protonet::{FewShotClassifier, Model, ModelConfig};
     let Some(path) = weights() else { return };
-    let cfg = ModelConfig::new(BackboneConfig::EfficientNetLite0 { weights: PretrainedWeights::efficientnet_lite0() }, ImageConfig::rgb(96));
+    let cfg = ModelConfig::new(BackboneConfig::EfficientNetLite0 { weights: PretrainedWeights::efficientnet_lite0(), head: None }, ImageConfig::rgb(96));
     let dir = tempfile::tempdir().unwrap();
     Model::new(cfg.clone(), 0, &Device::Cpu).unwrap().save(dir.path()).unwrap();
     let size: u64 = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();

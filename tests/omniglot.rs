@@ -53,3 +53,18 @@ fn shipped_model_recognises_unseen_characters() {
     println!("shipped model, 5-way 1-shot on Omniglot test: {report}");
     assert!(report.accuracy > 0.95, "{report}");
 }
+
+/// The 1-shot model trained on train+val (data/omniglot-conv4-1shot-trainval, the model
+/// whose 1000-episode results match the paper's in the README) loads and, on 200 20-way
+/// 1-shot test episodes, is within reach of the paper's 96.0%.
+#[test]
+fn shipped_trainval_model_is_near_the_paper_on_20_way_1_shot() {
+    let Some(root) = common::require_omniglot("shipped_trainval_model_is_near_the_paper_on_20_way_1_shot") else { return };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/omniglot-conv4-1shot-trainval");
+    let model = protonet::Model::load(&dir, &candle_core::Device::Cpu).unwrap();
+    let test = load_omniglot(&root, OmniglotSplit::Test).unwrap();
+    let spec = protonet::EpisodeSpec::new(20, 1, 15).unwrap();
+    let report = protonet::evaluate(model.net(), &test, spec, 200, 11, &candle_core::Device::Cpu, false).unwrap();
+    println!("train+val 1-shot model, 20-way 1-shot on Omniglot test: {report}");
+    assert!(report.accuracy > 0.95, "{report}");
+}

@@ -4,18 +4,30 @@
 //! embedding is the global average of the 1280-channel head. Convolutions use
 //! TensorFlow's "same" padding, as the reference implementation does.
 //!
-//! For now the network is used frozen: BatchNorm always uses its running statistics.
+//! The ImageNet network is used frozen (BatchNorm always uses its running statistics). Its
+//! head (the 1x1 convolution to 1280 channels and its BatchNorm) can be fine-tuned as a
+//! [`TunedHead`] on the frozen trunk's feature maps, with L2-normalised embeddings and a
+//! learnable temperature; [`FineTunedEfficientNet`] puts the two together for images.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, Linear, ModuleT, VarBuilder};
+use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, Init, Linear, ModuleT, VarBuilder};
+use serde::{Deserialize, Serialize};
 
 use super::{conv2d, depthwise_conv2d, Backbone};
 use crate::{Error, Result};
 
 /// Embedding size (channels of the head convolution).
 pub const EFFICIENTNET_LITE0_DIM: usize = 1280;
+
+/// Channels of the trunk's output (the last MBConv block), the input of the head.
+pub const EFFICIENTNET_LITE0_TRUNK_CHANNELS: usize = 320;
+
+/// The trunk's output side for square inputs of `image_size` pixels (stride 32, "same" padding).
+pub fn trunk_side(image_size: usize) -> usize {
+    image_size.div_ceil(32)
+}
 
 /// (repeats, kernel, stride, expand ratio, input filters, output filters), as in the
 /// reference's `efficientnet_lite` block strings.
@@ -158,8 +170,8 @@ impl EfficientNetLite0 {
         Self::new(vb).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
     }
 
-    /// The head's feature map `(N, 1280, H/32, W/32)`.
-    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+    /// The trunk's feature map `(N, 320, H/32, W/32)`: stem and MBConv blocks, before the head.
+    pub fn trunk(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (pt, pb) = same_padding(h, 3, 2);
         let (pl, pr) = same_padding(w, 3, 2);
@@ -168,7 +180,25 @@ impl EfficientNetLite0 {
         for b in &self.blocks {
             x = b.forward(&x)?;
         }
-        relu6(&self.bn1.forward_t(&pointwise(&x, &self.head)?, false)?)
+        Ok(x)
+    }
+
+    /// The head's feature map `(N, 1280, H/32, W/32)`.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        relu6(&self.bn1.forward_t(&pointwise(&self.trunk(x)?, &self.head)?, false)?)
+    }
+
+    /// The pretrained head as named tensors, in the names [`TunedHead`] uses
+    /// (`conv.weight`, `bn.weight`, `bn.bias`, `bn.running_mean`, `bn.running_var`), to
+    /// start fine-tuning from.
+    pub fn head_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![("conv.weight".to_string(), self.head.clone())];
+        let (w, b) = self.bn1.weight_and_bias().expect("the reference's BatchNorm is affine");
+        v.push(("bn.weight".into(), w.clone()));
+        v.push(("bn.bias".into(), b.clone()));
+        v.push(("bn.running_mean".into(), self.bn1.running_mean().clone()));
+        v.push(("bn.running_var".into(), self.bn1.running_var().clone()));
+        v
     }
 
     /// ImageNet-1k logits `(N, 1000)`, when the classifier was loaded.
@@ -181,6 +211,111 @@ impl EfficientNetLite0 {
 impl Backbone for EfficientNetLite0 {
     fn embed(&self, images: &Tensor, _train: bool) -> Result<Tensor> {
         Ok(self.features(images)?.mean(D::Minus1)?.mean(D::Minus1)?)
+    }
+
+    fn embedding_dim(&self, _image_size: usize) -> usize {
+        EFFICIENTNET_LITE0_DIM
+    }
+}
+
+/// How a fine-tuned head embeds; stored in `config.json`.
+///
+/// ```
+/// let h = protonet::backbone::HeadConfig::default();
+/// assert!(h.normalize);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadConfig {
+    /// L2-normalise the pooled embedding, so that squared distances are `2 - 2 cos` (the
+    /// cosine classifier of Meta-Baseline).
+    pub normalize: bool,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        Self { normalize: true }
+    }
+}
+
+/// The EfficientNet-Lite0 head as a trainable module on the frozen trunk's feature maps
+/// `(N, 320, h, w)`: 1x1 convolution to 1280 channels, BatchNorm, ReLU6, global average
+/// pooling, optional L2 normalisation, then a learnable temperature `t` on the distances
+/// (embeddings are scaled by `sqrt(t)`, so squared distances are scaled by `t`).
+///
+/// Parameters (through `vb`): `conv.weight`, `bn.{weight,bias,running_mean,running_var}`,
+/// `log_temperature` (initialised at `ln 5` when normalising, which is Meta-Baseline's
+/// cosine temperature 10, else 0).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use protonet::backbone::{Backbone, HeadConfig, TunedHead};
+/// let vars = VarMap::new();
+/// let head = TunedHead::new(&HeadConfig::default(), VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu))?;
+/// let x = Tensor::ones((2, 320, 3, 3), DType::F32, &Device::Cpu)?;
+/// assert_eq!(head.embed(&x, false)?.dims(), &[2, 1280]);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub struct TunedHead {
+    conv: Tensor,
+    bn: BatchNorm,
+    log_temperature: Tensor,
+    normalize: bool,
+}
+
+impl TunedHead {
+    /// Creates (or loads, through `vb`) the head's parameters.
+    pub fn new(config: &HeadConfig, vb: VarBuilder) -> Result<Self> {
+        let t0 = if config.normalize { 5f64.ln() } else { 0.0 };
+        let bound = 1.0 / (EFFICIENTNET_LITE0_TRUNK_CHANNELS as f64).sqrt();
+        Ok(Self {
+            conv: vb.get_with_hints((EFFICIENTNET_LITE0_DIM, EFFICIENTNET_LITE0_TRUNK_CHANNELS, 1, 1), "conv.weight", Init::Uniform { lo: -bound, up: bound })?,
+            bn: bn(EFFICIENTNET_LITE0_DIM, vb.pp("bn"))?,
+            log_temperature: vb.get_with_hints((), "log_temperature", Init::Const(t0))?,
+            normalize: config.normalize,
+        })
+    }
+
+    /// The temperature `t` on the squared distances.
+    pub fn temperature(&self) -> Result<f32> {
+        Ok(self.log_temperature.exp()?.to_scalar::<f32>()?)
+    }
+}
+
+impl Backbone for TunedHead {
+    fn embed(&self, trunk_features: &Tensor, train: bool) -> Result<Tensor> {
+        let h = relu6(&self.bn.forward_t(&pointwise(trunk_features, &self.conv)?, train)?)?;
+        let mut e = h.mean(D::Minus1)?.mean(D::Minus1)?;
+        if self.normalize {
+            let norm = e.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+            e = e.broadcast_div(&norm)?;
+        }
+        let scale = (&self.log_temperature * 0.5)?.exp()?;
+        Ok(e.broadcast_mul(&scale)?)
+    }
+
+    fn embedding_dim(&self, _image_size: usize) -> usize {
+        EFFICIENTNET_LITE0_DIM
+    }
+}
+
+/// EfficientNet-Lite0 for images with a fine-tuned head: the frozen ImageNet trunk, then
+/// a [`TunedHead`].
+pub struct FineTunedEfficientNet {
+    trunk: EfficientNetLite0,
+    head: TunedHead,
+}
+
+impl FineTunedEfficientNet {
+    /// Puts a frozen network and a trained head together.
+    pub fn new(trunk: EfficientNetLite0, head: TunedHead) -> Self {
+        Self { trunk, head }
+    }
+}
+
+impl Backbone for FineTunedEfficientNet {
+    fn embed(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        self.head.embed(&self.trunk.trunk(images)?, train)
     }
 
     fn embedding_dim(&self, _image_size: usize) -> usize {

@@ -13,7 +13,7 @@ mod ops;
 
 pub use conv4::{Conv4, Conv4Config};
 pub use depthwise::depthwise_conv2d;
-pub use efficientnet::{EfficientNetLite0, EFFICIENTNET_LITE0_DIM};
+pub use efficientnet::{trunk_side, EfficientNetLite0, FineTunedEfficientNet, HeadConfig, TunedHead, EFFICIENTNET_LITE0_DIM, EFFICIENTNET_LITE0_TRUNK_CHANNELS};
 pub use batchnorm::BatchNormRelu;
 pub use conv::conv2d;
 pub use ops::max_pool2x2;
@@ -116,12 +116,24 @@ impl PretrainedWeights {
 pub enum BackboneConfig {
     /// The Conv-4 of Snell et al.
     Conv4(Conv4Config),
-    /// EfficientNet-Lite0 with ImageNet weights, frozen, 1280-d embeddings. The model
-    /// directory holds no weights of it, only the reference.
+    /// EfficientNet-Lite0 with ImageNet weights, 1280-d embeddings. The model directory
+    /// holds no weights of it, only the reference; with `head`, it holds the fine-tuned
+    /// head ([`TunedHead`], parameters `head.*`) that replaces the ImageNet one.
     #[serde(rename = "efficientnet_lite0")]
     EfficientNetLite0 {
         /// The ImageNet weights.
         weights: PretrainedWeights,
+        /// A fine-tuned head, if any (absent: the frozen ImageNet network).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head: Option<HeadConfig>,
+    },
+    /// The fine-tunable EfficientNet-Lite0 head alone ([`TunedHead`], parameters `head.*`),
+    /// whose inputs are the frozen trunk's feature maps `(N, 320, h, w)` rather than
+    /// images: what [`crate::finetune`] trains on cached features.
+    #[serde(rename = "efficientnet_lite0_head")]
+    EfficientNetLite0Head {
+        /// The head's settings.
+        head: HeadConfig,
     },
 }
 
@@ -130,14 +142,19 @@ impl BackboneConfig {
     pub fn build(&self, vb: VarBuilder) -> Result<Box<dyn Backbone>> {
         match self {
             BackboneConfig::Conv4(c) => Ok(Box::new(Conv4::new(c, vb)?)),
-            BackboneConfig::EfficientNetLite0 { weights } => {
+            BackboneConfig::EfficientNetLite0 { weights, head } => {
                 // The reference is the published state dict; scripts/fetch-pretrained.sh
                 // converts it (after checking this same SHA-256) into safetensors beside it,
                 // which candle reads.
                 let pth = weights.locate()?;
                 let converted = pth.with_file_name("efficientnet-lite0.safetensors");
-                Ok(Box::new(EfficientNetLite0::load(if converted.is_file() { &converted } else { &pth }, vb.device())?))
+                let net = EfficientNetLite0::load(if converted.is_file() { &converted } else { &pth }, vb.device())?;
+                match head {
+                    None => Ok(Box::new(net)),
+                    Some(h) => Ok(Box::new(FineTunedEfficientNet::new(net, TunedHead::new(h, vb.pp("head"))?))),
+                }
             }
+            BackboneConfig::EfficientNetLite0Head { head } => Ok(Box::new(TunedHead::new(head, vb.pp("head"))?)),
         }
     }
 
@@ -145,7 +162,8 @@ impl BackboneConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             BackboneConfig::Conv4(c) => c.validate(),
-            BackboneConfig::EfficientNetLite0 { weights } => {
+            BackboneConfig::EfficientNetLite0Head { .. } => Ok(()),
+            BackboneConfig::EfficientNetLite0 { weights, .. } => {
                 if weights.sha256.len() != 64 || !weights.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(crate::Error::param("weights", format!("sha256 `{}` is not 64 hex digits", weights.sha256)));
                 }
@@ -159,6 +177,7 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Conv4(c) => c.in_channels,
             BackboneConfig::EfficientNetLite0 { .. } => 3,
+            BackboneConfig::EfficientNetLite0Head { .. } => EFFICIENTNET_LITE0_TRUNK_CHANNELS,
         }
     }
 }

@@ -46,6 +46,32 @@ impl ImageSet {
         Ok(())
     }
 
+    /// Appends every class of `other` (images of the same shape), for example rendered
+    /// classes to real ones. Class names must not clash.
+    ///
+    /// ```
+    /// use protonet::data::ImageSet;
+    /// let mut a = ImageSet::new(1, 1, 2);
+    /// a.push_class("x", vec![vec![0.0, 1.0]]).unwrap();
+    /// let mut b = ImageSet::new(1, 1, 2);
+    /// b.push_class("y", vec![vec![2.0, 3.0]]).unwrap();
+    /// a.append_classes(&b).unwrap();
+    /// assert_eq!(a.class_names(), ["x", "y"]);
+    /// assert!(a.append_classes(&b).is_err());
+    /// ```
+    pub fn append_classes(&mut self, other: &ImageSet) -> Result<()> {
+        if other.image_dims() != self.image_dims() {
+            return Err(Error::param("images", format!("cannot merge images of shape {:?} into a set of {:?}", other.image_dims(), self.image_dims())));
+        }
+        if let Some(dup) = other.names.iter().find(|n| self.names.contains(n)) {
+            return Err(Error::param("classes", format!("class `{dup}` is in both sets")));
+        }
+        for c in 0..other.num_classes() {
+            self.push_class(other.class_name(c), (0..other.class_len(c)).map(|i| other.image(c, i).to_vec()).collect())?;
+        }
+        Ok(())
+    }
+
     /// Number of classes.
     pub fn num_classes(&self) -> usize {
         self.names.len()

@@ -103,3 +103,20 @@ pub fn run_protonet(args: &[&str]) -> (bool, String, String) {
     assert!(!stderr.contains("panicked") && !stdout.contains("panicked"), "protonet {args:?} panicked:\n{stderr}");
     (out.status.success(), stdout, stderr)
 }
+
+/// The converted EfficientNet-Lite0 ImageNet weights, or `None` (saying so) when they are
+/// missing and `PROTONET_SKIP_DATA_TESTS=1`; without that variable a missing file fails
+/// the test, since CI fetches them (`scripts/fetch-pretrained.sh`).
+pub fn pretrained_weights(test: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(protonet::backbone::EfficientNetLite0::DEFAULT_WEIGHTS);
+    if p.is_file() {
+        return Some(p);
+    }
+    let msg = format!("{} is missing: run scripts/fetch-pretrained.sh (CI's .ci/run does)", p.display());
+    if std::env::var("PROTONET_SKIP_DATA_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED {test}: {msg}");
+        None
+    } else {
+        panic!("{msg}");
+    }
+}

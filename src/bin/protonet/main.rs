@@ -9,6 +9,7 @@ mod bench;
 mod common;
 mod embed;
 mod eval;
+mod finetune;
 mod plot;
 mod predict;
 mod train;
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// Train a model episodically and save the best one (by validation) to a directory.
     Train(train::TrainArgs),
+    /// Fine-tune the pretrained EfficientNet-Lite0's head episodically on base classes (frozen trunk, cached features).
+    FineTune(finetune::FineTuneArgs),
     /// Evaluate a saved model: mean accuracy and 95% CI over many episodes.
     Eval(eval::EvalArgs),
     /// Time N-way K-shot episodes (inference, or a training step with --train) on random images.
@@ -49,6 +52,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train::run(a),
+        Command::FineTune(a) => finetune::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Predict(a) => predict::run(a),

@@ -67,7 +67,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         (Some(dir), _) => FewShotClassifier::load(dir, &dev)?,
         (None, Some(crate::eval::PretrainedBackbone::EfficientnetLite0)) => {
             let weights = protonet::backbone::PretrainedWeights::efficientnet_lite0();
-            let config = protonet::ModelConfig::new(protonet::backbone::BackboneConfig::EfficientNetLite0 { weights }, protonet::data::ImageConfig::rgb(a.image_size));
+            let config = protonet::ModelConfig::new(protonet::backbone::BackboneConfig::EfficientNetLite0 { weights, head: None }, protonet::data::ImageConfig::rgb(a.image_size));
             FewShotClassifier::new(protonet::Model::new(config, 0, &dev)?)
         }
         (None, None) => return Err(Error::param("model", "give --model DIR or --backbone")),
