@@ -161,6 +161,19 @@ impl Model {
         Ok(model)
     }
 
+    /// Like [`Model::load`], for a model that embeds images: refuses the head-only models
+    /// that fine-tuning trains on cached features (`head-training/`), naming the folder.
+    pub fn load_for_images(dir: &Path, device: &Device) -> Result<Self> {
+        let model = Self::load(dir, device)?;
+        if let BackboneConfig::EfficientNetLite0Head { .. } = model.config.backbone {
+            return Err(Error::Checkpoint {
+                path: dir.to_path_buf(),
+                reason: "holds an EfficientNet-Lite0 head trained on cached trunk features, not a model for images; use the model directory above it".into(),
+            });
+        }
+        Ok(model)
+    }
+
     /// Saves `model.safetensors` and `config.json` into `dir` (created if needed), each
     /// written to a temporary file and renamed into place.
     pub fn save(&self, dir: &Path) -> Result<()> {

@@ -383,7 +383,7 @@ impl FewShotClassifier {
 
     /// A classifier around the model saved in `dir` (as by `protonet train`), no classes.
     pub fn from_model_dir(dir: &Path, device: &Device) -> Result<Self> {
-        Ok(Self::new(Model::load(dir, device)?))
+        Ok(Self::new(Model::load_for_images(dir, device)?))
     }
 
     /// The model.
@@ -554,7 +554,7 @@ impl FewShotClassifier {
     /// Loads a classifier saved by [`FewShotClassifier::save`]. A model directory without
     /// a class store loads as a classifier with no classes.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let model = Model::load(dir, device)?;
+        let model = Model::load_for_images(dir, device)?;
         let path = dir.join(CLASSIFIER_FILE);
         if !path.exists() {
             return Ok(Self::new(model));

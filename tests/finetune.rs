@@ -122,3 +122,40 @@ fn fine_tuning_settings_are_checked() {
     let err = fine_tune_efficientnet(&PretrainedWeights::efficientnet_lite0(), &grey, &set, None, &FineTuneConfig::default(), dir.path(), &TrainOptions::default()).err().expect("grey images must be refused");
     assert!(err.to_string().contains("RGB"), "{err}");
 }
+
+#[test]
+fn fine_tune_command_end_to_end_and_its_errors() {
+    use common::run_protonet;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("classes");
+    common::write_glyph_folder(&data, 5, 6, 40, 21);
+    let data_s = data.to_str().unwrap();
+    let out = tmp.path().join("model");
+    let out_s = out.to_str().unwrap();
+
+    // Errors that need no weights: a missing folder, a class in two folders, a bad size.
+    let (ok, _, err) = run_protonet(&["fine-tune", "--data", "/no/such/folder", "--out", out_s]);
+    assert!(!ok && err.contains("/no/such/folder"), "{err}");
+    let (ok, _, err) = run_protonet(&["fine-tune", "--data", data_s, "--data", data_s, "--out", out_s]);
+    assert!(!ok && err.contains("in both sets"), "{err}");
+    let (ok, _, err) = run_protonet(&["fine-tune", "--data", data_s, "--out", out_s, "--image-size", "8"]);
+    assert!(!ok && err.contains("image-size"), "{err}");
+    assert!(!out.join("model.safetensors").exists());
+
+    if weights().is_none() {
+        return;
+    }
+    let args = ["fine-tune", "--data", data_s, "--out", out_s, "--image-size", "64", "--episodes", "10", "--way", "3", "--shot", "2", "--query", "2", "--rotations", "2", "--val-every", "5", "--description", "glyph test", "--quiet"];
+    let (ok, stdout, err) = run_protonet(&args);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("fine-tuned 10 episodes"), "{stdout}");
+    let eval = ["eval", "--model", out_s, "--dataset", "folder", "--data", data_s, "--way", "3", "--shot", "2", "--query", "2", "--episodes", "5", "--json"];
+    let (ok, stdout, err) = run_protonet(&eval);
+    assert!(ok && stdout.contains("\"accuracy\""), "{stdout}{err}");
+    // The head-only model under head-training/ is refused for images, with a pointer.
+    let head = out.join(HEAD_TRAINING_DIR);
+    let mut eval_head = eval;
+    eval_head[2] = head.to_str().unwrap();
+    let (ok, _, err) = run_protonet(&eval_head);
+    assert!(!ok && err.contains("use the model directory above it"), "{err}");
+}

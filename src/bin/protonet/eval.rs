@@ -105,7 +105,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let pretrained;
     let (net, image): (&ProtoNet, ImageConfig) = match (&a.model, a.backbone) {
         (Some(dir), _) => {
-            model = Model::load(dir, &dev)?;
+            model = Model::load_for_images(dir, &dev)?;
             (model.net(), model.config().image.clone())
         }
         (None, Some(PretrainedBackbone::EfficientnetLite0)) => {

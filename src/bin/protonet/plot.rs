@@ -80,7 +80,7 @@ pub struct PlotCurvesArgs {
 }
 
 pub fn run_curves(a: PlotCurvesArgs) -> Result<()> {
-    let model = Model::load(&a.model, &candle_core::Device::Cpu)?;
+    let model = Model::load_for_images(&a.model, &candle_core::Device::Cpu)?;
     let history = model
         .config()
         .training
