@@ -137,8 +137,7 @@ pub fn head_model(net: &EfficientNetLite0, head: &HeadConfig, side: usize, devic
     config.description = "EfficientNet-Lite0 head being fine-tuned on cached trunk features (not usable on images; see the parent folder)".into();
     let model = Model::new(config, 0, device)?;
     let mut tensors: HashMap<String, Tensor> = net.head_tensors().into_iter().map(|(n, t)| (format!("head.{n}"), t)).collect();
-    let t0 = if head.normalize { 5f32.ln() } else { 0.0 };
-    tensors.insert("head.log_temperature".into(), Tensor::new(t0, device)?);
+    tensors.insert("head.log_temperature".into(), Tensor::new(head.initial_log_temperature() as f32, device)?);
     model.set_tensors(&tensors, Path::new("(the ImageNet head)"))?;
     Ok(model)
 }
@@ -178,9 +177,7 @@ pub fn fine_tune_efficientnet(
     let mut full_config = ModelConfig::new(BackboneConfig::EfficientNetLite0 { weights: weights.clone(), head: Some(config.head.clone()) }, image.clone());
     full_config.description = config.description.clone();
     let mut full = Model::new(full_config, config.train.seed, &device)?;
-    let pth = weights.locate()?;
-    let converted = pth.with_file_name("efficientnet-lite0.safetensors");
-    let net = EfficientNetLite0::load(if converted.is_file() { &converted } else { &pth }, &device)?;
+    let net = EfficientNetLite0::from_reference(weights, &device)?;
 
     if options.progress {
         eprintln!("caching trunk features: {} training images x {} rotations", train_set.num_images(), config.rotations);

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, Init, Linear, ModuleT, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{conv2d, depthwise_conv2d, Backbone};
+use super::{conv2d, depthwise_conv2d, Backbone, PretrainedWeights};
 use crate::{Error, Result};
 
 /// Embedding size (channels of the head convolution).
@@ -170,6 +170,16 @@ impl EfficientNetLite0 {
         Self::new(vb).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
     }
 
+    /// Loads the weights a model references: the published state dict, found and checked
+    /// by [`PretrainedWeights::locate`], or rather the safetensors that
+    /// `scripts/fetch-pretrained.sh` converted it into beside it (after checking the same
+    /// SHA-256), which candle reads without Python's pickle.
+    pub fn from_reference(weights: &PretrainedWeights, device: &Device) -> Result<Self> {
+        let pth = weights.locate()?;
+        let converted = pth.with_file_name("efficientnet-lite0.safetensors");
+        Self::load(if converted.is_file() { &converted } else { &pth }, device)
+    }
+
     /// The trunk's feature map `(N, 320, H/32, W/32)`: stem and MBConv blocks, before the head.
     pub fn trunk(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
@@ -237,6 +247,19 @@ impl Default for HeadConfig {
     }
 }
 
+impl HeadConfig {
+    /// The starting `ln t` of the temperature on squared distances: `ln 5` when
+    /// normalising (Meta-Baseline's cosine temperature 10, as `|a - b|^2 = 2 - 2 cos`),
+    /// else 0.
+    pub fn initial_log_temperature(&self) -> f64 {
+        if self.normalize {
+            5f64.ln()
+        } else {
+            0.0
+        }
+    }
+}
+
 /// The EfficientNet-Lite0 head as a trainable module on the frozen trunk's feature maps
 /// `(N, 320, h, w)`: 1x1 convolution to 1280 channels, BatchNorm, ReLU6, global average
 /// pooling, optional L2 normalisation, then a learnable temperature `t` on the distances
@@ -266,7 +289,7 @@ pub struct TunedHead {
 impl TunedHead {
     /// Creates (or loads, through `vb`) the head's parameters.
     pub fn new(config: &HeadConfig, vb: VarBuilder) -> Result<Self> {
-        let t0 = if config.normalize { 5f64.ln() } else { 0.0 };
+        let t0 = config.initial_log_temperature();
         let bound = 1.0 / (EFFICIENTNET_LITE0_TRUNK_CHANNELS as f64).sqrt();
         Ok(Self {
             conv: vb.get_with_hints((EFFICIENTNET_LITE0_DIM, EFFICIENTNET_LITE0_TRUNK_CHANNELS, 1, 1), "conv.weight", Init::Uniform { lo: -bound, up: bound })?,

@@ -143,12 +143,7 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Conv4(c) => Ok(Box::new(Conv4::new(c, vb)?)),
             BackboneConfig::EfficientNetLite0 { weights, head } => {
-                // The reference is the published state dict; scripts/fetch-pretrained.sh
-                // converts it (after checking this same SHA-256) into safetensors beside it,
-                // which candle reads.
-                let pth = weights.locate()?;
-                let converted = pth.with_file_name("efficientnet-lite0.safetensors");
-                let net = EfficientNetLite0::load(if converted.is_file() { &converted } else { &pth }, vb.device())?;
+                let net = EfficientNetLite0::from_reference(weights, vb.device())?;
                 match head {
                     None => Ok(Box::new(net)),
                     Some(h) => Ok(Box::new(FineTunedEfficientNet::new(net, TunedHead::new(h, vb.pp("head"))?))),
