@@ -1,7 +1,8 @@
 //! Depthwise 2-D convolution (one filter per channel, any stride, explicit zero padding)
 //! for the CPU as a candle custom op. candle 0.11 runs a grouped convolution as one
 //! convolution per group, which is very slow for the hundreds of groups of a depthwise
-//! layer. Forward only for now: the op has no backward pass.
+//! layer. The backward pass (input and kernel gradients) is two more CPU kernels, checked
+//! against finite differences.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -23,7 +24,7 @@ use crate::Result;
 /// ```
 pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: (usize, usize, usize, usize)) -> Result<Tensor> {
     if x.device().is_cpu() {
-        Ok(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &Depthwise { stride, pad })?)
+        Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Depthwise { stride, pad })?)
     } else {
         let x = x.pad_with_zeros(2, pad.0, pad.1)?.pad_with_zeros(3, pad.2, pad.3)?;
         Ok(x.conv2d(w, 0, stride, 1, x.dim(1)?)?)
@@ -66,6 +67,132 @@ fn run<T: WithDType + Send + Sync>(x: &[T], w: &[T], (n, c, h, wd): (usize, usiz
     (out, oh, ow)
 }
 
+/// `dL/dx` from `dL/dy` `g` `(N, C, OH, OW)` and the kernel, for an input of `h x wd`.
+fn grad_input<T: WithDType + Send + Sync>(g: &[T], w: &[T], (n, c, oh, ow): (usize, usize, usize, usize), (h, wd): (usize, usize), (kh, kw): (usize, usize), s: usize, pad: (usize, usize, usize, usize)) -> Vec<T> {
+    let mut out = vec![T::zero(); n * c * h * wd];
+    out.par_chunks_mut(h * wd).enumerate().for_each(|(plane, gx)| {
+        let ch = plane % c;
+        let go = &g[plane * oh * ow..][..oh * ow];
+        let k = &w[ch * kh * kw..][..kh * kw];
+        for oy in 0..oh {
+            for ky in 0..kh {
+                let iy = (oy * s + ky) as isize - pad.0 as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let row = &mut gx[iy as usize * wd..][..wd];
+                let grow = &go[oy * ow..][..ow];
+                for kx in 0..kw {
+                    let wv = k[ky * kw + kx];
+                    for (ox, gv) in grow.iter().enumerate() {
+                        let ix = (ox * s + kx) as isize - pad.2 as isize;
+                        if ix >= 0 && ix < wd as isize {
+                            row[ix as usize] += wv * *gv;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `dL/dw` `(C, 1, KH, KW)` from the input `x` `(N, C, H, W)` and `dL/dy` `g`.
+fn grad_kernel<T: WithDType + Send + Sync>(x: &[T], g: &[T], (n, c, h, wd): (usize, usize, usize, usize), (oh, ow): (usize, usize), (kh, kw): (usize, usize), s: usize, pad: (usize, usize, usize, usize)) -> Vec<T> {
+    let mut out = vec![T::zero(); c * kh * kw];
+    out.par_chunks_mut(kh * kw).enumerate().for_each(|(ch, gk)| {
+        for b in 0..n {
+            let plane = b * c + ch;
+            let img = &x[plane * h * wd..][..h * wd];
+            let go = &g[plane * oh * ow..][..oh * ow];
+            for oy in 0..oh {
+                for ky in 0..kh {
+                    let iy = (oy * s + ky) as isize - pad.0 as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let row = &img[iy as usize * wd..][..wd];
+                    let grow = &go[oy * ow..][..ow];
+                    for kx in 0..kw {
+                        let mut acc = T::zero();
+                        for (ox, gv) in grow.iter().enumerate() {
+                            let ix = (ox * s + kx) as isize - pad.2 as isize;
+                            if ix >= 0 && ix < wd as isize {
+                                acc += row[ix as usize] * *gv;
+                            }
+                        }
+                        gk[ky * kw + kx] += acc;
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The contiguous slices of two storages of one float dtype, or an error naming `what`.
+fn f32_or_f64<'a>(what: &str, s1: &'a CpuStorage, l1: &Layout, s2: &'a CpuStorage, l2: &Layout) -> candle_core::Result<Pair<'a>> {
+    let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        candle_core::bail!("{what}: inputs must be contiguous");
+    };
+    match (s1, s2) {
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => Ok(Pair::F32(&x[a1..b1], &y[a2..b2])),
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => Ok(Pair::F64(&x[a1..b1], &y[a2..b2])),
+        _ => candle_core::bail!("{what}: only f32 and f64 of one dtype"),
+    }
+}
+
+enum Pair<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F64(&'a [f64], &'a [f64]),
+}
+
+/// The input gradient as an op on (`dL/dy`, kernel).
+struct DepthwiseGradInput {
+    stride: usize,
+    pad: (usize, usize, usize, usize),
+    input_hw: (usize, usize),
+}
+
+impl CustomOp2 for DepthwiseGradInput {
+    fn name(&self) -> &'static str {
+        "protonet-depthwise-conv2d-grad-input"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = l1.shape().dims4()?;
+        let (_, _, kh, kw) = l2.shape().dims4()?;
+        let out = match f32_or_f64("depthwise conv backward", s1, l1, s2, l2)? {
+            Pair::F32(g, w) => CpuStorage::F32(grad_input(g, w, d, self.input_hw, (kh, kw), self.stride, self.pad)),
+            Pair::F64(g, w) => CpuStorage::F64(grad_input(g, w, d, self.input_hw, (kh, kw), self.stride, self.pad)),
+        };
+        Ok((out, Shape::from((d.0, d.1, self.input_hw.0, self.input_hw.1))))
+    }
+}
+
+/// The kernel gradient as an op on (input, `dL/dy`).
+struct DepthwiseGradKernel {
+    stride: usize,
+    pad: (usize, usize, usize, usize),
+    kernel: (usize, usize),
+}
+
+impl CustomOp2 for DepthwiseGradKernel {
+    fn name(&self) -> &'static str {
+        "protonet-depthwise-conv2d-grad-kernel"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = l1.shape().dims4()?;
+        let (_, _, oh, ow) = l2.shape().dims4()?;
+        let out = match f32_or_f64("depthwise conv backward", s1, l1, s2, l2)? {
+            Pair::F32(x, g) => CpuStorage::F32(grad_kernel(x, g, d, (oh, ow), self.kernel, self.stride, self.pad)),
+            Pair::F64(x, g) => CpuStorage::F64(grad_kernel(x, g, d, (oh, ow), self.kernel, self.stride, self.pad)),
+        };
+        Ok((out, Shape::from((d.1, 1, self.kernel.0, self.kernel.1))))
+    }
+}
+
 impl CustomOp2 for Depthwise {
     fn name(&self) -> &'static str {
         "protonet-depthwise-conv2d"
@@ -80,28 +207,63 @@ impl CustomOp2 for Depthwise {
         if d.2 + self.pad.0 + self.pad.1 < kh || d.3 + self.pad.2 + self.pad.3 < kw || self.stride == 0 {
             candle_core::bail!("depthwise conv: kernel larger than the padded input, or stride 0");
         }
-        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            candle_core::bail!("depthwise conv: inputs must be contiguous");
-        };
-        let (out, oh, ow) = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-                let (o, oh, ow) = run(&x[a1..b1], &w[a2..b2], d, (kh, kw), self.stride, self.pad);
+        let (out, oh, ow) = match f32_or_f64("depthwise conv", s1, l1, s2, l2)? {
+            Pair::F32(x, w) => {
+                let (o, oh, ow) = run(x, w, d, (kh, kw), self.stride, self.pad);
                 (CpuStorage::F32(o), oh, ow)
             }
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
-                let (o, oh, ow) = run(&x[a1..b1], &w[a2..b2], d, (kh, kw), self.stride, self.pad);
+            Pair::F64(x, w) => {
+                let (o, oh, ow) = run(x, w, d, (kh, kw), self.stride, self.pad);
                 (CpuStorage::F64(o), oh, ow)
             }
-            _ => candle_core::bail!("depthwise conv: only f32 and f64 of one dtype"),
         };
         Ok((out, Shape::from((d.0, d.1, oh, ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let grad = grad.contiguous()?;
+        let gx = grad.apply_op2_no_bwd(w, &DepthwiseGradInput { stride: self.stride, pad: self.pad, input_hw: (h, wd) })?;
+        let gw = x.apply_op2_no_bwd(&grad, &DepthwiseGradKernel { stride: self.stride, pad: self.pad, kernel: (kh, kw) })?;
+        Ok((Some(gx), Some(gw)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::depthwise_conv2d;
-    use candle_core::{Device, Tensor};
+    use candle_core::{Device, Tensor, Var};
+
+    /// Both gradients of `sum(r * conv(x, w))` for a random `r` against central finite
+    /// differences in f64, on odd sizes, strides 1 and 2, asymmetric padding, batch 1.
+    #[test]
+    fn gradients_match_finite_differences() {
+        for &(n, c, h, k, s, pad) in &[(1, 3, 7, 3, 1, (1, 1, 1, 1)), (2, 2, 8, 3, 2, (0, 1, 0, 1)), (1, 2, 9, 5, 2, (1, 2, 1, 2)), (2, 3, 5, 5, 1, (2, 2, 2, 2)), (1, 1, 3, 3, 1, (0, 0, 0, 0))] {
+            let dev = Device::Cpu;
+            let x = Var::randn(0f64, 1.0, (n, c, h, h), &dev).unwrap();
+            let w = Var::randn(0f64, 1.0, (c, 1, k, k), &dev).unwrap();
+            let y = depthwise_conv2d(x.as_tensor(), w.as_tensor(), s, pad).unwrap();
+            let r = Tensor::randn(0f64, 1.0, y.dims(), &dev).unwrap();
+            let loss = |x: &Tensor, w: &Tensor| (depthwise_conv2d(x, w, s, pad).unwrap() * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+            let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for (var, other, is_x) in [(&x, &w, true), (&w, &x, false)] {
+                let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                for (i, gi) in g.iter().enumerate() {
+                    let eps = 1e-5;
+                    let at = |d: f64| {
+                        let mut v = base.clone();
+                        v[i] += d;
+                        let t = Tensor::from_vec(v, var.dims(), &dev).unwrap();
+                        if is_x { loss(&t, other.as_tensor()) } else { loss(other.as_tensor(), &t) }
+                    };
+                    let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                    assert!((fd - gi).abs() < 1e-6 * (1.0 + fd.abs()), "{n} {c} {h} {k} {s} {pad:?} {} [{i}]: {gi} vs {fd}", if is_x { "x" } else { "w" });
+                }
+            }
+        }
+    }
 
     #[test]
     fn matches_candle_grouped_conv_with_asymmetric_padding() {
