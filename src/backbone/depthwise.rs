@@ -147,49 +147,47 @@ enum Pair<'a> {
     F64(&'a [f64], &'a [f64]),
 }
 
-/// The input gradient as an op on (`dL/dy`, kernel).
-struct DepthwiseGradInput {
-    stride: usize,
-    pad: (usize, usize, usize, usize),
-    input_hw: (usize, usize),
+/// Which gradient [`DepthwiseGrad`] computes.
+enum Wrt {
+    /// `dL/dx` of an input of this `(H, W)`, from (`dL/dy`, kernel).
+    Input((usize, usize)),
+    /// `dL/dw` of a kernel of this `(KH, KW)`, from (input, `dL/dy`).
+    Kernel((usize, usize)),
 }
 
-impl CustomOp2 for DepthwiseGradInput {
+/// One gradient of the depthwise convolution as an op (no backward of its own).
+struct DepthwiseGrad {
+    stride: usize,
+    pad: (usize, usize, usize, usize),
+    wrt: Wrt,
+}
+
+impl CustomOp2 for DepthwiseGrad {
     fn name(&self) -> &'static str {
-        "protonet-depthwise-conv2d-grad-input"
+        "protonet-depthwise-conv2d-grad"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = l1.shape().dims4()?;
-        let (_, _, kh, kw) = l2.shape().dims4()?;
-        let out = match f32_or_f64("depthwise conv backward", s1, l1, s2, l2)? {
-            Pair::F32(g, w) => CpuStorage::F32(grad_input(g, w, d, self.input_hw, (kh, kw), self.stride, self.pad)),
-            Pair::F64(g, w) => CpuStorage::F64(grad_input(g, w, d, self.input_hw, (kh, kw), self.stride, self.pad)),
-        };
-        Ok((out, Shape::from((d.0, d.1, self.input_hw.0, self.input_hw.1))))
-    }
-}
-
-/// The kernel gradient as an op on (input, `dL/dy`).
-struct DepthwiseGradKernel {
-    stride: usize,
-    pad: (usize, usize, usize, usize),
-    kernel: (usize, usize),
-}
-
-impl CustomOp2 for DepthwiseGradKernel {
-    fn name(&self) -> &'static str {
-        "protonet-depthwise-conv2d-grad-kernel"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = l1.shape().dims4()?;
-        let (_, _, oh, ow) = l2.shape().dims4()?;
-        let out = match f32_or_f64("depthwise conv backward", s1, l1, s2, l2)? {
-            Pair::F32(x, g) => CpuStorage::F32(grad_kernel(x, g, d, (oh, ow), self.kernel, self.stride, self.pad)),
-            Pair::F64(x, g) => CpuStorage::F64(grad_kernel(x, g, d, (oh, ow), self.kernel, self.stride, self.pad)),
-        };
-        Ok((out, Shape::from((d.1, 1, self.kernel.0, self.kernel.1))))
+        let (_, _, a, b) = l2.shape().dims4()?;
+        let pair = f32_or_f64("depthwise conv backward", s1, l1, s2, l2)?;
+        let (s, p) = (self.stride, self.pad);
+        Ok(match self.wrt {
+            Wrt::Input(hw) => {
+                let out = match pair {
+                    Pair::F32(g, w) => CpuStorage::F32(grad_input(g, w, d, hw, (a, b), s, p)),
+                    Pair::F64(g, w) => CpuStorage::F64(grad_input(g, w, d, hw, (a, b), s, p)),
+                };
+                (out, Shape::from((d.0, d.1, hw.0, hw.1)))
+            }
+            Wrt::Kernel(k) => {
+                let out = match pair {
+                    Pair::F32(x, g) => CpuStorage::F32(grad_kernel(x, g, d, (a, b), k, s, p)),
+                    Pair::F64(x, g) => CpuStorage::F64(grad_kernel(x, g, d, (a, b), k, s, p)),
+                };
+                (out, Shape::from((d.1, 1, k.0, k.1)))
+            }
+        })
     }
 }
 
@@ -224,8 +222,8 @@ impl CustomOp2 for Depthwise {
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
         let grad = grad.contiguous()?;
-        let gx = grad.apply_op2_no_bwd(w, &DepthwiseGradInput { stride: self.stride, pad: self.pad, input_hw: (h, wd) })?;
-        let gw = x.apply_op2_no_bwd(&grad, &DepthwiseGradKernel { stride: self.stride, pad: self.pad, kernel: (kh, kw) })?;
+        let gx = grad.apply_op2_no_bwd(w, &DepthwiseGrad { stride: self.stride, pad: self.pad, wrt: Wrt::Input((h, wd)) })?;
+        let gw = x.apply_op2_no_bwd(&grad, &DepthwiseGrad { stride: self.stride, pad: self.pad, wrt: Wrt::Kernel((kh, kw)) })?;
         Ok((Some(gx), Some(gw)))
     }
 }
