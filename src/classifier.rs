@@ -14,19 +14,16 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{read_safetensors, write_atomic, write_safetensors};
-use crate::data::{load_image, rotate_square_ccw};
-use crate::eval::FeatureNorm;
+use crate::data::load_image;
+use crate::eval::Embedder;
+use crate::io::{read_safetensors, write_atomic, write_safetensors};
+use crate::output::OutputMode;
+use crate::protonet::{class_means, squared_distances, FeatureNorm};
 use crate::{Error, Model, Result};
 
-/// File of a classifier directory holding class names, counts and the threshold.
-pub const CLASSIFIER_FILE: &str = "classifier.json";
-/// File of a classifier directory holding the support embeddings.
-pub const EMBEDDINGS_FILE: &str = "prototypes.safetensors";
+pub use crate::output::{CLASSIFIER_FILE, EMBEDDINGS_FILE};
 const FORMAT: &str = "protonet-classifier";
 const VERSION: u32 = 1;
-/// Images embedded per forward pass.
-const BATCH: usize = 64;
 
 /// One class's score for a query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,16 +60,12 @@ struct ClassEntry {
 }
 
 impl ClassEntry {
-    fn update_prototype(&mut self) {
+    fn update_prototype(&mut self) -> Result<()> {
+        let n = self.embeddings.len();
         let d = self.embeddings.first().map_or(0, Vec::len);
-        let mut sum = vec![0f64; d];
-        for e in &self.embeddings {
-            for (s, x) in sum.iter_mut().zip(e) {
-                *s += *x as f64;
-            }
-        }
-        let n = self.embeddings.len() as f64;
-        self.prototype = sum.iter().map(|s| (s / n) as f32).collect();
+        let e = Tensor::from_vec(self.embeddings.concat(), (n, d), &Device::Cpu)?;
+        self.prototype = class_means(&e, &[n])?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(())
     }
 }
 
@@ -155,11 +148,11 @@ impl PrototypeStore {
         match self.classes.iter_mut().find(|c| c.name == name) {
             Some(c) => {
                 c.embeddings.extend(embeddings);
-                c.update_prototype();
+                c.update_prototype()?;
             }
             None => {
                 let mut c = ClassEntry { name: name.to_string(), embeddings, prototype: Vec::new() };
-                c.update_prototype();
+                c.update_prototype()?;
                 self.classes.push(c);
             }
         }
@@ -245,21 +238,15 @@ impl PrototypeStore {
         &self.norm
     }
 
-    /// The store as prediction sees it: every embedding normalised (prototypes are the
-    /// means of normalised embeddings), and the centre to subtract from queries.
-    fn normalised(&self) -> (std::borrow::Cow<'_, PrototypeStore>, Option<Vec<f32>>) {
-        if self.norm == FeatureNorm::None {
-            return (std::borrow::Cow::Borrowed(self), None);
-        }
-        let all: Vec<Vec<f32>> = self.classes.iter().flat_map(|c| c.embeddings.iter().cloned()).collect();
-        let centre = self.norm.centre(&all);
-        let mut view = self.clone();
-        view.norm = FeatureNorm::None;
-        for c in &mut view.classes {
-            c.embeddings = c.embeddings.iter().map(|e| self.norm.normalise(e, centre.as_deref())).collect();
-            c.update_prototype();
-        }
-        (std::borrow::Cow::Owned(view), centre)
+    /// The support embeddings `(S, D)` and `queries` `(Q, D)` normalised as prediction
+    /// sees them ([`FeatureNorm::apply`]), with each class's number of embeddings.
+    fn normalised(&self, queries: &[Vec<f32>]) -> Result<(Tensor, Tensor, Vec<usize>)> {
+        let counts: Vec<usize> = self.classes.iter().map(|c| c.embeddings.len()).collect();
+        let all: Vec<f32> = self.classes.iter().flat_map(|c| c.embeddings.iter().flatten().copied()).collect();
+        let support = Tensor::from_vec(all, (counts.iter().sum::<usize>(), self.dim), &Device::Cpu)?;
+        let query = Tensor::from_vec(queries.concat(), (queries.len(), self.dim), &Device::Cpu)?;
+        let (support, query) = self.norm.apply(&support, &query)?;
+        Ok((support, query, counts))
     }
 
     /// Leave-one-out distances of the support set: for every support image of a class
@@ -269,29 +256,24 @@ impl PrototypeStore {
     /// prototype (for independent spread around the class mean, the expected squared
     /// distance to a mean of `m` images is proportional to `1 + 1/m`).
     /// Embeddings are normalised first (see [`PrototypeStore::set_normalization`]).
-    pub fn leave_one_out_distances(&self) -> Vec<f32> {
-        let (view, _) = self.normalised();
+    pub fn leave_one_out_distances(&self) -> Result<Vec<f32>> {
+        let (support, _, counts) = self.normalised(&[])?;
         let mut out = Vec::new();
-        for c in &view.classes {
-            let n = c.embeddings.len();
+        let mut start = 0;
+        for n in counts {
+            let e = support.narrow(0, start, n)?;
+            start += n;
             if n < 2 {
                 continue;
             }
             let nf = n as f64;
+            // The mean of the other n - 1 embeddings, for each embedding.
+            let others = ((e.sum_keepdim(0)?.broadcast_sub(&e)?) / (nf - 1.0))?;
+            let d = (e - others)?.sqr()?.sum(1)?;
             let scale = (nf + 1.0) * (nf - 1.0) / (nf * nf);
-            for e in &c.embeddings {
-                let d: f64 = e
-                    .iter()
-                    .zip(&c.prototype)
-                    .map(|(&x, &p)| {
-                        let others = (nf * p as f64 - x as f64) / (nf - 1.0);
-                        (x as f64 - others).powi(2)
-                    })
-                    .sum();
-                out.push((d * scale) as f32);
-            }
+            out.extend((d * scale)?.to_vec1::<f32>()?);
         }
-        out
+        Ok(out)
     }
 
     /// Calibrates the rejection threshold from the support set and turns rejection on:
@@ -302,7 +284,7 @@ impl PrototypeStore {
         if !(quantile > 0.0 && quantile <= 1.0) {
             return Err(Error::param("quantile", format!("must be in (0, 1], got {quantile}")));
         }
-        let mut d = self.leave_one_out_distances();
+        let mut d = self.leave_one_out_distances()?;
         if d.is_empty() {
             return Err(Error::param("support", "calibrating a threshold needs a class with at least 2 images"));
         }
@@ -323,12 +305,14 @@ impl PrototypeStore {
         if let Some(bad) = embeddings.iter().find(|e| e.len() != self.dim) {
             return Err(Error::param("embeddings", format!("an embedding has {} values, the store's have {}", bad.len(), self.dim)));
         }
-        let (view, centre) = self.normalised();
-        Ok(embeddings
-            .iter()
-            .map(|q| {
-                let q = self.norm.normalise(q, centre.as_deref());
-                let dist: Vec<f32> = view.classes.iter().map(|c| q.iter().zip(&c.prototype).map(|(a, b)| (a - b) * (a - b)).sum()).collect();
+        if embeddings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (support, query, counts) = self.normalised(embeddings)?;
+        let distances = squared_distances(&query, &class_means(&support, &counts)?)?.to_vec2::<f32>()?;
+        Ok(distances
+            .into_iter()
+            .map(|dist| {
                 let min = dist.iter().copied().fold(f32::INFINITY, f32::min) as f64;
                 let w: Vec<f64> = dist.iter().map(|&d| (min - d as f64).exp()).collect();
                 let total: f64 = w.iter().sum();
@@ -340,13 +324,10 @@ impl PrototypeStore {
                     .collect();
                 ranked.sort_by(|a, b| a.distance.total_cmp(&b.distance));
                 let best = &ranked[0];
-                let rejected = self.threshold.is_some_and(|t| !(best.distance <= t));
-                Prediction {
-                    class: if rejected { None } else { Some(best.class.clone()) },
-                    confidence: best.probability,
-                    distance: best.distance,
-                    ranked,
-                }
+                // NaN distances are rejected too.
+                let rejected =
+                    self.threshold.is_some_and(|t| !matches!(best.distance.partial_cmp(&t), Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)));
+                Prediction { class: if rejected { None } else { Some(best.class.clone()) }, confidence: best.probability, distance: best.distance, ranked }
             })
             .collect())
     }
@@ -371,14 +352,14 @@ impl PrototypeStore {
 pub struct FewShotClassifier {
     model: Model,
     store: PrototypeStore,
-    rotations: usize,
+    embedder: Embedder,
 }
 
 impl FewShotClassifier {
     /// A classifier with no classes yet around a trained `model`.
     pub fn new(model: Model) -> Self {
         let dim = model.config().embedding_dim();
-        Self { model, store: PrototypeStore::new(dim), rotations: 1 }
+        Self { model, store: PrototypeStore::new(dim), embedder: Embedder::default() }
     }
 
     /// A classifier around the model saved in `dir` (as by `protonet train`), no classes.
@@ -405,53 +386,23 @@ impl FewShotClassifier {
     /// many rotations by 90 degrees (1 to 4) and the embeddings averaged. For subjects
     /// whose class does not depend on their angle, such as coins. Default 1 (off).
     pub fn set_rotations(&mut self, rotations: usize) -> Result<()> {
-        if !(1..=4).contains(&rotations) {
-            return Err(Error::param("rotations", format!("must be 1 to 4, got {rotations}")));
-        }
-        self.rotations = rotations;
+        let embedder = Embedder { rotations, ..self.embedder };
+        embedder.validate()?;
+        self.embedder = embedder;
         Ok(())
     }
 
     /// The number of rotations embeddings are averaged over (see [`FewShotClassifier::set_rotations`]).
     pub fn rotations(&self) -> usize {
-        self.rotations
+        self.embedder.rotations
     }
 
     /// Embeds prepared images (each `C*H*W` values as the model's
     /// [`crate::data::ImageConfig`] prepares them) in evaluation mode, averaged over the
     /// rotations set by [`FewShotClassifier::set_rotations`].
     pub fn embed(&self, images: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
-        let mut sum = self.embed_once(images)?;
         let cfg = &self.model.config().image;
-        for turns in 1..self.rotations {
-            let rotated: Vec<Vec<f32>> = images.iter().map(|im| rotate_square_ccw(im, cfg.channels, cfg.size, turns)).collect();
-            for (s, e) in sum.iter_mut().zip(self.embed_once(&rotated)?) {
-                s.iter_mut().zip(e).for_each(|(a, b)| *a += b);
-            }
-        }
-        if self.rotations > 1 {
-            let k = self.rotations as f32;
-            sum.iter_mut().flatten().for_each(|a| *a /= k);
-        }
-        Ok(sum)
-    }
-
-    fn embed_once(&self, images: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
-        let cfg = &self.model.config().image;
-        let len = cfg.channels * cfg.size * cfg.size;
-        if let Some((i, im)) = images.iter().enumerate().find(|(_, im)| im.len() != len) {
-            return Err(Error::param(
-                "image",
-                format!("image {i} has {} values, the model takes {}x{}x{} = {len}", im.len(), cfg.channels, cfg.size, cfg.size),
-            ));
-        }
-        let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(BATCH) {
-            let flat: Vec<f32> = chunk.iter().flatten().copied().collect();
-            let x = Tensor::from_vec(flat, (chunk.len(), cfg.channels, cfg.size, cfg.size), self.model.device())?;
-            out.extend(self.model.net().embed(&x, false)?.detach().to_vec2::<f32>()?);
-        }
-        Ok(out)
+        self.embedder.embed_images(self.model.net(), images, (cfg.channels, cfg.size, cfg.size), self.model.device())
     }
 
     /// Decodes and prepares image files as the model expects them.
@@ -532,8 +483,17 @@ impl FewShotClassifier {
     /// Saves the classifier to `dir`: the model (`config.json`, `model.safetensors`), the
     /// support embeddings (`prototypes.safetensors`) and `classifier.json` (class names,
     /// image counts, threshold, rotations), each written to a temporary file and renamed.
+    /// Refuses a directory that already holds a model, classifier or training run
+    /// ([`OutputMode::New`]); see [`FewShotClassifier::save_with`].
     pub fn save(&self, dir: &Path) -> Result<()> {
-        self.model.save(dir)?;
+        self.save_with(dir, OutputMode::New)
+    }
+
+    /// Like [`FewShotClassifier::save`], with what to do when `dir` already holds something
+    /// ([`OutputMode::Resume`] acts as [`OutputMode::Overwrite`]: a classifier has no run).
+    pub fn save_with(&self, dir: &Path, mode: OutputMode) -> Result<()> {
+        crate::output::prepare(dir, if mode == OutputMode::New { mode } else { OutputMode::Overwrite })?;
+        self.model.save_with(dir, OutputMode::Overwrite)?;
         let d = self.model.config().embedding_dim();
         let flat: Vec<f32> = self.store.classes.iter().flat_map(|c| c.embeddings.iter().flatten().copied()).collect();
         let n = flat.len() / d.max(1);
@@ -545,7 +505,7 @@ impl FewShotClassifier {
             version: VERSION,
             classes: self.store.classes.iter().map(|c| ClassRecord { name: c.name.clone(), images: c.embeddings.len() }).collect(),
             threshold: self.store.threshold,
-            rotations: self.rotations,
+            rotations: self.embedder.rotations,
             normalization: self.store.norm.clone(),
         };
         write_atomic(&dir.join(CLASSIFIER_FILE), &serde_json::to_vec_pretty(&file).expect("serialises"))

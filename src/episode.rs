@@ -72,13 +72,7 @@ impl EpisodeSpec {
         let need = self.shot + self.query;
         for c in 0..set.num_classes() {
             if set.class_len(c) < need {
-                return Err(Error::NotEnoughImages {
-                    class: set.class_name(c).to_string(),
-                    have: set.class_len(c),
-                    need,
-                    shot: self.shot,
-                    query: self.query,
-                });
+                return Err(Error::NotEnoughImages { class: set.class_name(c).to_string(), have: set.class_len(c), need, shot: self.shot, query: self.query });
             }
         }
         Ok(())

@@ -66,8 +66,8 @@ pub enum Error {
         /// Query images per class.
         query: usize,
     },
-    /// A model directory or checkpoint is missing, damaged or inconsistent.
-    #[error("checkpoint {path}: {reason}")]
+    /// A model directory, classifier or run checkpoint is missing, damaged or inconsistent.
+    #[error("{path}: {reason}")]
     Checkpoint {
         /// The file concerned.
         path: PathBuf,
@@ -75,7 +75,7 @@ pub enum Error {
         reason: String,
     },
     /// The training loss became NaN or infinite.
-    #[error("training loss became {value} at episode {episode}; nothing was saved from this episode. Lower the learning rate (--lr) or resume from the last checkpoint with another seed")]
+    #[error("training loss became {value} at episode {episode}; nothing was saved from this episode. Lower the learning rate or resume from the last checkpoint with another seed")]
     NonFiniteLoss {
         /// The episode (1-based) whose loss was not finite.
         episode: usize,
@@ -83,12 +83,29 @@ pub enum Error {
         value: f32,
     },
     /// A gradient became NaN or infinite although the loss was finite.
-    #[error("the gradient of `{parameter}` became NaN or infinite at episode {episode}; nothing was saved from this episode. Lower the learning rate (--lr) or resume from the last checkpoint with another seed")]
+    #[error("the gradient of `{parameter}` became NaN or infinite at episode {episode}; nothing was saved from this episode. Lower the learning rate or resume from the last checkpoint with another seed")]
     NonFiniteGradient {
         /// The episode (1-based).
         episode: usize,
         /// The parameter whose gradient was not finite.
         parameter: String,
+    },
+    /// An output directory already holds a model, a classifier or a training run, and the
+    /// caller did not say to resume or overwrite it. Nothing was written.
+    #[error("{path} already holds {holds}; nothing was written. Resume its run or overwrite it explicitly")]
+    OutputExists {
+        /// The directory.
+        path: PathBuf,
+        /// What it holds, in words.
+        holds: String,
+    },
+    /// Pretrained weights that a model refers to are missing or are not the ones it was made with.
+    #[error("pretrained weights {name}: {reason}")]
+    PretrainedWeights {
+        /// The file name (or the path of the file found).
+        name: String,
+        /// What is wrong and how to fix it.
+        reason: String,
     },
     /// An error from candle (tensor shapes, devices, kernels).
     #[error("tensor error: {0}")]

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
 use crate::episode::{EpisodeSampler, EpisodeSpec};
-use crate::protonet::ProtoNet;
+use crate::observer::Observer;
+use crate::protonet::{FeatureNorm, ProtoNet};
 use crate::Result;
 
 /// The result of [`evaluate`].
@@ -91,38 +92,71 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Evaluates `net` on `episodes` episodes of shape `spec` drawn from `set` with `seed`
-/// (BatchNorm in evaluation mode). Shows a progress bar when `progress` is true.
+/// What to evaluate: `episodes` episodes of shape `spec`, drawn with `seed`.
+///
+/// ```
+/// use protonet::{eval::EvalConfig, EpisodeSpec};
+/// let cfg = EvalConfig::new(EpisodeSpec::new(5, 1, 15)?, 1000, 0);
+/// assert!(cfg.validate().is_ok());
+/// # Ok::<(), protonet::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalConfig {
+    /// The episode shape.
+    pub spec: EpisodeSpec,
+    /// Episodes to draw.
+    pub episodes: usize,
+    /// The sampler's seed.
+    pub seed: u64,
+}
+
+impl EvalConfig {
+    /// `episodes` episodes of shape `spec` drawn with `seed`.
+    pub fn new(spec: EpisodeSpec, episodes: usize, seed: u64) -> Self {
+        Self { spec, episodes, seed }
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        self.spec.validate()?;
+        if self.episodes == 0 {
+            return Err(crate::Error::param("episodes", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Evaluates `net` on the episodes `config` describes, drawn from `set` (BatchNorm in
+/// evaluation mode), reporting progress to `observer`.
 ///
 /// ```
 /// use candle_core::{Device, Tensor, D};
-/// use protonet::{backbone::{BackboneConfig, Conv4Config}, data::{ImageConfig, ImageSet}, EpisodeSpec, Model, ModelConfig};
+/// use protonet::{backbone::{BackboneConfig, Conv4Config}, data::{ImageConfig, ImageSet}, eval::EvalConfig, observer::Silent, EpisodeSpec, Model, ModelConfig};
 /// let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { hidden: 8, depth: 2, ..Default::default() }), ImageConfig::grey(8));
 /// let model = Model::new(cfg, 1, &Device::Cpu)?;
 /// let mut set = ImageSet::new(1, 8, 8);
 /// for c in 0..3 {
 ///     set.push_class(format!("{c}"), (0..4).map(|i| vec![(c * 4 + i) as f32; 64]).collect())?;
 /// }
-/// let spec = EpisodeSpec::new(3, 1, 2)?;
-/// let r = protonet::evaluate(model.net(), &set, spec, 5, 0, &Device::Cpu, false)?;
+/// let config = EvalConfig::new(EpisodeSpec::new(3, 1, 2)?, 5, 0);
+/// let r = protonet::evaluate(model.net(), &set, &config, &Device::Cpu, &Silent)?;
 /// assert_eq!(r.episodes, 5);
 /// # Ok::<(), protonet::Error>(())
 /// ```
 ///
 /// When the episodes would embed more images than the set holds, every image is embedded
-/// once ([`embed_set`]) and the episodes are drawn from the embeddings
+/// once ([`Embedder::embed_set`]) and the episodes are drawn from the embeddings
 /// ([`evaluate_embedded`]): the same episodes and, BatchNorm being per-image in
 /// evaluation mode, the same result, much faster.
-pub fn evaluate(net: &ProtoNet, set: &ImageSet, spec: EpisodeSpec, episodes: usize, seed: u64, device: &Device, progress: bool) -> Result<EvalReport> {
-    if episodes == 0 {
-        return Err(crate::Error::param("episodes", "must be at least 1"));
-    }
+pub fn evaluate(net: &ProtoNet, set: &ImageSet, config: &EvalConfig, device: &Device, observer: &dyn Observer) -> Result<EvalReport> {
+    config.validate()?;
+    let spec = config.spec;
     spec.check_dataset(set)?;
-    if episodes * (spec.num_support() + spec.num_query()) > set.num_images() {
-        let embedded = embed_set(net, set, 256, device, progress)?;
-        return evaluate_embedded(&embedded, spec, episodes, seed, &FeatureNorm::None, device, progress);
+    if config.episodes * (spec.num_support() + spec.num_query()) > set.num_images() {
+        let embedded = Embedder::default().embed_set(net, set, device, observer)?;
+        return evaluate_embedded(&embedded, config, &FeatureNorm::None, device, observer);
     }
-    run_episodes(set, spec, episodes, seed, progress, |ep| {
+    run_episodes(set, config, observer, |ep| {
         let (images, labels) = ep.tensors(set, device)?;
         Ok((net.forward_episode(&images.detach(), spec, &labels, false)?.logits, labels))
     })
@@ -130,9 +164,15 @@ pub fn evaluate(net: &ProtoNet, set: &ImageSet, spec: EpisodeSpec, episodes: usi
 
 /// Draws `episodes` episodes from `set`, gets each one's logits from `logits_of`, and
 /// gathers accuracy, confidence interval and confusion into a report.
-fn run_episodes(set: &ImageSet, spec: EpisodeSpec, episodes: usize, seed: u64, progress: bool, mut logits_of: impl FnMut(&crate::Episode) -> Result<(Tensor, Tensor)>) -> Result<EvalReport> {
+fn run_episodes(
+    set: &ImageSet,
+    config: &EvalConfig,
+    observer: &dyn Observer,
+    mut logits_of: impl FnMut(&crate::Episode) -> Result<(Tensor, Tensor)>,
+) -> Result<EvalReport> {
+    let EvalConfig { spec, episodes, seed } = *config;
     let mut sampler = EpisodeSampler::new(set, spec, seed)?;
-    let bar = crate::progress::bar(episodes as u64, progress, "eval");
+    observer.start("eval", episodes as u64);
     let mut accs = Vec::with_capacity(episodes);
     let mut confusion = vec![vec![0u64; set.num_classes()]; set.num_classes()];
     for _ in 0..episodes {
@@ -140,25 +180,17 @@ fn run_episodes(set: &ImageSet, spec: EpisodeSpec, episodes: usize, seed: u64, p
         let (logits, labels) = logits_of(&ep)?;
         accs.push(crate::protonet::accuracy(&logits, &labels)? as f64);
         count_predictions(&mut confusion, &ep, &logits)?;
-        bar.inc(1);
-        if accs.len() % 10 == 0 {
+        let status = if accs.len() % 10 == 0 {
             let (m, ci) = mean_ci95(&accs);
-            bar.set_message(format!("acc {:.2}% ± {:.2}", 100.0 * m, 100.0 * ci));
-        }
+            format!("acc {:.2}% ± {:.2}", 100.0 * m, 100.0 * ci)
+        } else {
+            String::new()
+        };
+        observer.progress(accs.len() as u64, &status);
     }
-    bar.finish_and_clear();
+    observer.finish();
     let (accuracy, std) = mean_std(&accs);
-    Ok(EvalReport {
-        way: spec.way,
-        shot: spec.shot,
-        query: spec.query,
-        episodes,
-        accuracy,
-        ci95: 1.96 * std / (episodes as f64).sqrt(),
-        std,
-        seed,
-        confusion,
-    })
+    Ok(EvalReport { way: spec.way, shot: spec.shot, query: spec.query, episodes, accuracy, ci95: 1.96 * std / (episodes as f64).sqrt(), std, seed, confusion })
 }
 
 /// Adds an episode's predictions (argmax of `logits`) to `confusion`, by dataset class.
@@ -170,253 +202,118 @@ fn count_predictions(confusion: &mut [Vec<u64>], ep: &crate::Episode, logits: &T
     Ok(())
 }
 
-/// Embeds every image of `set` (evaluation mode, batches of `batch`) into a set with the
-/// same classes whose "images" are `(D, 1, 1)` embeddings.
-pub fn embed_set(net: &ProtoNet, set: &ImageSet, batch: usize, device: &Device, progress: bool) -> Result<ImageSet> {
-    let (c, h, w) = set.image_dims();
-    let items: Vec<(usize, usize)> = (0..set.num_classes()).flat_map(|k| (0..set.class_len(k)).map(move |i| (k, i))).collect();
-    let bar = crate::progress::bar(items.len() as u64, progress, "embed");
-    let mut values = Vec::new();
-    let mut dim = 0;
-    for chunk in items.chunks(batch.max(1)) {
-        let x = Tensor::from_vec(set.gather(chunk), (chunk.len(), c, h, w), device)?;
-        let e = net.embed(&x, false)?.detach();
-        dim = e.dim(1)?;
-        values.extend(e.flatten_all()?.to_vec1::<f32>()?);
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    set.with_images(dim, 1, 1, values)
+/// Embeds images in batches, in evaluation mode, optionally averaging each embedding over
+/// rotations by multiples of 90 degrees (for subjects whose class does not depend on
+/// their angle, such as coins). The one place where images become embeddings.
+///
+/// ```
+/// use candle_core::Device;
+/// use protonet::{backbone::{BackboneConfig, Conv4Config}, data::ImageConfig, eval::Embedder, Model, ModelConfig};
+/// let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { hidden: 8, depth: 2, ..Default::default() }), ImageConfig::grey(8));
+/// let model = Model::new(cfg, 1, &Device::Cpu)?;
+/// let embedder = Embedder { rotations: 4, ..Default::default() };
+/// let e = embedder.embed_images(model.net(), &[vec![0.5; 64]], (1, 8, 8), &Device::Cpu)?;
+/// assert_eq!((e.len(), e[0].len()), (1, 8 * 2 * 2));
+/// # Ok::<(), protonet::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embedder {
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Rotations averaged over: 1 (none) to 4 (0, 90, 180 and 270 degrees).
+    pub rotations: usize,
 }
 
-/// Like [`embed_set`], averaging each image's embedding over `rotations` rotations by
-/// multiples of 90 degrees (1: no averaging; 4: 0, 90, 180 and 270 degrees). For
-/// subjects whose class does not depend on their angle, such as coins.
-pub fn embed_set_rotations(net: &ProtoNet, set: &ImageSet, rotations: usize, batch: usize, device: &Device, progress: bool) -> Result<ImageSet> {
-    if !(1..=4).contains(&rotations) {
-        return Err(crate::Error::param("rotations", format!("must be 1 to 4, got {rotations}")));
+impl Default for Embedder {
+    fn default() -> Self {
+        Self { batch: 64, rotations: 1 }
     }
-    let mut sum = embed_set(net, set, batch, device, progress)?;
-    for turns in 1..rotations {
-        let e = embed_set(net, &set.rotated(turns)?, batch, device, progress)?;
-        for (a, b) in sum.images_mut().zip((0..e.num_classes()).flat_map(|c| (0..e.class_len(c)).map(move |i| (c, i)))) {
-            for (x, y) in a.iter_mut().zip(e.image(b.0, b.1)) {
-                *x += y;
-            }
-        }
-    }
-    let k = rotations as f32;
-    for a in sum.images_mut() {
-        a.iter_mut().for_each(|x| *x /= k);
-    }
-    Ok(sum)
 }
 
-/// How embeddings are normalised before prototypes are formed (SimpleShot, Wang et al. 2019).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FeatureNorm {
-    /// Raw embeddings (the paper).
-    #[default]
-    None,
-    /// Each embedding divided by its L2 norm.
-    L2,
-    /// The episode's support mean subtracted, then L2.
-    CenterSupportL2,
-    /// A given mean (for example of the base classes' embeddings) subtracted, then L2.
-    CenterL2(Vec<f32>),
-}
-
-impl FeatureNorm {
-    /// The centre this normalisation subtracts, given all support embeddings: their mean
-    /// for [`FeatureNorm::CenterSupportL2`], the given mean for [`FeatureNorm::CenterL2`].
-    ///
-    /// ```
-    /// use protonet::eval::FeatureNorm;
-    /// let s = [vec![1.0, 0.0], vec![3.0, 2.0]];
-    /// assert_eq!(FeatureNorm::CenterSupportL2.centre(&s), Some(vec![2.0, 1.0]));
-    /// assert_eq!(FeatureNorm::L2.centre(&s), None);
-    /// ```
-    pub fn centre(&self, support: &[Vec<f32>]) -> Option<Vec<f32>> {
-        match self {
-            FeatureNorm::None | FeatureNorm::L2 => None,
-            FeatureNorm::CenterL2(m) => Some(m.clone()),
-            FeatureNorm::CenterSupportL2 => {
-                let d = support.first()?.len();
-                let mut sum = vec![0f64; d];
-                for e in support {
-                    sum.iter_mut().zip(e).for_each(|(s, &x)| *s += x as f64);
-                }
-                Some(sum.iter().map(|s| (s / support.len() as f64) as f32).collect())
-            }
+impl Embedder {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=4).contains(&self.rotations) {
+            return Err(crate::Error::param("rotations", format!("must be 1 to 4, got {}", self.rotations)));
         }
+        if self.batch == 0 {
+            return Err(crate::Error::param("batch", "must be at least 1"));
+        }
+        Ok(())
     }
 
-    /// Normalises one embedding: minus `centre` (if any), then divided by its L2 norm
-    /// (unless [`FeatureNorm::None`]).
-    pub fn normalise(&self, v: &[f32], centre: Option<&[f32]>) -> Vec<f32> {
-        if *self == FeatureNorm::None {
-            return v.to_vec();
+    /// Embeds `images` of shape `(c, h, w)` (flat, one `Vec` each) into one `Vec` each.
+    pub fn embed_images(&self, net: &ProtoNet, images: &[Vec<f32>], (c, h, w): (usize, usize, usize), device: &Device) -> Result<Vec<Vec<f32>>> {
+        self.validate()?;
+        if let Some((i, im)) = images.iter().enumerate().find(|(_, im)| im.len() != c * h * w) {
+            return Err(crate::Error::param("image", format!("image {i} has {} values, the model takes {c}x{h}x{w} = {}", im.len(), c * h * w)));
         }
-        let mut out: Vec<f32> = match centre {
-            Some(c) => v.iter().zip(c).map(|(a, b)| a - b).collect(),
-            None => v.to_vec(),
+        let mut out: Vec<Vec<f32>> = Vec::with_capacity(images.len());
+        for chunk in images.chunks(self.batch) {
+            let flat: Vec<f32> = chunk.iter().flatten().copied().collect();
+            let mut sum = self.embed_rotations(net, flat, (chunk.len(), c, h, w), device)?;
+            out.append(&mut sum);
+        }
+        Ok(out)
+    }
+
+    /// Embeds every image of `set` into a set with the same classes whose samples are
+    /// `(D, 1, 1)` embeddings, reporting progress to `observer`.
+    pub fn embed_set(&self, net: &ProtoNet, set: &ImageSet, device: &Device, observer: &dyn Observer) -> Result<ImageSet> {
+        self.validate()?;
+        let (c, h, w) = set.image_dims();
+        let items: Vec<(usize, usize)> = (0..set.num_classes()).flat_map(|k| (0..set.class_len(k)).map(move |i| (k, i))).collect();
+        observer.start("embed", items.len() as u64);
+        let mut values = Vec::new();
+        let mut dim = 0;
+        let mut done = 0;
+        for chunk in items.chunks(self.batch) {
+            let e = self.embed_rotations(net, set.gather(chunk), (chunk.len(), c, h, w), device)?;
+            dim = e.first().map_or(dim, Vec::len);
+            values.extend(e.into_iter().flatten());
+            done += chunk.len();
+            observer.progress(done as u64, "");
+        }
+        observer.finish();
+        set.with_images(dim, 1, 1, values)
+    }
+
+    /// One batch `(n, c, h, w)`, embedded at each rotation and averaged.
+    fn embed_rotations(&self, net: &ProtoNet, flat: Vec<f32>, (n, c, h, w): (usize, usize, usize, usize), device: &Device) -> Result<Vec<Vec<f32>>> {
+        if self.rotations > 1 && h != w {
+            return Err(crate::Error::param("rotations", format!("rotating needs square images, these are {h}x{w}")));
+        }
+        let embed = |data: Vec<f32>| -> Result<Vec<Vec<f32>>> {
+            let x = Tensor::from_vec(data, (n, c, h, w), device)?;
+            Ok(net.embed(&x, false)?.detach().to_vec2::<f32>()?)
         };
-        let norm = out.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt() + 1e-12;
-        out.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
-        out
-    }
-
-    /// Applies the normalisation to support `(S, D)` and query `(Q, D)` embeddings.
-    pub fn apply(&self, support: &Tensor, query: &Tensor) -> Result<(Tensor, Tensor)> {
-        let l2 = |t: &Tensor| -> Result<Tensor> {
-            let norm = (t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?;
-            Ok(t.broadcast_div(&norm)?)
-        };
-        match self {
-            FeatureNorm::None => Ok((support.clone(), query.clone())),
-            FeatureNorm::L2 => Ok((l2(support)?, l2(query)?)),
-            FeatureNorm::CenterSupportL2 => {
-                let mean = support.mean_keepdim(0)?;
-                Ok((l2(&support.broadcast_sub(&mean)?)?, l2(&query.broadcast_sub(&mean)?)?))
-            }
-            FeatureNorm::CenterL2(mean) => {
-                let mean = Tensor::from_slice(mean, (1, mean.len()), support.device())?;
-                Ok((l2(&support.broadcast_sub(&mean)?)?, l2(&query.broadcast_sub(&mean)?)?))
+        let mut sum = embed(flat.clone())?;
+        for turns in 1..self.rotations {
+            let rotated: Vec<f32> = flat.chunks(c * h * w).flat_map(|im| crate::data::rotate_square_ccw(im, c, w, turns)).collect();
+            for (s, e) in sum.iter_mut().zip(embed(rotated)?) {
+                s.iter_mut().zip(e).for_each(|(a, b)| *a += b);
             }
         }
+        if self.rotations > 1 {
+            let k = self.rotations as f32;
+            sum.iter_mut().flatten().for_each(|a| *a /= k);
+        }
+        Ok(sum)
     }
 }
 
 /// Evaluates nearest-prototype classification on a set of embeddings (as made by
-/// [`embed_set`]): `episodes` episodes of shape `spec` drawn with `seed`, embeddings
-/// normalised as `norm` says.
-pub fn evaluate_embedded(embedded: &ImageSet, spec: EpisodeSpec, episodes: usize, seed: u64, norm: &FeatureNorm, device: &Device, progress: bool) -> Result<EvalReport> {
-    if episodes == 0 {
-        return Err(crate::Error::param("episodes", "must be at least 1"));
-    }
+/// [`Embedder::embed_set`]) on the episodes `config` describes, embeddings normalised as
+/// `norm` says.
+pub fn evaluate_embedded(embedded: &ImageSet, config: &EvalConfig, norm: &FeatureNorm, device: &Device, observer: &dyn Observer) -> Result<EvalReport> {
+    config.validate()?;
+    let spec = config.spec;
     let dim = embedded.image_len();
-    run_episodes(embedded, spec, episodes, seed, progress, |ep| {
+    run_episodes(embedded, config, observer, |ep| {
         let support = Tensor::from_vec(embedded.gather(&ep.support), (ep.support.len(), dim), device)?;
         let query = Tensor::from_vec(embedded.gather(&ep.query), (ep.query.len(), dim), device)?;
         let (support, query) = norm.apply(&support, &query)?;
         let labels = Tensor::new(ep.query_labels(), device)?;
         Ok((crate::protonet::logits(&support, &query, spec.way, spec.shot)?, labels))
-    })
-}
-
-/// The result of [`evaluate_open_set`]: how well a calibrated rejection threshold keeps
-/// known classes and turns away classes that were never added.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpenSetReport {
-    /// Known classes per trial (added to the classifier).
-    pub known_way: usize,
-    /// Support images per known class.
-    pub shot: usize,
-    /// Unknown classes per trial (never added; all their images are queries).
-    pub unknown_way: usize,
-    /// Trials (independent draws of classes and support images).
-    pub trials: usize,
-    /// The calibration quantile of the leave-one-out support distances.
-    pub quantile: f32,
-    /// Share of queries of known classes that were accepted (not "unknown").
-    pub known_accepted: f64,
-    /// Share of queries of known classes that were accepted with the right class.
-    pub known_correct: f64,
-    /// Share of queries of known classes classified correctly with rejection off.
-    pub known_accuracy_closed: f64,
-    /// Share of queries of unknown classes answered "unknown".
-    pub unknown_rejected: f64,
-}
-
-impl std::fmt::Display for OpenSetReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}-way {}-shot + {} unknown classes, quantile {:.2}, {} trials: known accepted {:.1}% (correct {:.1}%, {:.1}% without rejection), unknown rejected {:.1}%",
-            self.known_way,
-            self.shot,
-            self.unknown_way,
-            self.quantile,
-            self.trials,
-            100.0 * self.known_accepted,
-            100.0 * self.known_correct,
-            100.0 * self.known_accuracy_closed,
-            100.0 * self.unknown_rejected
-        )
-    }
-}
-
-/// Measures open-set rejection on a set of embeddings (as made by [`embed_set`]): each
-/// trial draws `known_way` known and `unknown_way` unknown classes, builds a
-/// [`crate::PrototypeStore`] from `shot` random images of each known class, calibrates
-/// its threshold at `quantile`, and classifies the other images of the known classes
-/// and every image of the unknown ones.
-///
-/// ```
-/// use protonet::data::ImageSet;
-/// let mut set = ImageSet::new(2, 1, 1);
-/// for c in 0..6 {
-///     let centre = [10.0 * c as f32, 0.0];
-///     set.push_class(format!("{c}"), (0..6).map(|i| vec![centre[0] + 0.1 * i as f32, centre[1] - 0.1 * i as f32]).collect())?;
-/// }
-/// let r = protonet::eval::evaluate_open_set(&set, 3, 3, 3, 5, 1.0, 0)?;
-/// assert!(r.unknown_rejected > 0.9);
-/// # Ok::<(), protonet::Error>(())
-/// ```
-pub fn evaluate_open_set(embedded: &ImageSet, known_way: usize, shot: usize, unknown_way: usize, trials: usize, quantile: f32, seed: u64) -> Result<OpenSetReport> {
-    use rand::seq::{IndexedRandom, SliceRandom};
-    use rand::SeedableRng;
-    if known_way == 0 || shot < 2 || unknown_way == 0 || trials == 0 {
-        return Err(crate::Error::param("open-set", "needs known_way >= 1, shot >= 2 (for calibration), unknown_way >= 1 and trials >= 1"));
-    }
-    if known_way + unknown_way > embedded.num_classes() {
-        return Err(crate::Error::NotEnoughClasses { way: known_way + unknown_way, available: embedded.num_classes() });
-    }
-    if let Some(c) = (0..embedded.num_classes()).find(|&c| embedded.class_len(c) <= shot) {
-        return Err(crate::Error::NotEnoughImages { class: embedded.class_name(c).into(), have: embedded.class_len(c), shot, query: 1, need: shot + 1 });
-    }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let all: Vec<usize> = (0..embedded.num_classes()).collect();
-    let (mut known_n, mut accepted, mut correct, mut closed, mut unknown_n, mut rejected) = (0usize, 0usize, 0usize, 0usize, 0usize, 0usize);
-    for _ in 0..trials {
-        let classes: Vec<usize> = all.choose_multiple(&mut rng, known_way + unknown_way).copied().collect();
-        let mut store = crate::PrototypeStore::new(embedded.image_len());
-        let mut queries = Vec::new();
-        for &c in &classes[..known_way] {
-            let mut idx: Vec<usize> = (0..embedded.class_len(c)).collect();
-            idx.shuffle(&mut rng);
-            store.add(embedded.class_name(c), idx[..shot].iter().map(|&i| embedded.image(c, i).to_vec()).collect())?;
-            queries.extend(idx[shot..].iter().map(|&i| (c, i)));
-        }
-        store.calibrate_threshold(quantile)?;
-        let known: Vec<Vec<f32>> = queries.iter().map(|&(c, i)| embedded.image(c, i).to_vec()).collect();
-        for ((c, _), p) in queries.iter().zip(store.predict(&known)?) {
-            known_n += 1;
-            let right = p.ranked[0].class == embedded.class_name(*c);
-            closed += right as usize;
-            if p.class.is_some() {
-                accepted += 1;
-                correct += right as usize;
-            }
-        }
-        let unknown: Vec<Vec<f32>> =
-            classes[known_way..].iter().flat_map(|&c| (0..embedded.class_len(c)).map(move |i| embedded.image(c, i).to_vec())).collect();
-        for p in store.predict(&unknown)? {
-            unknown_n += 1;
-            rejected += p.class.is_none() as usize;
-        }
-    }
-    let share = |a: usize, n: usize| a as f64 / n.max(1) as f64;
-    Ok(OpenSetReport {
-        known_way,
-        shot,
-        unknown_way,
-        trials,
-        quantile,
-        known_accepted: share(accepted, known_n),
-        known_correct: share(correct, known_n),
-        known_accuracy_closed: share(closed, known_n),
-        unknown_rejected: share(rejected, unknown_n),
     })
 }

@@ -4,7 +4,7 @@
 //! computed once per image (and per rotation, the augmentation) and cached; the head (1x1
 //! convolution to 1280 channels, BatchNorm, pooling, L2 normalisation and a learnable
 //! temperature: [`TunedHead`](crate::backbone::TunedHead)) is then trained on the cached
-//! maps by the same episodic trainer as Conv-4 ([`crate::train`]), with its checkpoints,
+//! maps by the same episodic trainer as Conv-4 ([`crate::train()`]), with its checkpoints,
 //! validation and early stopping. The model written at the end works on images: its
 //! directory holds the trained head (about 1.6 MB) and a reference (name and SHA-256) to
 //! the ImageNet weights, never the weights themselves.
@@ -15,8 +15,11 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::backbone::{trunk_side, BackboneConfig, EfficientNetLite0, HeadConfig, PretrainedWeights, EFFICIENTNET_LITE0_TRUNK_CHANNELS};
-use crate::checkpoint::WEIGHTS_FILE;
 use crate::data::{ImageConfig, ImageSet};
+use crate::model::WEIGHTS_FILE;
+use crate::observer::Observer;
+use crate::output::OutputMode;
+use crate::train::{FineTuneRecord, Trainer};
 use crate::{Error, Model, ModelConfig, Result, TrainConfig, TrainOptions, TrainReport};
 
 /// Sub-folder of the output directory where the head is trained (its checkpoint, best
@@ -32,6 +35,10 @@ pub const HEAD_TRAINING_DIR: &str = "head-training";
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct FineTuneConfig {
+    /// The pretrained weights whose head is fine-tuned.
+    pub weights: PretrainedWeights,
+    /// How images are prepared (RGB; 224 pixels by default).
+    pub image: ImageConfig,
     /// The episodic schedule (way, shot, query, episodes, learning rate, validation, seed).
     /// `rotation_augment` must be off: rotations are applied to the images before caching.
     pub train: TrainConfig,
@@ -49,6 +56,8 @@ pub struct FineTuneConfig {
 impl Default for FineTuneConfig {
     fn default() -> Self {
         Self {
+            weights: PretrainedWeights::efficientnet_lite0(),
+            image: ImageConfig::rgb(224),
             train: TrainConfig {
                 way: 8,
                 shot: 4,
@@ -74,6 +83,11 @@ impl FineTuneConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
         self.train.validate()?;
+        self.weights.validate()?;
+        self.image.validate()?;
+        if self.image.channels != 3 {
+            return Err(Error::param("channels", "EfficientNet-Lite0 takes RGB images"));
+        }
         if self.train.rotation_augment {
             return Err(Error::param("rotation_augment", "rotate the images before caching (rotations) instead: feature maps cannot be rotated"));
         }
@@ -90,7 +104,7 @@ impl FineTuneConfig {
 /// The frozen trunk's feature maps of every image of `set`, each at `rotations` quarter
 /// turns: a set with the same classes, where image `i` of a class becomes samples
 /// `i * rotations .. (i + 1) * rotations`, each `320 x s x s` (`s = size / 32` rounded up).
-pub fn trunk_features(net: &EfficientNetLite0, set: &ImageSet, rotations: usize, batch: usize, device: &Device, progress: bool) -> Result<ImageSet> {
+pub fn trunk_features(net: &EfficientNetLite0, set: &ImageSet, rotations: usize, batch: usize, device: &Device, observer: &dyn Observer) -> Result<ImageSet> {
     if !(1..=4).contains(&rotations) {
         return Err(Error::param("rotations", format!("must be 1 to 4, got {rotations}")));
     }
@@ -102,18 +116,20 @@ pub fn trunk_features(net: &EfficientNetLite0, set: &ImageSet, rotations: usize,
     let (sh, sw) = (h.div_ceil(32), w.div_ceil(32));
     let len = EFFICIENTNET_LITE0_TRUNK_CHANNELS * sh * sw;
     let items: Vec<(usize, usize)> = (0..set.num_classes()).flat_map(|k| (0..set.class_len(k)).map(move |i| (k, i))).collect();
-    let bar = crate::progress::bar((items.len() * rotations) as u64, progress, "features");
+    observer.start("features", (items.len() * rotations) as u64);
+    let mut done = 0;
     let mut per_rotation: Vec<Vec<f32>> = Vec::with_capacity(rotations);
     for r in &rotated {
         let mut values = Vec::with_capacity(items.len() * len);
         for chunk in items.chunks(batch.max(1)) {
             let x = Tensor::from_vec(r.gather(chunk), (chunk.len(), c, h, w), device)?;
             values.extend(net.trunk(&x)?.flatten_all()?.to_vec1::<f32>()?);
-            bar.inc(chunk.len() as u64);
+            done += chunk.len();
+            observer.progress(done as u64, "");
         }
         per_rotation.push(values);
     }
-    bar.finish_and_clear();
+    observer.finish();
     let mut out = ImageSet::new(EFFICIENTNET_LITE0_TRUNK_CHANNELS, sh, sw);
     let mut n = 0;
     for k in 0..set.num_classes() {
@@ -132,7 +148,13 @@ pub fn trunk_features(net: &EfficientNetLite0, set: &ImageSet, rotations: usize,
 /// A head-only model ([`BackboneConfig::EfficientNetLite0Head`]) on trunk maps of side
 /// `side`, starting from the ImageNet head of `net`.
 pub fn head_model(net: &EfficientNetLite0, head: &HeadConfig, side: usize, device: &Device) -> Result<Model> {
-    let image = ImageConfig { size: side, channels: EFFICIENTNET_LITE0_TRUNK_CHANNELS, mean: vec![0.0; EFFICIENTNET_LITE0_TRUNK_CHANNELS], std: vec![1.0; EFFICIENTNET_LITE0_TRUNK_CHANNELS], invert: false };
+    let image = ImageConfig {
+        size: side,
+        channels: EFFICIENTNET_LITE0_TRUNK_CHANNELS,
+        mean: vec![0.0; EFFICIENTNET_LITE0_TRUNK_CHANNELS],
+        std: vec![1.0; EFFICIENTNET_LITE0_TRUNK_CHANNELS],
+        invert: false,
+    };
     let mut config = ModelConfig::new(BackboneConfig::EfficientNetLite0Head { head: head.clone() }, image);
     config.description = "EfficientNet-Lite0 head being fine-tuned on cached trunk features (not usable on images; see the parent folder)".into();
     let model = Model::new(config, 0, device)?;
@@ -142,36 +164,33 @@ pub fn head_model(net: &EfficientNetLite0, head: &HeadConfig, side: usize, devic
     Ok(model)
 }
 
-/// Fine-tunes the head of the EfficientNet-Lite0 referenced by `weights` episodically on
-/// `train_set` (images prepared as `image`, RGB), validating on `val_set` if given, and
-/// writes the image model to `out_dir` (see the module documentation). Returns it with
-/// the training report. Resumable through `options.resume` like [`crate::train`].
+/// Fine-tunes the head of the EfficientNet-Lite0 that `config.weights` references
+/// episodically on `train_set` (images prepared as `config.image`), validating on
+/// `val_set` if given, and writes the image model to `out_dir` (see the module
+/// documentation). Returns it with the training report. Resumable through
+/// `options.mode` like [`crate::train()`]; progress goes to `observer`.
 ///
 /// ```no_run
-/// use protonet::backbone::PretrainedWeights;
-/// use protonet::data::{load_image_folder, FolderOptions, ImageConfig};
+/// use protonet::data::{load_image_folder, FolderOptions};
 /// use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig};
-/// let image = ImageConfig::rgb(224);
-/// let base = load_image_folder("my-base-classes".as_ref(), &image, &FolderOptions::default())?;
-/// let (model, report) = fine_tune_efficientnet(&PretrainedWeights::efficientnet_lite0(), &image, &base, None,
-///     &FineTuneConfig::default(), "coin-model".as_ref(), &Default::default())?;
+/// use protonet::observer::Silent;
+/// let config = FineTuneConfig::default();
+/// let base = load_image_folder("my-base-classes".as_ref(), &config.image, &FolderOptions::default())?;
+/// let (model, report) = fine_tune_efficientnet(&config, &base, None, "coin-model".as_ref(), &Default::default(), &Silent)?;
 /// println!("{} episodes, temperature in config.json", report.episodes);
 /// # Ok::<(), protonet::Error>(())
 /// ```
 pub fn fine_tune_efficientnet(
-    weights: &PretrainedWeights,
-    image: &ImageConfig,
+    config: &FineTuneConfig,
     train_set: &ImageSet,
     val_set: Option<&ImageSet>,
-    config: &FineTuneConfig,
     out_dir: &Path,
     options: &TrainOptions,
+    observer: &dyn Observer,
 ) -> Result<(Model, TrainReport)> {
     config.validate()?;
-    image.validate()?;
-    if image.channels != 3 {
-        return Err(Error::param("channels", "EfficientNet-Lite0 takes RGB images"));
-    }
+    crate::output::prepare(out_dir, options.mode)?;
+    let (weights, image) = (&config.weights, &config.image);
     let device = Device::Cpu;
     // The image model's configuration: checked (and the weights located) before any work.
     let mut full_config = ModelConfig::new(BackboneConfig::EfficientNetLite0 { weights: weights.clone(), head: Some(config.head.clone()) }, image.clone());
@@ -179,29 +198,26 @@ pub fn fine_tune_efficientnet(
     let mut full = Model::new(full_config, config.train.seed, &device)?;
     let net = EfficientNetLite0::from_reference(weights, &device)?;
 
-    if options.progress {
-        eprintln!("caching trunk features: {} training images x {} rotations", train_set.num_images(), config.rotations);
-    }
-    let train_features = trunk_features(&net, train_set, config.rotations, config.batch, &device, options.progress)?;
+    observer.note(&format!("caching trunk features: {} training images x {} rotations", train_set.num_images(), config.rotations));
+    let train_features = trunk_features(&net, train_set, config.rotations, config.batch, &device, observer)?;
     let val_features = match val_set {
-        Some(v) => Some(trunk_features(&net, v, 1, config.batch, &device, options.progress)?),
+        Some(v) => Some(trunk_features(&net, v, 1, config.batch, &device, observer)?),
         None => None,
     };
     let mut head = head_model(&net, &config.head, trunk_side(image.size), &device)?;
     let head_dir = out_dir.join(HEAD_TRAINING_DIR);
-    let report = crate::train(&mut head, &train_features, val_features.as_ref(), &config.train, &head_dir, options)?;
+    let report = Trainer::new(&mut head, &train_features, val_features.as_ref(), &config.train)?.run(&head_dir, options, observer)?;
 
     full.set_tensors(&head.tensors().into_iter().collect(), &head_dir.join(WEIGHTS_FILE))?;
-    let mut record = head.config().training.clone().unwrap_or(serde_json::Value::Null);
-    if let serde_json::Value::Object(m) = &mut record {
-        m.insert("fine_tuned".into(), serde_json::json!({
-            "what": "EfficientNet-Lite0 head (1x1 conv to 1280, BatchNorm, temperature) on the frozen ImageNet trunk",
-            "rotations_cached": config.rotations,
-            "training_classes": train_set.class_names(),
-            "training_images": train_set.num_images(),
-        }));
+    if let Some(mut record) = head.config().training.clone() {
+        record.fine_tuned = Some(FineTuneRecord {
+            what: "EfficientNet-Lite0 head (1x1 conv to 1280, BatchNorm, temperature) on the frozen ImageNet trunk".into(),
+            rotations_cached: config.rotations,
+            training_classes: train_set.class_names().to_vec(),
+            training_images: train_set.num_images(),
+        });
+        full.set_training_record(record);
     }
-    full.set_training_record(record);
-    full.save(out_dir)?;
+    full.save_with(out_dir, OutputMode::Overwrite)?;
     Ok((full, report))
 }

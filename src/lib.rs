@@ -6,7 +6,7 @@
 //! A backbone ([`backbone::Conv4`]) embeds support and query images; a class prototype
 //! is the mean of its support embeddings ([`prototypes`]); a query gets the class of the
 //! nearest prototype by squared Euclidean distance ([`squared_distances`]). Training is
-//! episodic ([`train`]) on N-way K-shot episodes ([`EpisodeSpec`], [`EpisodeSampler`]);
+//! episodic ([`train()`]) on N-way K-shot episodes ([`EpisodeSpec`], [`EpisodeSampler`]);
 //! evaluation reports mean accuracy with a 95% confidence interval ([`evaluate`]).
 //!
 //! ## A complete example: train, save, load, add classes, predict
@@ -15,7 +15,7 @@
 //! use candle_core::Device;
 //! use protonet::backbone::{BackboneConfig, Conv4Config};
 //! use protonet::data::{ImageConfig, ImageSet};
-//! use protonet::{evaluate, train, EpisodeSpec, FewShotClassifier, Model, ModelConfig, TrainConfig, TrainOptions};
+//! use protonet::{evaluate, train, EpisodeSpec, EvalConfig, FewShotClassifier, Model, ModelConfig, Silent, TrainConfig, TrainOptions};
 //!
 //! // A toy data set: 6 classes of 8x8 grey images, each class a different brightness.
 //! let image = |c: usize, i: usize| vec![c as f32 / 6.0 + i as f32 * 0.01; 64];
@@ -34,7 +34,7 @@
 //!
 //! // Load it and measure 3-way 1-shot accuracy with a 95% confidence interval.
 //! let loaded = Model::load(&dir, &Device::Cpu)?;
-//! let report = evaluate(loaded.net(), &set, EpisodeSpec::new(3, 1, 2)?, 20, 0, &Device::Cpu, false)?;
+//! let report = evaluate(loaded.net(), &set, &EvalConfig::new(EpisodeSpec::new(3, 1, 2)?, 20, 0), &Device::Cpu, &Silent)?;
 //! println!("{report}");
 //!
 //! // Deploy: a classifier with a few examples per class, then predictions.
@@ -56,30 +56,48 @@
 //! ```
 //!
 //! Further: [`FewShotClassifier::calibrate_threshold`] for open-set rejection ("unknown"),
-//! [`plot`] for training curves, confusion matrices and embedding projections, and the
-//! `protonet` command line (`train`, `eval`, `predict`, `embed`, `plot-embeddings`, `bench`).
+//! [`train::Trainer`] to drive training episode by episode, and [`observer::Observer`] to
+//! show progress (the library itself prints and draws nothing). The `protonet` command
+//! line (package `protonet-cli`) adds progress bars, pictures and benchmarks.
+//!
+//! ## Layout
+//!
+//! - [`model`]: [`ModelConfig`] and [`Model`], built through candle's `VarBuilder`;
+//!   [`io`]: atomic writes and safetensors; [`pretrained`]: the one door to third-party weights.
+//! - [`backbone`]: Conv-4 and EfficientNet-Lite0 (layers); [`ops`]: the CPU kernels under them.
+//! - [`protonet`]: prototypes, distances, loss, accuracy and [`FeatureNorm`], on tensors.
+//! - [`data`]: labelled sets in memory and their loaders; [`episode`]: seeded episode sampling.
+//! - [`mod@train`]: the episodic [`train::Trainer`], early stopping and the resumable run state;
+//!   [`finetune`]: fine-tuning the pretrained head on cached features.
+//! - [`eval`]: accuracy over episodes and the [`eval::Embedder`]; [`openset`]: rejection, measured.
+//! - [`classifier`]: the deployable [`FewShotClassifier`].
 #![warn(missing_docs)]
 
-pub mod alloc;
 pub mod backbone;
-pub mod bench;
-pub mod checkpoint;
 pub mod classifier;
 pub mod data;
 pub mod episode;
 mod error;
 pub mod eval;
 pub mod finetune;
+pub mod io;
+pub mod model;
+pub mod observer;
+pub mod openset;
+pub mod ops;
 pub mod optim;
-pub mod plot;
-pub mod progress;
+pub mod output;
+pub mod pretrained;
 pub mod protonet;
 pub mod train;
 
-pub use checkpoint::{Model, ModelConfig};
+pub use candle_core::Device;
 pub use classifier::{ClassScore, FewShotClassifier, Prediction, PrototypeStore};
 pub use episode::{Episode, EpisodeSampler, EpisodeSpec};
 pub use error::{Error, Result};
-pub use eval::{evaluate, EvalReport};
-pub use protonet::{accuracy, episode_loss, prototypes, squared_distances, EpisodeOutput, ProtoNet};
-pub use train::{train, TrainConfig, TrainOptions, TrainReport};
+pub use eval::{evaluate, EvalConfig, EvalReport};
+pub use model::{Model, ModelConfig};
+pub use observer::{Observer, Silent};
+pub use output::OutputMode;
+pub use protonet::{accuracy, episode_loss, prototypes, squared_distances, EpisodeOutput, FeatureNorm, ProtoNet};
+pub use train::{train, TrainConfig, TrainOptions, TrainReport, Trainer};

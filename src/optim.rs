@@ -85,9 +85,7 @@ impl Adam {
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: usize) -> Result<()> {
         for (i, (name, var)) in self.vars.iter().enumerate() {
             for (key, slot) in [(format!("adam.m.{name}"), &mut self.m[i]), (format!("adam.v.{name}"), &mut self.v[i])] {
-                let t = tensors
-                    .get(&key)
-                    .ok_or_else(|| Error::param("checkpoint", format!("optimiser state `{key}` is missing")))?;
+                let t = tensors.get(&key).ok_or_else(|| Error::param("checkpoint", format!("optimiser state `{key}` is missing")))?;
                 if t.dims() != var.dims() {
                     return Err(Error::param("checkpoint", format!("optimiser state `{key}` has shape {:?}, expected {:?}", t.dims(), var.dims())));
                 }

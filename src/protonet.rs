@@ -1,6 +1,7 @@
 //! The prototypical network: prototypes, distances, loss and accuracy.
 
 use candle_core::{DType, Tensor, D};
+use serde::{Deserialize, Serialize};
 
 use crate::backbone::Backbone;
 use crate::episode::EpisodeSpec;
@@ -66,6 +67,79 @@ pub fn accuracy(logits: &Tensor, labels: &Tensor) -> Result<f32> {
     let pred = logits.argmax(D::Minus1)?;
     let correct = pred.eq(labels)?.to_dtype(DType::F32)?.mean_all()?;
     Ok(correct.to_scalar::<f32>()?)
+}
+
+/// The mean of each class's rows of `embeddings` `(S, D)`, where the classes hold
+/// `counts[k]` consecutive rows each: `(K, D)` prototypes for classes of any size.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let e = Tensor::new(&[[0f32, 0.], [0., 2.], [5., 5.]], &Device::Cpu)?;
+/// let p = protonet::protonet::class_means(&e, &[2, 1])?;
+/// assert_eq!(p.to_vec2::<f32>()?, vec![vec![0.0, 1.0], vec![5.0, 5.0]]);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn class_means(embeddings: &Tensor, counts: &[usize]) -> Result<Tensor> {
+    let (n, _) = embeddings.dims2()?;
+    if counts.iter().sum::<usize>() != n || counts.contains(&0) {
+        return Err(Error::param("support", format!("class sizes {counts:?} do not split {n} embeddings")));
+    }
+    let mut start = 0;
+    let mut means = Vec::with_capacity(counts.len());
+    for &k in counts {
+        means.push(embeddings.narrow(0, start, k)?.mean_keepdim(0)?);
+        start += k;
+    }
+    Ok(Tensor::cat(&means, 0)?)
+}
+
+/// How embeddings are normalised before prototypes are formed (SimpleShot, Wang et al. 2019).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureNorm {
+    /// Raw embeddings (the paper).
+    #[default]
+    None,
+    /// Each embedding divided by its L2 norm.
+    L2,
+    /// The episode's support mean subtracted, then L2.
+    CenterSupportL2,
+    /// A given mean (for example of the base classes' embeddings) subtracted, then L2.
+    CenterL2(Vec<f32>),
+}
+
+impl FeatureNorm {
+    /// Applies the normalisation to support `(S, D)` and query `(Q, D)` embeddings.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use protonet::FeatureNorm;
+    /// let s = Tensor::new(&[[1f32, 0.], [3., 2.]], &Device::Cpu)?;
+    /// let q = Tensor::new(&[[2f32, 3.]], &Device::Cpu)?;
+    /// let (s2, q2) = FeatureNorm::CenterSupportL2.apply(&s, &q)?;
+    /// // Centred on the support mean (2, 1), then unit length.
+    /// assert_eq!(q2.to_vec2::<f32>()?, vec![vec![0.0, 1.0]]);
+    /// assert!((s2.sqr()?.sum(1)?.to_vec1::<f32>()?[0] - 1.0).abs() < 1e-6);
+    /// # Ok::<(), protonet::Error>(())
+    /// ```
+    pub fn apply(&self, support: &Tensor, query: &Tensor) -> Result<(Tensor, Tensor)> {
+        let l2 = |t: &Tensor| -> Result<Tensor> {
+            let norm = (t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?;
+            Ok(t.broadcast_div(&norm)?)
+        };
+        match self {
+            FeatureNorm::None => Ok((support.clone(), query.clone())),
+            FeatureNorm::L2 => Ok((l2(support)?, l2(query)?)),
+            FeatureNorm::CenterSupportL2 => {
+                let mean = support.mean_keepdim(0)?;
+                Ok((l2(&support.broadcast_sub(&mean)?)?, l2(&query.broadcast_sub(&mean)?)?))
+            }
+            FeatureNorm::CenterL2(mean) => {
+                let mean = Tensor::from_slice(mean, (1, mean.len()), support.device())?;
+                Ok((l2(&support.broadcast_sub(&mean)?)?, l2(&query.broadcast_sub(&mean)?)?))
+            }
+        }
+    }
 }
 
 /// What one episode's forward pass yields.

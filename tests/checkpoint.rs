@@ -12,7 +12,19 @@ fn small_config() -> ModelConfig {
 }
 
 fn small_training(episodes: usize) -> TrainConfig {
-    TrainConfig { way: 5, shot: 2, query: 3, episodes, val_way: 5, val_query: 3, val_every: 5, val_episodes: 4, checkpoint_every: 3, patience: None, ..Default::default() }
+    TrainConfig {
+        way: 5,
+        shot: 2,
+        query: 3,
+        episodes,
+        val_way: 5,
+        val_query: 3,
+        val_every: 5,
+        val_episodes: 4,
+        checkpoint_every: 3,
+        patience: None,
+        ..Default::default()
+    }
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -100,7 +112,7 @@ fn interrupted_then_resumed_training_equals_an_uninterrupted_run() {
     assert_eq!(partial.episodes, 6);
     // A new process would start from a fresh model and the checkpoint.
     let mut second = Model::new(small_config(), 99, &Device::Cpu).unwrap();
-    let resume = TrainOptions { resume: true, ..Default::default() };
+    let resume = TrainOptions { mode: protonet::OutputMode::Resume, ..Default::default() };
     let r2 = train(&mut second, &set, Some(&val), &cfg, resumed_dir.path(), &resume).unwrap();
     assert_eq!(r2.episodes, 10);
     // The same history, timings aside.

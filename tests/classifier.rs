@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use protonet::backbone::{BackboneConfig, Conv4Config};
 use protonet::data::{load_omniglot, ImageConfig, ImageSet, OmniglotSplit};
-use protonet::eval::{embed_set, evaluate_open_set};
+use protonet::openset::evaluate_open_set;
 use protonet::{prototypes, squared_distances, FewShotClassifier, Model, ModelConfig};
 
 fn small_model(seed: u64) -> Model {
@@ -149,7 +149,7 @@ fn calibrated_rejection_on_omniglot_separates_seen_and_unseen_characters() {
     let test = load_omniglot(&root, OmniglotSplit::Test).unwrap();
     // Every 4th class: one rotation of 423 characters, embedded once.
     let subset = test.subset(&(0..test.num_classes()).step_by(4).collect::<Vec<_>>());
-    let embedded = embed_set(model.net(), &subset, 256, &Device::Cpu, false).unwrap();
+    let embedded = protonet::eval::Embedder { batch: 256, rotations: 1 }.embed_set(model.net(), &subset, &Device::Cpu, &protonet::Silent).unwrap();
     let r = evaluate_open_set(&embedded, 20, 5, 20, 60, 0.95, 7).unwrap();
     eprintln!("{r}");
     assert!(r.known_accepted > 0.85, "{r}");
@@ -165,7 +165,7 @@ fn calibrated_rejection_on_omniglot_separates_seen_and_unseen_characters() {
 /// the setting survives save and load.
 #[test]
 fn normalisation_makes_predictions_shift_and_scale_invariant() {
-    use protonet::eval::FeatureNorm;
+    use protonet::FeatureNorm;
     use protonet::PrototypeStore;
     let set = common::glyph_set(3, 6, 28, 13);
     let clf = FewShotClassifier::new(small_model(5));

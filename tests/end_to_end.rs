@@ -23,15 +23,27 @@ fn trains_on_generated_glyphs_and_recognises_unseen_ones() {
     let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 32, depth: 4 });
     let mut model = Model::new(ModelConfig::new(backbone, image), 7, &Device::Cpu).unwrap();
     let spec = EpisodeSpec::new(5, 1, 9).unwrap();
-    let before = evaluate(model.net(), &test_set, spec, 100, 1, &Device::Cpu, false).unwrap();
+    let before = evaluate(model.net(), &test_set, &protonet::EvalConfig::new(spec, 100, 1), &Device::Cpu, &protonet::Silent).unwrap();
 
-    let cfg = TrainConfig { way: 10, shot: 1, query: 5, episodes: 150, val_way: 5, val_shot: Some(1), val_query: 9, val_every: 50, val_episodes: 50, patience: None, ..Default::default() };
+    let cfg = TrainConfig {
+        way: 10,
+        shot: 1,
+        query: 5,
+        episodes: 150,
+        val_way: 5,
+        val_shot: Some(1),
+        val_query: 9,
+        val_every: 50,
+        val_episodes: 50,
+        patience: None,
+        ..Default::default()
+    };
     let out = dir.path().join("model");
     let report = train(&mut model, &train_set, Some(&test_set), &cfg, &out, &TrainOptions::default()).unwrap();
     assert_eq!(report.episodes, 150);
 
     let loaded = Model::load(&out, &Device::Cpu).unwrap();
-    let after = evaluate(loaded.net(), &test_set, spec, 300, 2, &Device::Cpu, false).unwrap();
+    let after = evaluate(loaded.net(), &test_set, &protonet::EvalConfig::new(spec, 300, 2), &Device::Cpu, &protonet::Silent).unwrap();
     println!("5-way 1-shot on unseen glyphs: before training {before}, after {after}; {:.1}s", started.elapsed().as_secs_f64());
     assert!(after.accuracy > 0.9, "after training: {after}");
     assert!(after.accuracy > before.accuracy + 0.05, "training helped: {before} -> {after}");

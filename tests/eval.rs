@@ -5,7 +5,8 @@ mod common;
 use candle_core::{Device, Tensor};
 use protonet::backbone::{BackboneConfig, Conv4Config};
 use protonet::data::ImageConfig;
-use protonet::eval::{embed_set, evaluate_embedded, FeatureNorm};
+use protonet::eval::evaluate_embedded;
+use protonet::FeatureNorm;
 use protonet::{evaluate, EpisodeSpec, Model, ModelConfig};
 
 #[test]
@@ -15,15 +16,15 @@ fn embedding_once_gives_the_same_episodes_and_accuracy() {
     let model = Model::new(cfg, 2, &Device::Cpu).unwrap();
     let spec = EpisodeSpec::new(4, 2, 3).unwrap();
     // 2 episodes x 20 images <= 48 images: the per-episode path.
-    let direct = evaluate(model.net(), &set, spec, 2, 9, &Device::Cpu, false).unwrap();
-    let embedded = embed_set(model.net(), &set, 5, &Device::Cpu, false).unwrap();
+    let direct = evaluate(model.net(), &set, &protonet::EvalConfig::new(spec, 2, 9), &Device::Cpu, &protonet::Silent).unwrap();
+    let embedded = protonet::eval::Embedder { batch: 5, rotations: 1 }.embed_set(model.net(), &set, &Device::Cpu, &protonet::Silent).unwrap();
     assert_eq!(embedded.image_dims(), (16, 1, 1));
     assert_eq!(embedded.class_names(), set.class_names());
-    let once = evaluate_embedded(&embedded, spec, 2, 9, &FeatureNorm::None, &Device::Cpu, false).unwrap();
+    let once = evaluate_embedded(&embedded, &protonet::EvalConfig::new(spec, 2, 9), &FeatureNorm::None, &Device::Cpu, &protonet::Silent).unwrap();
     assert!((direct.accuracy - once.accuracy).abs() < 1e-9, "{direct} vs {once}");
     // Many episodes take the embed-once path inside `evaluate`, with the same result.
-    let many = evaluate(model.net(), &set, spec, 40, 9, &Device::Cpu, false).unwrap();
-    let many_once = evaluate_embedded(&embedded, spec, 40, 9, &FeatureNorm::None, &Device::Cpu, false).unwrap();
+    let many = evaluate(model.net(), &set, &protonet::EvalConfig::new(spec, 40, 9), &Device::Cpu, &protonet::Silent).unwrap();
+    let many_once = evaluate_embedded(&embedded, &protonet::EvalConfig::new(spec, 40, 9), &FeatureNorm::None, &Device::Cpu, &protonet::Silent).unwrap();
     assert!((many.accuracy - many_once.accuracy).abs() < 1e-9);
 }
 

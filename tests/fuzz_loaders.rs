@@ -121,7 +121,7 @@ fn checkpoint_resume_never_panics() {
         let bad = mutate(&original, &mut rng);
         std::fs::write(&ckpt, &bad).unwrap();
         no_panic("checkpoint", i, &bad, || {
-            let r = train(&mut small_model(), &set, None, &more, &run, &TrainOptions { resume: true, ..Default::default() });
+            let r = train(&mut small_model(), &set, None, &more, &run, &TrainOptions { mode: protonet::OutputMode::Resume, ..Default::default() });
             refused += r.is_err() as usize;
         });
     }

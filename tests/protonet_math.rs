@@ -155,14 +155,7 @@ fn embedding_dimensions_follow_the_paper() {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
     let _ = Conv4::new(&Conv4Config::default(), vb).unwrap();
-    let trainable: usize = vm
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(k, _)| !k.contains("running"))
-        .map(|(_, v)| v.elem_count())
-        .sum();
+    let trainable: usize = vm.data().lock().unwrap().iter().filter(|(k, _)| !k.contains("running")).map(|(_, v)| v.elem_count()).sum();
     assert_eq!(trainable, 9 * 64 + 3 * 9 * 64 * 64 + 4 * 2 * 64);
 }
 

@@ -1,6 +1,5 @@
-//! BatchNorm followed by ReLU, fused, for the CPU: one custom op for the training-mode
-//! forward pass (batch statistics) and one pass for its backward, instead of candle's
-//! chain of a dozen element-wise ops with transposed copies.
+//! The BatchNorm + ReLU layer (optionally followed by a 2x2 max-pool), running on the
+//! fused kernels of [`crate::ops`] on the CPU and on candle's ops elsewhere.
 //!
 //! Parameters are named as candle-nn's `BatchNorm` names them (`weight`, `bias`,
 //! `running_mean`, `running_var`), so weights are interchangeable. Running statistics
@@ -8,14 +7,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, Var, WithDType};
+use candle_core::{Tensor, Var};
 use candle_nn::{Init, VarBuilder};
-use rayon::prelude::*;
 
-use super::Ops;
+use crate::ops::batchnorm::{BnReluTrain, EPS};
+use crate::ops::fused::{AffineReluPool, BnReluPoolTrain};
+use crate::ops::{max_pool2x2, Ops};
 use crate::Result;
 
-pub(crate) const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
 
 /// Per-channel BatchNorm over `(N, C, H, W)` followed by ReLU.
@@ -47,13 +46,7 @@ impl BatchNormRelu {
         let running_var = vb.get_with_hints(channels, "running_var", Init::Const(1.))?;
         let weight = vb.get_with_hints(channels, "weight", Init::Const(1.))?;
         let bias = vb.get_with_hints(channels, "bias", Init::Const(0.))?;
-        Ok(Self {
-            weight,
-            bias,
-            running_mean: Var::from_tensor(&running_mean)?,
-            running_var: Var::from_tensor(&running_var)?,
-            ops,
-        })
+        Ok(Self { weight, bias, running_mean: Var::from_tensor(&running_mean)?, running_var: Var::from_tensor(&running_var)?, ops })
     }
 
     /// `relu(batchnorm(x))`: batch statistics (and a running-statistics update) when
@@ -80,11 +73,11 @@ impl BatchNormRelu {
 
     /// `maxpool2x2(relu(batchnorm(x)))`, the tail of a Conv-4 block, as one fused
     /// operation on the CPU with [`Ops::Fast`] (see the `fused` module): the same values
-    /// and gradients as [`BatchNormRelu::forward`] followed by [`super::max_pool2x2`], with
+    /// and gradients as [`BatchNormRelu::forward`] followed by [`crate::ops::max_pool2x2`], with
     /// a fraction of the memory traffic. Elsewhere it is that composition.
     pub fn forward_pool(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if self.ops == Ops::Plain || !x.device().is_cpu() || x.rank() != 4 || x.dim(2)? < 2 || x.dim(3)? < 2 {
-            return super::max_pool2x2(&self.forward(x, train)?);
+            return max_pool2x2(&self.forward(x, train)?);
         }
         let c = x.dim(1)?;
         let x = x.contiguous()?;
@@ -95,10 +88,10 @@ impl BatchNormRelu {
             let beta = self.bias.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
             let scale: Vec<f64> = (0..c).map(|i| gamma[i] / (var[i] + EPS).sqrt()).collect();
             let shift: Vec<f64> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
-            return Ok(x.apply_op1(super::fused::AffineReluPool { scale, shift })?);
+            return Ok(x.apply_op1(AffineReluPool { scale, shift })?);
         }
         let stats = Arc::new(Mutex::new(None));
-        let op = super::fused::BnReluPoolTrain { stats: stats.clone() };
+        let op = BnReluPoolTrain { stats: stats.clone() };
         let y = x.apply_op3(&self.weight, &self.bias, op)?;
         let (mean, var) = {
             let saved = stats.lock().expect("stats lock");
@@ -144,214 +137,6 @@ impl BatchNormRelu {
         let xhat = x.broadcast_sub(&mean)?.broadcast_mul(&inv_std)?;
         let y = xhat.broadcast_mul(&self.weight.reshape(shape)?)?.broadcast_add(&self.bias.reshape(shape)?)?;
         Ok(y.relu()?)
-    }
-}
-
-/// Training-mode forward: `(x, gamma, beta) -> relu(gamma * xhat + beta)`. Leaves the
-/// batch mean and (biased) variance in `stats` for the running-statistics update and for
-/// the backward pass.
-struct BnReluTrain {
-    stats: Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>,
-}
-
-fn dims(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
-    let d = l.dims();
-    if d.len() < 2 {
-        candle_core::bail!("batch-norm: input needs at least 2 dimensions, got {:?}", d);
-    }
-    Ok((d[0], d[1], d[2..].iter().product()))
-}
-
-fn contiguous<'a, T>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("batch-norm: inputs must be contiguous"),
-    }
-}
-
-/// Mean and biased variance of channel `c` (two passes, f64 accumulation in 8 lanes so
-/// that the additions do not wait on each other).
-pub(crate) fn channel_stats<T: WithDType>(x: &[T], (n, c, hw): (usize, usize, usize), ch: usize) -> (f64, f64) {
-    let mut sum = 0.0;
-    for i in 0..n {
-        sum += lane_sum(&x[(i * c + ch) * hw..][..hw], |v| v);
-    }
-    let mean = sum / (n * hw) as f64;
-    let mut sq = 0.0;
-    for i in 0..n {
-        sq += lane_sum(&x[(i * c + ch) * hw..][..hw], |v| (v - mean) * (v - mean));
-    }
-    (mean, sq / (n * hw) as f64)
-}
-
-/// `sum(f(v))` over `s` in f64, in 8 independent lanes.
-#[inline]
-fn lane_sum<T: WithDType>(s: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = s.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            acc[k] += f(c[k].to_f64());
-        }
-    }
-    acc.iter().sum::<f64>() + rest.iter().map(|v| f(v.to_f64())).sum::<f64>()
-}
-
-/// Writes `f(channel, plane)` into every `(n, channel)` plane of `out`, channels in parallel.
-pub(crate) fn per_channel_planes<T: WithDType + Send + Sync>(out: &mut [T], (n, c, hw): (usize, usize, usize), f: impl Fn(usize, usize, &mut [T]) + Sync) {
-    // Planes of one channel are strided by C*HW; hand each thread whole channels through
-    // raw parts of disjoint planes.
-    let ptr = SendPtr(out.as_mut_ptr());
-    (0..c).into_par_iter().for_each(|ch| {
-        let ptr = &ptr;
-        for i in 0..n {
-            // SAFETY: plane (i, ch) is touched by this channel's task only.
-            let plane = unsafe { std::slice::from_raw_parts_mut(ptr.0.add((i * c + ch) * hw), hw) };
-            f(ch, i, plane);
-        }
-    });
-}
-
-struct SendPtr<T>(*mut T);
-unsafe impl<T> Sync for SendPtr<T> {}
-unsafe impl<T> Send for SendPtr<T> {}
-
-fn fwd<T: WithDType + Send + Sync>(x: &[T], gamma: &[T], beta: &[T], d: (usize, usize, usize)) -> (Vec<T>, Vec<f64>, Vec<f64>) {
-    let (_, c, hw) = d;
-    let stats: Vec<(f64, f64)> = (0..c).into_par_iter().map(|ch| channel_stats(x, d, ch)).collect();
-    let mut y = vec![T::zero(); x.len()];
-    per_channel_planes(&mut y, d, |ch, i, plane| {
-        let (mean, var) = stats[ch];
-        let inv = 1.0 / (var + EPS).sqrt();
-        let scale = gamma[ch].to_f64() * inv;
-        let shift = beta[ch].to_f64() - mean * scale;
-        let (s, b) = (T::from_f64(scale), T::from_f64(shift));
-        let src = &x[(i * c + ch) * hw..][..hw];
-        for (o, &v) in plane.iter_mut().zip(src) {
-            let z = v * s + b;
-            // NaN passes through (as in PyTorch), so a blown-up network shows in the loss.
-            *o = if z > T::zero() || z != z { z } else { T::zero() };
-        }
-    });
-    let mean = stats.iter().map(|s| s.0).collect();
-    let var = stats.iter().map(|s| s.1).collect();
-    (y, mean, var)
-}
-
-impl CustomOp3 for BnReluTrain {
-    fn name(&self) -> &'static str {
-        "protonet-batchnorm-relu"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = dims(l1)?;
-        if l2.dims() != [d.1] || l3.dims() != [d.1] {
-            candle_core::bail!("batch-norm: weight and bias need {} values", d.1);
-        }
-        let (out, mean, var) = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
-                let (y, m, v) = fwd(contiguous(x, l1)?, contiguous(g, l2)?, contiguous(b, l3)?, d);
-                (CpuStorage::F32(y), m, v)
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
-                let (y, m, v) = fwd(contiguous(x, l1)?, contiguous(g, l2)?, contiguous(b, l3)?, d);
-                (CpuStorage::F64(y), m, v)
-            }
-            _ => candle_core::bail!("batch-norm: only f32 and f64 of one dtype"),
-        };
-        *self.stats.lock().expect("stats lock") = Some((mean, var));
-        Ok((out, l1.shape().clone()))
-    }
-
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, _beta: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        // One op returns [dx | dgamma | dbeta] flattened; split it here.
-        let stats = self.stats.lock().expect("stats lock").clone();
-        let packed = x.apply_op3_no_bwd(&grad, &Tensor::cat(&[gamma.flatten_all()?, y.flatten_all()?], 0)?, &BnReluBackward { stats })?;
-        let (len, c) = (x.elem_count(), gamma.elem_count());
-        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
-        let dgamma = packed.narrow(0, len, c)?;
-        let dbeta = packed.narrow(0, len + c, c)?;
-        Ok((x.track_op().then_some(dx), Some(dgamma), Some(dbeta)))
-    }
-}
-
-/// Backward of [`BnReluTrain`]: `(x, dy, [gamma | y]) -> [dx | dgamma | dbeta]`, with
-/// the forward pass's batch statistics when it has them (else recomputed from `x`).
-struct BnReluBackward {
-    stats: Option<(Vec<f64>, Vec<f64>)>,
-}
-
-#[allow(clippy::type_complexity)]
-fn bwd<T: WithDType + Send + Sync>(x: &[T], dy: &[T], gamma: &[T], y: &[T], d: (usize, usize, usize), stats: &Option<(Vec<f64>, Vec<f64>)>) -> Vec<T> {
-    let (n, c, hw) = d;
-    let m = (n * hw) as f64;
-    // Per channel: mean, inv_std, sum(dz), sum(dz * xhat), where dz = dy masked by ReLU.
-    let per: Vec<(f64, f64, f64, f64)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let (mean, var) = match stats {
-                Some((m, v)) if m.len() == c && v.len() == c => (m[ch], v[ch]),
-                _ => channel_stats(x, d, ch),
-            };
-            let inv = 1.0 / (var + EPS).sqrt();
-            let (mut sdz, mut sdzx) = (0.0, 0.0);
-            for i in 0..n {
-                let o = (i * c + ch) * hw;
-                for j in o..o + hw {
-                    if y[j] > T::zero() {
-                        let dz = dy[j].to_f64();
-                        sdz += dz;
-                        sdzx += dz * (x[j].to_f64() - mean) * inv;
-                    }
-                }
-            }
-            (mean, inv, sdz, sdzx)
-        })
-        .collect();
-    let mut out = vec![T::zero(); x.len() + 2 * c];
-    let (dx, rest) = out.split_at_mut(x.len());
-    per_channel_planes(dx, d, |ch, i, plane| {
-        let (mean, inv, sdz, sdzx) = per[ch];
-        let k = gamma[ch].to_f64() * inv;
-        let o = (i * c + ch) * hw;
-        for (j, p) in plane.iter_mut().enumerate() {
-            let dz = if y[o + j] > T::zero() { dy[o + j].to_f64() } else { 0.0 };
-            let xhat = (x[o + j].to_f64() - mean) * inv;
-            *p = T::from_f64(k * (dz - sdz / m - xhat * sdzx / m));
-        }
-    });
-    for ch in 0..c {
-        rest[ch] = T::from_f64(per[ch].3);
-        rest[c + ch] = T::from_f64(per[ch].2);
-    }
-    out
-}
-
-impl CustomOp3 for BnReluBackward {
-    fn name(&self) -> &'static str {
-        "protonet-batchnorm-relu-backward"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = dims(l1)?;
-        let len = l1.shape().elem_count();
-        if l2.shape().elem_count() != len || l3.shape().elem_count() != d.1 + len {
-            candle_core::bail!("batch-norm backward: mismatched shapes");
-        }
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(dy), CpuStorage::F32(gy)) => {
-                let gy = contiguous(gy, l3)?;
-                CpuStorage::F32(bwd(contiguous(x, l1)?, contiguous(dy, l2)?, &gy[..d.1], &gy[d.1..], d, &self.stats))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(dy), CpuStorage::F64(gy)) => {
-                let gy = contiguous(gy, l3)?;
-                CpuStorage::F64(bwd(contiguous(x, l1)?, contiguous(dy, l2)?, &gy[..d.1], &gy[d.1..], d, &self.stats))
-            }
-            _ => candle_core::bail!("batch-norm backward: only f32 and f64 of one dtype"),
-        };
-        Ok((out, Shape::from(len + 2 * d.1)))
     }
 }
 
@@ -437,7 +222,7 @@ mod tests {
                 unfused.running_mean.set(&rm).unwrap();
                 unfused.running_var.set(&rv).unwrap();
                 let yf = fused.forward_pool(x.as_tensor(), train).unwrap();
-                let yu = super::super::max_pool2x2(&unfused.forward(x.as_tensor(), train).unwrap()).unwrap();
+                let yu = crate::ops::max_pool2x2(&unfused.forward(x.as_tensor(), train).unwrap()).unwrap();
                 assert_eq!(yf.dims(), yu.dims());
                 assert!(max_diff(&yf, &yu) < 1e-10, "{dims:?} train={train} values");
                 let r = Tensor::randn(0f64, 1.0, yf.dims(), &Device::Cpu).unwrap();

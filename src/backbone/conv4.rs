@@ -2,7 +2,8 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{conv2d, Backbone, BatchNormRelu, Ops};
+use super::{Backbone, BatchNormRelu};
+use crate::ops::{conv2d, Ops};
 use crate::{Error, Result};
 
 /// Hyper-parameters of [`Conv4`].
@@ -66,7 +67,11 @@ struct ConvBlock {
 
 impl ConvBlock {
     fn new(cin: usize, cout: usize, vb: VarBuilder, ops: Ops) -> Result<Self> {
-        let init = Init::Kaiming { dist: candle_nn::init::NormalOrUniform::Uniform, fan: candle_nn::init::FanInOut::FanIn, non_linearity: candle_nn::init::NonLinearity::ReLU };
+        let init = Init::Kaiming {
+            dist: candle_nn::init::NormalOrUniform::Uniform,
+            fan: candle_nn::init::FanInOut::FanIn,
+            non_linearity: candle_nn::init::NonLinearity::ReLU,
+        };
         let weight = vb.pp("conv").get_with_hints((cout, cin, 3, 3), "weight", init)?;
         let bn = BatchNormRelu::new(cout, vb.pp("bn"), ops)?;
         Ok(Self { weight, bn, ops })
@@ -87,7 +92,7 @@ impl ConvBlock {
 }
 
 /// The Conv-4 backbone of Snell et al. (2017): `depth` blocks of
-/// [3x3 conv, `hidden` filters, padding 1 -> BatchNorm -> ReLU -> 2x2 max-pool], then
+/// \[3x3 conv, `hidden` filters, padding 1 -> BatchNorm -> ReLU -> 2x2 max-pool\], then
 /// flatten. 28x28 grey gives 64-d embeddings, 84x84 RGB gives 1600-d.
 ///
 /// Parameters are named `block{i}.conv.weight`, `block{i}.bn.{weight,bias,running_mean,running_var}`.

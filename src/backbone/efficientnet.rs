@@ -11,11 +11,12 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, Init, Linear, ModuleT, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{conv2d, depthwise_conv2d, Backbone, PretrainedWeights};
+use super::{Backbone, PretrainedWeights};
+use crate::ops::{conv2d, depthwise_conv2d};
 use crate::{Error, Result};
 
 /// Embedding size (channels of the head convolution).
@@ -76,11 +77,7 @@ struct MbConv {
 impl MbConv {
     fn new(vb: VarBuilder, cin: usize, cout: usize, kernel: usize, stride: usize, expand: usize) -> Result<Self> {
         let mid = cin * expand;
-        let expand_layer = if expand != 1 {
-            Some((vb.get((mid, cin, 1, 1), "_expand_conv.weight")?, bn(mid, vb.pp("_bn0"))?))
-        } else {
-            None
-        };
+        let expand_layer = if expand != 1 { Some((vb.get((mid, cin, 1, 1), "_expand_conv.weight")?, bn(mid, vb.pp("_bn0"))?)) } else { None };
         Ok(Self {
             expand: expand_layer,
             depthwise: vb.get((mid, 1, kernel, kernel), "_depthwise_conv.weight")?,
@@ -111,12 +108,17 @@ impl MbConv {
     }
 }
 
+/// The file name that `scripts/fetch-pretrained.sh` gives the ImageNet EfficientNet-Lite0
+/// weights converted to safetensors, beside the published `.pth`.
+pub const CONVERTED_WEIGHTS: &str = "efficientnet-lite0.safetensors";
+
 /// EfficientNet-Lite0 with ImageNet weights, used as a frozen feature extractor.
 ///
 /// ```no_run
 /// use candle_core::{Device, Tensor};
 /// use protonet::backbone::{Backbone, EfficientNetLite0};
-/// let net = EfficientNetLite0::load(EfficientNetLite0::DEFAULT_WEIGHTS.as_ref(), &Device::Cpu)?;
+/// use protonet::backbone::PretrainedWeights;
+/// let net = EfficientNetLite0::from_reference(&PretrainedWeights::efficientnet_lite0(), &Device::Cpu)?;
 /// let x = Tensor::zeros((1, 3, 224, 224), candle_core::DType::F32, &Device::Cpu)?;
 /// assert_eq!(net.embed(&x, false)?.dims(), &[1, 1280]);
 /// # Ok::<(), protonet::Error>(())
@@ -150,34 +152,17 @@ impl EfficientNetLite0 {
         Ok(Self { stem, bn0, blocks, head, bn1, fc })
     }
 
-    /// The default location of the converted weights, `data/pretrained/` of this crate.
-    pub const DEFAULT_WEIGHTS: &'static str = "data/pretrained/efficientnet-lite0.safetensors";
-
     /// Loads weights from a `.safetensors` file (as written by
     /// `scripts/fetch-pretrained.sh`) or a zip-format PyTorch `.pth` state dict.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        if !path.is_file() {
-            return Err(Error::Checkpoint {
-                path: path.to_path_buf(),
-                reason: "pretrained weights not found; run scripts/fetch-pretrained.sh".into(),
-            });
-        }
-        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-        // SAFETY: the file is memory-mapped read-only; it must not change while loading.
-        let vb = if is_safetensors { unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) } } else { VarBuilder::from_pth(path, DType::F32, device) };
-        let vb = vb
-            .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })?;
-        Self::new(vb).map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
+        let vb = crate::pretrained::var_builder(path, device)?;
+        Self::new(vb).map_err(|e| Error::PretrainedWeights { name: path.display().to_string(), reason: e.to_string() })
     }
 
-    /// Loads the weights a model references: the published state dict, found and checked
-    /// by [`PretrainedWeights::locate`], or rather the safetensors that
-    /// `scripts/fetch-pretrained.sh` converted it into beside it (after checking the same
-    /// SHA-256), which candle reads without Python's pickle.
+    /// Loads the weights a model references, found and checked by
+    /// [`PretrainedWeights::loadable`].
     pub fn from_reference(weights: &PretrainedWeights, device: &Device) -> Result<Self> {
-        let pth = weights.locate()?;
-        let converted = pth.with_file_name("efficientnet-lite0.safetensors");
-        Self::load(if converted.is_file() { &converted } else { &pth }, device)
+        Self::load(&weights.loadable(CONVERTED_WEIGHTS)?, device)
     }
 
     /// The trunk's feature map `(N, 320, H/32, W/32)`: stem and MBConv blocks, before the head.
@@ -292,7 +277,11 @@ impl TunedHead {
         let t0 = config.initial_log_temperature();
         let bound = 1.0 / (EFFICIENTNET_LITE0_TRUNK_CHANNELS as f64).sqrt();
         Ok(Self {
-            conv: vb.get_with_hints((EFFICIENTNET_LITE0_DIM, EFFICIENTNET_LITE0_TRUNK_CHANNELS, 1, 1), "conv.weight", Init::Uniform { lo: -bound, up: bound })?,
+            conv: vb.get_with_hints(
+                (EFFICIENTNET_LITE0_DIM, EFFICIENTNET_LITE0_TRUNK_CHANNELS, 1, 1),
+                "conv.weight",
+                Init::Uniform { lo: -bound, up: bound },
+            )?,
             bn: bn(EFFICIENTNET_LITE0_DIM, vb.pp("bn"))?,
             log_temperature: vb.get_with_hints((), "log_temperature", Init::Const(t0))?,
             normalize: config.normalize,

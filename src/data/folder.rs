@@ -28,9 +28,7 @@ pub struct SkippedImage {
 const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -63,18 +61,12 @@ pub fn list_image_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let files: Vec<PathBuf> = sorted_entries(&dir)?.into_iter().filter(|p| p.is_file() && is_image(p)).collect();
         if files.is_empty() {
-            return Err(Error::Dataset {
-                path: dir.clone(),
-                reason: "class folder holds no PNG or JPEG images".into(),
-            });
+            return Err(Error::Dataset { path: dir.clone(), reason: "class folder holds no PNG or JPEG images".into() });
         }
         classes.push((name, files));
     }
     if classes.is_empty() {
-        return Err(Error::Dataset {
-            path: root.to_path_buf(),
-            reason: "no class sub-folders (expected one sub-folder of images per class)".into(),
-        });
+        return Err(Error::Dataset { path: root.to_path_buf(), reason: "no class sub-folders (expected one sub-folder of images per class)".into() });
     }
     Ok(classes)
 }
@@ -114,7 +106,9 @@ pub fn list_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Loads an image folder: one sub-folder per class, PNG and JPEG files inside, decoded
-/// in parallel, resized and normalised as `config` says, and kept in memory.
+/// in parallel, resized and normalised as `config` says, and kept in memory. Files
+/// skipped under [`FolderOptions::skip_bad_images`] are left out without a word:
+/// [`load_image_folder_report`] says which.
 ///
 /// ```no_run
 /// use protonet::data::{load_image_folder, FolderOptions, ImageConfig};
@@ -123,18 +117,11 @@ pub fn list_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// # Ok::<(), protonet::Error>(())
 /// ```
 pub fn load_image_folder(root: &Path, config: &ImageConfig, options: &FolderOptions) -> Result<ImageSet> {
-    let (set, skipped) = load_image_folder_report(root, config, options)?;
-    for s in &skipped {
-        eprintln!("warning: skipping {}", s.error);
-    }
-    if !skipped.is_empty() {
-        eprintln!("warning: skipped {} of {} image files in {}", skipped.len(), skipped.len() + set.num_images(), root.display());
-    }
-    Ok(set)
+    Ok(load_image_folder_report(root, config, options)?.0)
 }
 
-/// Like [`load_image_folder`], returning the skipped files (with
-/// [`FolderOptions::skip_bad_images`]) instead of printing them.
+/// Like [`load_image_folder`], also returning the skipped files (with
+/// [`FolderOptions::skip_bad_images`]) and why.
 ///
 /// ```no_run
 /// use protonet::data::{load_image_folder_report, FolderOptions, ImageConfig};

@@ -32,10 +32,7 @@ impl ImageSet {
         let name = name.into();
         let len = self.image_len();
         if let Some(bad) = images.iter().find(|im| im.len() != len) {
-            return Err(Error::param(
-                "images",
-                format!("class `{name}`: an image has {} values, expected {len}", bad.len()),
-            ));
+            return Err(Error::param("images", format!("class `{name}`: an image has {} values, expected {len}", bad.len())));
         }
         for im in &images {
             self.pixels.extend_from_slice(im);

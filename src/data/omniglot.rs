@@ -77,13 +77,10 @@ pub fn load_omniglot(root: &Path, split: OmniglotSplit) -> Result<ImageSet> {
         if line.is_empty() {
             continue;
         }
-        let bad = || Error::Dataset {
-            path: split_file.clone(),
-            reason: format!("line {}: `{line}` is not `Alphabet/characterNN/rotDDD`", lineno + 1),
-        };
+        let bad = || Error::Dataset { path: split_file.clone(), reason: format!("line {}: `{line}` is not `Alphabet/characterNN/rotDDD`", lineno + 1) };
         let (character, rot) = line.rsplit_once('/').ok_or_else(bad)?;
         let degrees: usize = rot.strip_prefix("rot").and_then(|d| d.parse().ok()).ok_or_else(bad)?;
-        if degrees % 90 != 0 {
+        if !degrees.is_multiple_of(90) {
             return Err(bad());
         }
         if !rotations.contains_key(character) {
@@ -92,14 +89,14 @@ pub fn load_omniglot(root: &Path, split: OmniglotSplit) -> Result<ImageSet> {
         rotations.entry(character.to_string()).or_default().push((degrees / 90, line.to_string()));
     }
     let set_dirs = [root.join("images_background"), root.join("images_evaluation")];
-    let loaded: Vec<Result<Vec<(String, Vec<Vec<f32>>)>>> = order
+    // Per character: its classes (one per rotation), each a name and its images.
+    type Classes = Vec<(String, Vec<Vec<f32>>)>;
+    let loaded: Vec<Result<Classes>> = order
         .par_iter()
         .map(|character| {
-            let dir = set_dirs.iter().map(|d| d.join(character)).find(|d| d.is_dir()).ok_or_else(|| {
-                Error::Dataset {
-                    path: root.to_path_buf(),
-                    reason: format!("character `{character}` (from {}) is in neither images_background nor images_evaluation", split_file.display()),
-                }
+            let dir = set_dirs.iter().map(|d| d.join(character)).find(|d| d.is_dir()).ok_or_else(|| Error::Dataset {
+                path: root.to_path_buf(),
+                reason: format!("character `{character}` (from {}) is in neither images_background nor images_evaluation", split_file.display()),
             })?;
             let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .map_err(|e| Error::io(&dir, e))?
@@ -128,4 +125,3 @@ pub fn load_omniglot(root: &Path, split: OmniglotSplit) -> Result<ImageSet> {
     }
     Ok(set)
 }
-

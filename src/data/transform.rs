@@ -40,13 +40,7 @@ impl ImageConfig {
 
     /// RGB at `size x size`, normalised with the ImageNet channel statistics.
     pub fn rgb(size: usize) -> Self {
-        Self {
-            size,
-            channels: 3,
-            mean: vec![0.485, 0.456, 0.406],
-            std: vec![0.229, 0.224, 0.225],
-            invert: false,
-        }
+        Self { size, channels: 3, mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225], invert: false }
     }
 
     /// Grey at `size x size`, values in [0, 1].

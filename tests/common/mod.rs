@@ -66,12 +66,41 @@ pub fn write_glyph_folder(dir: &Path, classes: usize, per_class: usize, size: us
     }
 }
 
+/// Every file of `dir` (not its sub-folders' contents) and its bytes: compare two to see
+/// that nothing was written.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect()
+}
+
+/// The shared data sets: `$PROTONET_DATA`, else `../shared/data` beside the checkout.
+pub fn data_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("PROTONET_DATA") {
+        return PathBuf::from(d);
+    }
+    repo_root().join("../shared/data")
+}
+
+/// The checkout's root (the workspace), from the library's or the CLI package's tests.
+pub fn repo_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if manifest.join("Cargo.lock").exists() {
+        manifest
+    } else {
+        manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+    }
+}
+
 /// The shared Omniglot folder, or a clear message of why it is missing.
 ///
 /// A missing data set fails the test, unless `PROTONET_SKIP_DATA_TESTS=1`, in which case
 /// the caller prints that it skips.
 pub fn omniglot_root() -> Result<PathBuf, String> {
-    let root = protonet::data::default_data_root().join("omniglot");
+    let root = data_root().join("omniglot");
     if root.join("splits/vinyals/train.txt").is_file() {
         Ok(root)
     } else {
@@ -95,24 +124,14 @@ pub fn require_omniglot(test: &str) -> Option<PathBuf> {
     }
 }
 
-/// Runs the `protonet` binary with `args`: (success, stdout, stderr). Fails the test if
-/// it panicked: every error must be a message.
-pub fn run_protonet(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_protonet")).args(args).output().expect("runs");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert!(!stderr.contains("panicked") && !stdout.contains("panicked"), "protonet {args:?} panicked:\n{stderr}");
-    (out.status.success(), stdout, stderr)
-}
-
 /// The converted EfficientNet-Lite0 ImageNet weights, or `None` (saying so) when they are
 /// missing and `PROTONET_SKIP_DATA_TESTS=1`; without that variable a missing file fails
 /// the test, since CI fetches them (`scripts/fetch-pretrained.sh`).
 pub fn pretrained_weights(test: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(protonet::backbone::EfficientNetLite0::DEFAULT_WEIGHTS);
-    if p.is_file() {
-        return Some(p);
-    }
-    let msg = format!("{} is missing: run scripts/fetch-pretrained.sh (CI's .ci/run does)", p.display());
+    let msg = match protonet::backbone::PretrainedWeights::efficientnet_lite0().loadable(protonet::backbone::CONVERTED_WEIGHTS) {
+        Ok(p) => return Some(p),
+        Err(e) => format!("{e} (CI's .ci/run fetches them)"),
+    };
     if std::env::var("PROTONET_SKIP_DATA_TESTS").as_deref() == Ok("1") {
         eprintln!("SKIPPED {test}: {msg}");
         None

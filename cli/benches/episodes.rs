@@ -1,0 +1,40 @@
+//! Criterion benchmarks of N-way K-shot episodes (the speed issue's workloads):
+//! A: training step 60-way 5-shot 5-query, 1x28x28; B: training step 5-way 5-shot
+//! 15-query, 3x84x84; C1/C2: inference 5-way 1-shot / 20-way 5-shot, 15 queries, 28x28;
+//! D1: embedding a batch of 256 at 1x28x28; D2: a batch of 64 at 3x84x84.
+//!
+//! `cargo bench` runs them all; `cargo bench -- A` one of them.
+
+use candle_core::Device;
+use criterion::{criterion_group, criterion_main, Criterion};
+use protonet::EpisodeSpec;
+use protonet_cli::workload::{Workload, WorkloadKind};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn spec(way: usize, shot: usize, query: usize) -> EpisodeSpec {
+    EpisodeSpec::new(way, shot, query).unwrap()
+}
+
+fn episodes(c: &mut Criterion) {
+    protonet_cli::alloc::keep_freed_memory();
+    let workloads = [
+        ("A train 60w5s5q 1x28", WorkloadKind::TrainStep(spec(60, 5, 5)), 1, 28),
+        ("B train 5w5s15q 3x84", WorkloadKind::TrainStep(spec(5, 5, 15)), 3, 84),
+        ("C1 infer 5w1s15q 1x28", WorkloadKind::Inference(spec(5, 1, 15)), 1, 28),
+        ("C2 infer 20w5s15q 1x28", WorkloadKind::Inference(spec(20, 5, 15)), 1, 28),
+        ("D1 embed 256 1x28", WorkloadKind::Embed(256), 1, 28),
+        ("D2 embed 64 3x84", WorkloadKind::Embed(64), 3, 84),
+    ];
+    let mut group = c.benchmark_group("episodes");
+    group.sample_size(10);
+    for (name, kind, channels, size) in workloads {
+        let mut w = Workload::new(kind, channels, size, &Device::Cpu).unwrap();
+        group.bench_function(name, |b| b.iter(|| w.run_once().unwrap()));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, episodes);
+criterion_main!(benches);

@@ -1,0 +1,344 @@
+//! Coin denominations from 4 photos each.
+//!
+//! With no arguments it runs on built-in data: coins of made-up currencies drawn by the
+//! procedural renderer of the command-line package (`protonet_cli::coins`). It trains a Conv-4
+//! episodically on the denominations of some currencies, then classifies the
+//! denominations of other currencies, never seen in training, from 4 examples each, and
+//! prints the accuracy with its 95% confidence interval and a per-class confusion table.
+//!
+//! ```text
+//! cargo run --release --example coins                       # built-in rendered coins
+//! cargo run --release --example coins -- --data DIR         # your photos: one sub-folder per denomination
+//! cargo run --release --example coins -- --train DIR --test DIR [--save MODEL]
+//! cargo run --release --example coins -- --backbone efficientnet-lite0 --data DIR
+//! cargo run --release --example coins -- --backbone efficientnet-lite0-finetuned --train DIR --test DIR
+//! cargo run --release --example coins -- --model MODEL --support DIR --query DIR
+//! ```
+//!
+//! Coins look the same at any angle: training rotates images by random multiples of 90
+//! degrees, and evaluation averages each embedding over the 4 rotations.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use clap::{Parser, ValueEnum};
+use protonet::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0, PretrainedWeights, CONVERTED_WEIGHTS};
+use protonet::data::{list_image_folder, list_images, load_image_folder, FolderOptions, ImageConfig, ImageSet};
+use protonet::eval::{evaluate_embedded, Embedder, EvalConfig};
+use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig};
+use protonet::FeatureNorm;
+use protonet::{EpisodeSpec, Error, FewShotClassifier, Model, ModelConfig, ProtoNet, Result, TrainConfig, TrainOptions, Trainer};
+use protonet_cli::coins;
+use protonet_cli::progress::Bars;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackboneChoice {
+    /// EfficientNet-Lite0 (ImageNet weights) when scripts/fetch-pretrained.sh has run, else Conv-4.
+    Auto,
+    /// A Conv-4 trained episodically on the training denominations.
+    Conv4,
+    /// Frozen EfficientNet-Lite0 with ImageNet weights (no training).
+    EfficientnetLite0,
+    /// EfficientNet-Lite0 with its head fine-tuned episodically on the training denominations
+    /// (frozen trunk, cached features of 4 rotations, cosine distances with a learnable temperature).
+    EfficientnetLite0Finetuned,
+}
+
+/// Few-shot coin classification: denominations from 4 photos each.
+#[derive(Parser, Debug)]
+#[command(about)]
+struct Args {
+    /// Your photos, one sub-folder per denomination; denominations are split into training and test halves.
+    #[arg(long, conflicts_with_all = ["train", "test"])]
+    data: Option<PathBuf>,
+    /// Training denominations (one sub-folder each).
+    #[arg(long, requires = "test")]
+    train: Option<PathBuf>,
+    /// Test denominations (one sub-folder each), never seen in training.
+    #[arg(long, requires = "train")]
+    test: Option<PathBuf>,
+    /// Classify the photos in --query from the photos in --support (one sub-folder per denomination) with the model in --model.
+    #[arg(long, requires_all = ["query", "model"])]
+    support: Option<PathBuf>,
+    /// Photos to classify (a folder, searched recursively, or one file).
+    #[arg(long, requires = "support")]
+    query: Option<PathBuf>,
+    /// A model directory: written by --save, read by --support/--query.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Save the trained model (Conv-4, or the fine-tuned EfficientNet-Lite0 head) to this directory.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Backbone.
+    #[arg(long, value_enum, default_value_t = BackboneChoice::Auto)]
+    backbone: BackboneChoice,
+    /// Pretrained weights file for efficientnet-lite0 (default: the published weights,
+    /// looked for in $PROTONET_PRETRAINED, ./data/pretrained and ~/.cache/protonet).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Photos per denomination in the support set.
+    #[arg(long, default_value_t = 4)]
+    shot: usize,
+    /// Query photos per denomination in each test episode.
+    #[arg(long, default_value_t = 6)]
+    query_per_class: usize,
+    /// Test episodes.
+    #[arg(long, default_value_t = 1000)]
+    episodes: usize,
+    /// Training episodes (Conv-4).
+    #[arg(long, default_value_t = 400)]
+    train_episodes: usize,
+    /// Training episodes (fine-tuned EfficientNet-Lite0 head).
+    #[arg(long, default_value_t = 300)]
+    finetune_episodes: usize,
+    /// Image side for Conv-4 (RGB). Small enough for a CPU, large enough for numerals.
+    #[arg(long, default_value_t = 48)]
+    image_size: usize,
+    /// With --train/--test or --data and Conv-4: add this many rendered denominations (of
+    /// made-up currencies, 20 images each) to the training denominations.
+    #[arg(long, default_value_t = 0)]
+    add_rendered: usize,
+    /// Also draw the confusion matrix as a PNG here.
+    #[arg(long)]
+    confusion_png: Option<PathBuf>,
+    /// Seed for rendering, splitting, initialisation and sampling.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+fn main() {
+    protonet_cli::alloc::keep_freed_memory();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(a: Args) -> Result<()> {
+    let dev = Device::Cpu;
+    if let (Some(support), Some(query), Some(model)) = (&a.support, &a.query, &a.model) {
+        return predict(model, support, query, &dev);
+    }
+    let weights = match &a.weights {
+        Some(path) => Ok(path.clone()),
+        None => PretrainedWeights::efficientnet_lite0().loadable(CONVERTED_WEIGHTS),
+    };
+    let backbone = match (a.backbone, &weights) {
+        (BackboneChoice::Auto, Ok(path)) => {
+            println!("Using the pretrained EfficientNet-Lite0 ({}), frozen.", path.display());
+            BackboneChoice::EfficientnetLite0
+        }
+        (BackboneChoice::Auto, Err(e)) => {
+            println!("{e}. Using Conv-4; run scripts/fetch-pretrained.sh for the stronger backbone.");
+            BackboneChoice::Conv4
+        }
+        (b, _) => b,
+    };
+
+    // 1. The data: the user's photos, or rendered coins.
+    let image = match backbone {
+        BackboneChoice::EfficientnetLite0 | BackboneChoice::EfficientnetLite0Finetuned => ImageConfig::rgb(224),
+        _ => ImageConfig::rgb(a.image_size),
+    };
+    let need = a.shot + a.query_per_class;
+    let (train_set, test_set) = if let (Some(tr), Some(te)) = (&a.train, &a.test) {
+        (load_checked(tr, &image, need)?, load_checked(te, &image, need)?)
+    } else if let Some(dir) = &a.data {
+        split_denominations(load_checked(dir, &image, need)?, a.seed)?
+    } else {
+        println!("No --data given: rendering coins of made-up currencies (training and test denominations are disjoint).");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+        let train_designs: Vec<_> = (0..10).flat_map(|_| coins::currency(6, &mut rng)).collect();
+        let test_designs: Vec<_> = (0..2).flat_map(|_| coins::currency(4, &mut rng)).collect();
+        let train = coins::render_set(&train_designs, 20, &image, a.seed, "train-")?;
+        let test = coins::render_set(&test_designs, 20, &image, a.seed + 1, "test-")?;
+        (train, test)
+    };
+    let train_set = if a.add_rendered > 0 && (a.train.is_some() || a.data.is_some()) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed ^ 0xc01);
+        let mut designs = Vec::new();
+        while designs.len() < a.add_rendered {
+            designs.extend(coins::currency(6, &mut rng));
+        }
+        designs.truncate(a.add_rendered);
+        let rendered = coins::render_set(&designs, 20, &image, a.seed ^ 0xc01, "rendered-")?;
+        println!("Adding {} rendered denominations ({} images) to the training denominations.", rendered.num_classes(), rendered.num_images());
+        let mut merged = train_set;
+        merged.append_classes(&rendered)?;
+        merged
+    } else {
+        train_set
+    };
+    println!(
+        "Training denominations: {} ({} photos); test denominations: {} ({} photos).",
+        train_set.num_classes(),
+        train_set.num_images(),
+        test_set.num_classes(),
+        test_set.num_images()
+    );
+    let way = test_set.num_classes();
+    let spec = EpisodeSpec::new(way, a.shot, a.query_per_class)?;
+    spec.check_dataset(&test_set)?;
+
+    // 2. The backbone: train a Conv-4 episodically, or take the pretrained one.
+    let trained;
+    let pretrained;
+    let (net, norm): (&ProtoNet, FeatureNorm) = match backbone {
+        BackboneChoice::EfficientnetLite0 => {
+            pretrained = ProtoNet::new(Box::new(EfficientNetLite0::load(weights.as_ref().map_err(|e| Error::param("weights", e.to_string()))?, &dev)?));
+            (&pretrained, FeatureNorm::CenterSupportL2)
+        }
+        BackboneChoice::EfficientnetLite0Finetuned => {
+            let mut config = FineTuneConfig {
+                description: format!(
+                    "EfficientNet-Lite0 for coin photographs (the coin example): head fine-tuned on {} denominations ({}), 224x224 RGB, 4 rotations cached; the ImageNet trunk is referenced, not stored.",
+                    train_set.num_classes(),
+                    a.train.as_ref().or(a.data.as_ref()).map(|p| p.display().to_string()).unwrap_or_else(|| "rendered coins".into())
+                ),
+                image: image.clone(),
+                ..FineTuneConfig::default()
+            };
+            config.train.way = train_set.num_classes().min(20);
+            config.train.shot = a.shot;
+            config.train.query = (smallest_class(&train_set) * config.rotations).saturating_sub(a.shot).clamp(1, 4);
+            config.train.episodes = a.finetune_episodes;
+            config.train.val_every = a.finetune_episodes;
+            config.train.seed = a.seed;
+            println!(
+                "Fine-tuning the EfficientNet-Lite0 head on {}-way {}-shot episodes, {} episodes:",
+                config.train.way, config.train.shot, config.train.episodes
+            );
+            let out = output_dir(&a.save);
+            let (model, report) = fine_tune_efficientnet(&config, &train_set, None, &out, &TrainOptions::default(), &Bars::new(true))?;
+            finish_output(&a.save, &out, report.seconds);
+            trained = model;
+            (trained.net(), FeatureNorm::None)
+        }
+        _ => {
+            let mut config = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 3, ..Default::default() }), image.clone());
+            config.description = format!(
+                "Conv-4 for coin photographs (the coin example): {}x{} RGB, trained episodically with rotation augmentation on {} denominations ({}). Use 4 rotations at test time (protonet predict --rotations 4).",
+                image.size,
+                image.size,
+                train_set.num_classes(),
+                a.train.as_ref().or(a.data.as_ref()).map(|p| p.display().to_string()).unwrap_or_else(|| "rendered coins".into())
+                    + &if a.add_rendered > 0 { format!(" plus {} rendered", a.add_rendered) } else { String::new() }
+            );
+            let mut model = Model::new(config, a.seed, &dev)?;
+            let train_way = train_set.num_classes().min(20);
+            let tc = TrainConfig {
+                way: train_way,
+                shot: a.shot,
+                query: a.query_per_class.min(smallest_class(&train_set).saturating_sub(a.shot)).max(1),
+                episodes: a.train_episodes,
+                val_every: a.train_episodes,
+                patience: None,
+                seed: a.seed,
+                rotation_augment: true,
+                ..Default::default()
+            };
+            println!("Training Conv-4 on {train_way}-way {}-shot episodes, {} episodes:", tc.shot, tc.episodes);
+            let out = output_dir(&a.save);
+            let report = Trainer::new(&mut model, &train_set, None, &tc)?.run(&out, &TrainOptions::default(), &Bars::new(true))?;
+            finish_output(&a.save, &out, report.seconds);
+            trained = model;
+            (trained.net(), FeatureNorm::None)
+        }
+    };
+
+    // 3. Evaluate: `shot` photos per unseen denomination, averaged over 4 rotations.
+    println!("Embedding the test photos (4 rotations each)...");
+    let bars = Bars::new(true);
+    let embedded = Embedder { rotations: 4, ..Default::default() }.embed_set(net, &test_set, &dev, &bars)?;
+    let report = evaluate_embedded(&embedded, &EvalConfig::new(spec, a.episodes, a.seed), &norm, &dev, &bars)?;
+    println!(
+        "\n{way}-way {}-shot accuracy on unseen denominations: {:.1}% ± {:.1}% ({} episodes, {} queries per class)\n",
+        a.shot,
+        100.0 * report.accuracy,
+        100.0 * report.ci95,
+        a.episodes,
+        a.query_per_class
+    );
+    println!("Confusion (% of each true class's queries):\n{}", report.confusion_table(test_set.class_names()));
+    if let Some(path) = &a.confusion_png {
+        protonet_cli::pictures::confusion_matrix(&report.confusion, test_set.class_names(), path)?;
+        println!("Wrote the confusion matrix to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Where training writes: `--save`, or a temporary folder removed afterwards.
+fn output_dir(save: &Option<PathBuf>) -> PathBuf {
+    save.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("protonet-coins-{}", std::process::id())))
+}
+
+/// Reports the training time, and where the model was saved or removes the temporary folder.
+fn finish_output(save: &Option<PathBuf>, out: &Path, seconds: f64) {
+    println!("  trained in {seconds:.0}s");
+    if save.is_some() {
+        println!("  model saved to {}", out.display());
+    } else {
+        std::fs::remove_dir_all(out).ok();
+    }
+}
+
+fn smallest_class(set: &ImageSet) -> usize {
+    (0..set.num_classes()).map(|c| set.class_len(c)).min().unwrap_or(0)
+}
+
+/// Loads a folder of denominations and checks it can give `need` photos per class.
+fn load_checked(dir: &Path, image: &ImageConfig, need: usize) -> Result<ImageSet> {
+    let set = load_image_folder(dir, image, &FolderOptions { skip_bad_images: true })?;
+    if set.num_classes() < 2 {
+        return Err(Error::Dataset { path: dir.to_path_buf(), reason: format!("needs at least 2 denominations (sub-folders), found {}", set.num_classes()) });
+    }
+    for c in 0..set.num_classes() {
+        if set.class_len(c) < need {
+            return Err(Error::Dataset {
+                path: dir.join(set.class_name(c)),
+                reason: format!("has {} photos; 4-shot episodes need at least {need} (support + query)", set.class_len(c)),
+            });
+        }
+    }
+    Ok(set)
+}
+
+/// Splits the denominations of one folder into training and test halves (seeded).
+fn split_denominations(set: ImageSet, seed: u64) -> Result<(ImageSet, ImageSet)> {
+    if set.num_classes() < 4 {
+        return Err(Error::param(
+            "data",
+            format!("{} denominations cannot be split into training and test (need 4 or more); use --train and --test", set.num_classes()),
+        ));
+    }
+    let mut order: Vec<usize> = (0..set.num_classes()).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let half = order.len() / 2;
+    Ok((set.subset(&order[..half]), set.subset(&order[half..])))
+}
+
+/// Classifies each query photo from the support photos with a saved model, embeddings
+/// averaged over 4 rotations.
+fn predict(model_dir: &Path, support: &Path, query: &Path, dev: &Device) -> Result<()> {
+    let mut clf = FewShotClassifier::from_model_dir(model_dir, dev)?;
+    clf.set_rotations(4)?;
+    let classes = list_image_folder(support)?;
+    if classes.len() < 2 {
+        return Err(Error::Dataset { path: support.to_path_buf(), reason: "needs at least 2 denominations (sub-folders)".into() });
+    }
+    for (name, files) in classes {
+        clf.add_class_files(&name, &files)?;
+    }
+    for f in list_images(&[query.to_path_buf()])? {
+        match clf.predict_files(std::slice::from_ref(&f)) {
+            Ok(p) => println!("{}\t{}\t{:.3}", f.display(), p[0].class.as_deref().unwrap_or("unknown"), p[0].confidence),
+            Err(e) => eprintln!("skipping {}: {e}", f.display()),
+        }
+    }
+    Ok(())
+}

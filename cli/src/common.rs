@@ -1,0 +1,128 @@
+//! Arguments and helpers shared by the subcommands.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use clap::{Args, ValueEnum};
+use protonet::backbone::{EfficientNetLite0, PretrainedWeights, CONVERTED_WEIGHTS};
+use protonet::data::{load_image_folder_report, load_omniglot, FolderOptions, ImageConfig, ImageSet, OmniglotSplit};
+use protonet::{Error, OutputMode, Result};
+use protonet_cli::default_data_root;
+
+/// Which kind of data set `--data` points to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DatasetKind {
+    /// Omniglot in its standard layout with the Vinyals splits (28x28 grey).
+    Omniglot,
+    /// An image folder: one sub-folder of PNG/JPEG images per class.
+    Folder,
+}
+
+/// Where the data is.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Kind of data set.
+    #[arg(long, value_enum, default_value_t = DatasetKind::Omniglot)]
+    pub dataset: DatasetKind,
+    /// Data set root. Default for omniglot: $PROTONET_DATA/omniglot, else ../shared/data/omniglot.
+    /// Required for folder.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// For --dataset folder: skip image files that cannot be used (corrupt, truncated, not
+    /// an image, too large or small), with a warning for each and their count, instead of
+    /// stopping at the first with an error.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+}
+
+impl DataArgs {
+    /// The data root, with the Omniglot default filled in.
+    pub fn root(&self) -> Result<PathBuf> {
+        match (&self.data, self.dataset) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, DatasetKind::Omniglot) => Ok(default_data_root().join("omniglot")),
+            (None, DatasetKind::Folder) => Err(Error::param("data", "--dataset folder needs --data DIR (one sub-folder per class)")),
+        }
+    }
+
+    /// Loads an Omniglot split, or the folder itself (the split is then ignored).
+    pub fn load(&self, split: &str, image: &ImageConfig, quiet: bool) -> Result<ImageSet> {
+        let root = self.root()?;
+        let t = std::time::Instant::now();
+        let set = match self.dataset {
+            DatasetKind::Omniglot => {
+                if image != &ImageConfig::omniglot() {
+                    return Err(Error::param("dataset", "this model was not trained on Omniglot-prepared images (28x28 grey); use --dataset folder"));
+                }
+                load_omniglot(&root, split.parse::<OmniglotSplit>()?)?
+            }
+            DatasetKind::Folder => load_folder(&root, image, self.skip_bad_images)?,
+        };
+        if !quiet {
+            eprintln!(
+                "loaded {} ({}): {} classes, {} images in {:.1}s",
+                root.display(),
+                if self.dataset == DatasetKind::Omniglot { split } else { "folder" },
+                set.num_classes(),
+                set.num_images(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Ok(set)
+    }
+}
+
+/// Loads an image folder, printing a warning for each skipped file (with
+/// `--skip-bad-images`) and their count.
+pub fn load_folder(root: &std::path::Path, image: &ImageConfig, skip_bad_images: bool) -> Result<ImageSet> {
+    let (set, skipped) = load_image_folder_report(root, image, &FolderOptions { skip_bad_images })?;
+    for s in &skipped {
+        eprintln!("warning: skipping {}", s.error);
+    }
+    if !skipped.is_empty() {
+        eprintln!("warning: skipped {} of {} image files in {}", skipped.len(), skipped.len() + set.num_images(), root.display());
+    }
+    Ok(set)
+}
+
+/// The pretrained EfficientNet-Lite0: from `--weights FILE` if given, else the published
+/// weights found by [`PretrainedWeights::locate`] (and their converted safetensors).
+pub fn efficientnet_lite0(weights: Option<&std::path::Path>, dev: &Device) -> Result<EfficientNetLite0> {
+    match weights {
+        Some(path) => EfficientNetLite0::load(path, dev),
+        None => EfficientNetLite0::load(&PretrainedWeights::efficientnet_lite0().loadable(CONVERTED_WEIGHTS)?, dev),
+    }
+}
+
+/// The output mode from `--resume` and `--overwrite` (neither: refuse to replace anything).
+pub fn output_mode(resume: bool, overwrite: bool) -> OutputMode {
+    match (resume, overwrite) {
+        (true, _) => OutputMode::Resume,
+        (false, true) => OutputMode::Overwrite,
+        (false, false) => OutputMode::New,
+    }
+}
+
+/// The compute device from `--device`.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::new_cuda(0)?),
+        "metal" => Ok(Device::new_metal(0)?),
+        other => Err(Error::param("device", format!("`{other}` is not one of cpu, cuda, metal"))),
+    }
+}
+
+/// Prints one line on stdout; a closed pipe (`protonet predict ... | head`) ends the
+/// program quietly instead of panicking.
+pub fn emit(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}

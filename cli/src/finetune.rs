@@ -1,0 +1,158 @@
+//! `protonet fine-tune`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use protonet::backbone::{HeadConfig, PretrainedWeights};
+use protonet::data::{ImageConfig, ImageSet};
+use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig, HEAD_TRAINING_DIR};
+use protonet::{Error, Result, TrainConfig, TrainOptions};
+use protonet_cli::progress::{Bars, CURVES_FILE};
+
+use crate::common::output_mode;
+
+/// Arguments of `protonet fine-tune`.
+#[derive(Args, Debug)]
+pub struct FineTuneArgs {
+    /// Folder of base classes (one sub-folder each); repeat to merge several folders.
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
+    /// Add this many rendered denominations of made-up currencies (20 images each) to the base classes.
+    #[arg(long, default_value_t = 0)]
+    rendered: usize,
+    /// Folder of validation classes (the best head by validation is kept).
+    #[arg(long)]
+    val_data: Option<PathBuf>,
+    /// Model directory to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Images are resized to this many pixels square (96 to 224).
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
+    /// Cache each training image at this many quarter turns (1 to 4).
+    #[arg(long, default_value_t = 4)]
+    rotations: usize,
+    /// Classes per training episode (default: all base classes, at most 20).
+    #[arg(long)]
+    way: Option<usize>,
+    /// Support images per class.
+    #[arg(long, default_value_t = 4)]
+    shot: usize,
+    /// Query images per class.
+    #[arg(long, default_value_t = 4)]
+    query: usize,
+    /// Training episodes.
+    #[arg(long, default_value_t = 300)]
+    episodes: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Halve the learning rate every this many episodes (0: never).
+    #[arg(long, default_value_t = 0)]
+    lr_halve_every: usize,
+    /// Classes per validation episode (default: all validation classes, at most 20).
+    #[arg(long)]
+    val_way: Option<usize>,
+    /// Validate (or, without --val-data, save) every this many episodes.
+    #[arg(long, default_value_t = 50)]
+    val_every: usize,
+    /// Episodes per validation.
+    #[arg(long, default_value_t = 100)]
+    val_episodes: usize,
+    /// Stop after this many validations without improvement (0: never).
+    #[arg(long, default_value_t = 0)]
+    patience: usize,
+    /// Plain squared Euclidean distances instead of L2-normalised embeddings (cosine).
+    #[arg(long)]
+    no_normalize: bool,
+    /// Free text for config.json.
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Seed for sampling.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Skip unusable image files with a warning instead of stopping.
+    #[arg(long)]
+    skip_bad_images: bool,
+    /// Continue the run saved in OUT/head-training. Without --resume or --overwrite, an OUT
+    /// that holds a model or run is refused.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
+    /// Replace the model and run that OUT holds.
+    #[arg(long)]
+    overwrite: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn load(dirs: &[PathBuf], image: &ImageConfig, skip: bool) -> Result<ImageSet> {
+    let mut set = ImageSet::new(image.channels, image.size, image.size);
+    for d in dirs {
+        set.append_classes(&crate::common::load_folder(d, image, skip)?).map_err(|e| Error::Dataset { path: d.clone(), reason: e.to_string() })?;
+    }
+    Ok(set)
+}
+
+pub fn run(a: FineTuneArgs) -> Result<()> {
+    if !(32..=448).contains(&a.image_size) {
+        return Err(Error::param("image-size", format!("must be in 32..=448 (EfficientNet-Lite0 was trained at 224), got {}", a.image_size)));
+    }
+    let image = ImageConfig::rgb(a.image_size);
+    let mut train_set = load(&a.data, &image, a.skip_bad_images)?;
+    if a.rendered > 0 {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed ^ 0xc01);
+        let mut designs = Vec::new();
+        while designs.len() < a.rendered {
+            designs.extend(protonet_cli::coins::currency(6, &mut rng));
+        }
+        designs.truncate(a.rendered);
+        train_set.append_classes(&protonet_cli::coins::render_set(&designs, 20, &image, a.seed ^ 0xc01, "rendered-")?)?;
+    }
+    let val_set = a.val_data.as_ref().map(|d| load(std::slice::from_ref(d), &image, a.skip_bad_images)).transpose()?;
+    if !a.quiet {
+        eprintln!(
+            "base classes: {} ({} images){}",
+            train_set.num_classes(),
+            train_set.num_images(),
+            val_set.as_ref().map(|v| format!("; validation classes: {}", v.num_classes())).unwrap_or_default()
+        );
+    }
+    let config = FineTuneConfig {
+        weights: PretrainedWeights::efficientnet_lite0(),
+        image,
+        train: TrainConfig {
+            way: a.way.unwrap_or(train_set.num_classes().min(20)),
+            shot: a.shot,
+            query: a.query,
+            episodes: a.episodes,
+            learning_rate: a.lr,
+            lr_halve_every: a.lr_halve_every,
+            val_way: a.val_way.or(val_set.as_ref().map(|v| v.num_classes().min(20))).unwrap_or(5),
+            val_shot: None,
+            val_query: a.query,
+            val_every: a.val_every,
+            val_episodes: a.val_episodes,
+            patience: (a.patience > 0).then_some(a.patience),
+            checkpoint_every: a.val_every,
+            seed: a.seed,
+            rotation_augment: false,
+        },
+        rotations: a.rotations,
+        head: HeadConfig { normalize: !a.no_normalize },
+        batch: 32,
+        description: a.description.clone(),
+    };
+    let options = TrainOptions { mode: output_mode(a.resume, a.overwrite), stop_after: None };
+    let bars = Bars::new(!a.quiet).with_curves(a.out.join(HEAD_TRAINING_DIR).join(CURVES_FILE));
+    let (_, report) = fine_tune_efficientnet(&config, &train_set, val_set.as_ref(), &a.out, &options, &bars)?;
+    outln!(
+        "fine-tuned {} episodes in {:.0}s{}; model saved to {}",
+        report.episodes,
+        report.seconds,
+        report.best_val_accuracy.map(|v| format!(", best validation {:.2}% at episode {}", 100.0 * v, report.best_episode)).unwrap_or_default(),
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! `protonet predict`: classify query images from a few support images per class.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use protonet::data::{list_image_folder, list_images, load_image};
+use protonet::{Error, FewShotClassifier, OutputMode, Result};
+
+use crate::common::device;
+
+/// Arguments of `protonet predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Model directory (from `protonet train`), or a classifier saved with --save (its
+    /// classes are then known without --support).
+    #[arg(long, required_unless_present = "backbone", conflicts_with = "backbone")]
+    model: Option<PathBuf>,
+    /// Use a frozen pretrained backbone instead of a trained model (its weights are
+    /// referenced by name and SHA-256 in a saved classifier, not copied).
+    #[arg(long, value_enum)]
+    backbone: Option<crate::eval::PretrainedBackbone>,
+    /// Image side for the pretrained backbone (RGB, ImageNet normalisation).
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
+    /// Embedding normalisation before prototypes (center-l2: centred on the mean of all
+    /// support embeddings, then L2; SimpleShot). Default: as saved, else none.
+    #[arg(long, value_enum)]
+    normalize: Option<crate::eval::Normalize>,
+    /// Support folder: one sub-folder of images per class; the sub-folder's name is the class.
+    #[arg(long)]
+    support: Option<PathBuf>,
+    /// Query images: files, or folders searched recursively for PNG and JPEG files.
+    #[arg(long, num_args = 1.., required = true)]
+    query: Vec<PathBuf>,
+    /// Answer "unknown" for queries far from every prototype: the threshold is --threshold,
+    /// else the one saved with the classifier, else calibrated from the support set.
+    #[arg(long)]
+    reject: bool,
+    /// Rejection threshold on the squared distance to the nearest prototype (turns rejection on).
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// For calibration: the share of leave-one-out support distances the threshold covers.
+    #[arg(long, default_value_t = 0.95)]
+    quantile: f32,
+    /// Average embeddings over this many rotations by 90 degrees (1 to 4; for subjects such
+    /// as coins whose class does not depend on the angle). Default: as saved, else 1.
+    #[arg(long)]
+    rotations: Option<usize>,
+    /// Save the classifier (model, prototypes, class names, threshold) to this directory.
+    /// A directory that holds a model, classifier or training run is refused unless
+    /// --overwrite is given; the --model directory itself is always refused (save the
+    /// classifier beside it instead), so a trained model is never replaced by accident.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// With --save: replace the classifier or model that the directory holds.
+    #[arg(long, requires = "save")]
+    overwrite: bool,
+    /// Classes listed per query in --json output (nearest first).
+    #[arg(long, default_value_t = 3)]
+    top: usize,
+    /// One JSON object per line and query: file, class (null for unknown), confidence,
+    /// distance, top (the nearest classes with distance and probability).
+    #[arg(long)]
+    json: bool,
+    /// cpu, cuda or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(a: PredictArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    let mut clf = match (&a.model, a.backbone) {
+        (Some(dir), _) => FewShotClassifier::load(dir, &dev)?,
+        (None, Some(crate::eval::PretrainedBackbone::EfficientnetLite0)) => {
+            let weights = protonet::backbone::PretrainedWeights::efficientnet_lite0();
+            let config = protonet::ModelConfig::new(
+                protonet::backbone::BackboneConfig::EfficientNetLite0 { weights, head: None },
+                protonet::data::ImageConfig::rgb(a.image_size),
+            );
+            FewShotClassifier::new(protonet::Model::new(config, 0, &dev)?)
+        }
+        (None, None) => return Err(Error::param("model", "give --model DIR or --backbone")),
+    };
+    let model_name = a.model.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "the pretrained backbone".into());
+    if let Some(n) = a.normalize {
+        clf.store_mut().set_normalization(n.feature_norm())?;
+    }
+    if let Some(r) = a.rotations {
+        if r != clf.rotations() && !clf.class_names().is_empty() {
+            return Err(Error::param("rotations", format!("{model_name} was saved with {} rotations; its prototypes cannot change to {r}", clf.rotations())));
+        }
+        clf.set_rotations(r)?;
+    }
+    if let Some(support) = &a.support {
+        for (name, files) in list_image_folder(support)? {
+            clf.add_class_files(&name, &files)?;
+        }
+    }
+    if clf.class_names().is_empty() {
+        return Err(Error::param("support", format!("{model_name} holds no classes: give --support DIR (one sub-folder per class)")));
+    }
+    match (a.threshold, a.reject) {
+        (Some(t), _) => clf.set_threshold(Some(t))?,
+        (None, true) if clf.threshold().is_some() => {}
+        (None, true) => {
+            clf.calibrate_threshold(a.quantile)?;
+        }
+        (None, false) => clf.set_threshold(None)?,
+    }
+    let names = clf.class_names();
+    eprintln!(
+        "{} classes ({}{}){}",
+        names.len(),
+        names.iter().take(8).cloned().collect::<Vec<_>>().join(", "),
+        if names.len() > 8 { ", ..." } else { "" },
+        clf.threshold().map(|t| format!("; rejecting queries farther than {t:.4} (squared distance)")).unwrap_or_default()
+    );
+    if let Some(dir) = &a.save {
+        if let Some(model) = &a.model {
+            if same_dir(model, dir) {
+                return Err(Error::param(
+                    "save",
+                    format!("{} is the --model directory; save the classifier to another directory (it holds its own copy of the model)", dir.display()),
+                ));
+            }
+        }
+        clf.save_with(dir, if a.overwrite { OutputMode::Overwrite } else { OutputMode::New })?;
+        eprintln!("saved the classifier to {}", dir.display());
+    }
+    let files = list_images(&a.query)?;
+    if files.is_empty() {
+        return Err(Error::param("query", "no PNG or JPEG images found in the query paths"));
+    }
+    let image_cfg = clf.model().config().image.clone();
+    let mut failed = 0usize;
+    // Decode in chunks so that a large query folder does not sit in memory at once.
+    for chunk in files.chunks(256) {
+        let mut good = Vec::new();
+        let mut images = Vec::new();
+        for f in chunk {
+            match load_image(f, &image_cfg) {
+                Ok(im) => {
+                    good.push(f);
+                    images.push(im);
+                }
+                Err(e) => {
+                    failed += 1;
+                    if a.json {
+                        outln!("{}", serde_json::json!({"file": f.to_string_lossy(), "class": null, "error": e.to_string()}));
+                    } else {
+                        eprintln!("error: {e}");
+                    }
+                }
+            }
+        }
+        if images.is_empty() {
+            continue;
+        }
+        for (f, p) in good.iter().zip(clf.predict_batch(&images)?) {
+            let file = f.to_string_lossy();
+            if a.json {
+                let top: Vec<_> = p.ranked.iter().take(a.top.max(1)).collect();
+                outln!("{}", serde_json::json!({"file": file, "class": p.class, "confidence": p.confidence, "distance": p.distance, "top": top}));
+            } else {
+                outln!("{file}\t{}\t{:.3}", p.class.as_deref().unwrap_or("unknown"), p.confidence);
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Error::param("query", format!("{failed} of {} query files could not be read (see above)", files.len())));
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same directory (by their canonical forms when both exist).
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}

@@ -1,0 +1,151 @@
+//! `protonet train`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use protonet::backbone::{BackboneConfig, Conv4Config};
+use protonet::data::ImageConfig;
+use protonet::{Model, ModelConfig, Result, TrainConfig, TrainOptions, Trainer};
+use protonet_cli::progress::{Bars, CURVES_FILE};
+
+use crate::common::{device, output_mode, DataArgs, DatasetKind};
+
+/// Arguments of `protonet train`. Defaults are the paper's Omniglot protocol.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Omniglot split to train on (train or trainval).
+    #[arg(long, default_value = "train")]
+    train_split: String,
+    /// Omniglot split to validate on, or `none`.
+    #[arg(long, default_value = "val")]
+    val_split: String,
+    /// For --dataset folder: a folder of validation classes (none by default).
+    #[arg(long)]
+    val_data: Option<PathBuf>,
+    /// Model directory to write (best model, config.json, checkpoint.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Classes per training episode.
+    #[arg(long, default_value_t = 60)]
+    way: usize,
+    /// Support images per class.
+    #[arg(long, default_value_t = 5)]
+    shot: usize,
+    /// Query images per class.
+    #[arg(long, default_value_t = 5)]
+    query: usize,
+    /// Training episodes in total.
+    #[arg(long, default_value_t = 20_000)]
+    episodes: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Halve the learning rate every this many episodes (0: never).
+    #[arg(long, default_value_t = 2000)]
+    lr_halve_every: usize,
+    /// Classes per validation episode.
+    #[arg(long, default_value_t = 5)]
+    val_way: usize,
+    /// Support images per class in validation (default: --shot).
+    #[arg(long)]
+    val_shot: Option<usize>,
+    /// Query images per class in validation.
+    #[arg(long, default_value_t = 15)]
+    val_query: usize,
+    /// Validate every this many episodes.
+    #[arg(long, default_value_t = 500)]
+    val_every: usize,
+    /// Episodes per validation.
+    #[arg(long, default_value_t = 200)]
+    val_episodes: usize,
+    /// Stop after this many validations without improvement (0: never stop early).
+    #[arg(long, default_value_t = 10)]
+    patience: usize,
+    /// Write the resumable checkpoint every this many episodes.
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: usize,
+    /// Seed for weight initialisation and episode sampling.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Rotate training images by random multiples of 90 degrees (for angle-free subjects such as coins).
+    #[arg(long)]
+    rotate: bool,
+    /// Continue the run saved in OUT (OUT/checkpoint.safetensors), or start one if OUT holds
+    /// none. Without --resume or --overwrite, an OUT that holds a model, classifier or run is refused.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
+    /// Replace the model, classifier or run that OUT holds.
+    #[arg(long)]
+    overwrite: bool,
+    /// For --dataset folder: images are resized to this many pixels square.
+    #[arg(long, default_value_t = 84)]
+    image_size: usize,
+    /// For --dataset folder: 3 (RGB) or 1 (grey).
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Filters per Conv-4 block.
+    #[arg(long, default_value_t = 64)]
+    hidden: usize,
+    /// Conv-4 blocks.
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
+    /// cpu, cuda or metal (the latter two need the crate's `cuda`/`metal` features).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    let image = match a.data.dataset {
+        DatasetKind::Omniglot => ImageConfig::omniglot(),
+        DatasetKind::Folder if a.channels == 1 => ImageConfig::grey(a.image_size),
+        DatasetKind::Folder => ImageConfig { channels: a.channels, ..ImageConfig::rgb(a.image_size) },
+    };
+    let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: image.channels, hidden: a.hidden, depth: a.depth });
+    let config = TrainConfig {
+        way: a.way,
+        shot: a.shot,
+        query: a.query,
+        episodes: a.episodes,
+        learning_rate: a.lr,
+        lr_halve_every: a.lr_halve_every,
+        val_way: a.val_way,
+        val_shot: a.val_shot,
+        val_query: a.val_query,
+        val_every: a.val_every,
+        val_episodes: a.val_episodes,
+        patience: (a.patience > 0).then_some(a.patience),
+        checkpoint_every: a.checkpoint_every,
+        seed: a.seed,
+        rotation_augment: a.rotate,
+    };
+    config.validate()?;
+    let mut model = Model::new(ModelConfig::new(backbone, image.clone()), a.seed, &dev)?;
+    let train_set = a.data.load(&a.train_split, &image, a.quiet)?;
+    let val_set = match (a.data.dataset, &a.val_data) {
+        (DatasetKind::Omniglot, _) if a.val_split == "none" => None,
+        (DatasetKind::Omniglot, _) => Some(a.data.load(&a.val_split, &image, a.quiet)?),
+        (DatasetKind::Folder, Some(dir)) => {
+            let args = DataArgs { dataset: DatasetKind::Folder, data: Some(dir.clone()), skip_bad_images: a.data.skip_bad_images };
+            Some(args.load("val", &image, a.quiet)?)
+        }
+        (DatasetKind::Folder, None) => None,
+    };
+    let options = TrainOptions { mode: output_mode(a.resume, a.overwrite), stop_after: None };
+    let bars = Bars::new(!a.quiet).with_curves(a.out.join(CURVES_FILE));
+    let report = Trainer::new(&mut model, &train_set, val_set.as_ref(), &config)?.run(&a.out, &options, &bars)?;
+    outln!(
+        "trained {} episodes in {:.0}s{}; model saved to {}{}",
+        report.episodes,
+        report.seconds,
+        report.best_val_accuracy.map(|v| format!(", best validation {:.2}% at episode {}", 100.0 * v, report.best_episode)).unwrap_or_default(),
+        a.out.display(),
+        if report.stopped_early { " (stopped early)" } else { "" }
+    );
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! Timing workloads shared by `protonet bench` and the criterion benchmarks: a training
+//! step, an inference episode, or a batch embedding, on random images.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use protonet::backbone::{BackboneConfig, Conv4Config};
+use protonet::data::ImageConfig;
+use protonet::optim::Adam;
+use protonet::{EpisodeSpec, Error, Model, ModelConfig, ProtoNet, Result};
+
+/// What one timed iteration does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkloadKind {
+    /// Forward over support + query (BatchNorm in training mode), loss, backward, Adam step.
+    TrainStep(EpisodeSpec),
+    /// Forward in evaluation mode, prototypes, distances, accuracy.
+    Inference(EpisodeSpec),
+    /// Embedding of a batch of this many images in evaluation mode.
+    Embed(usize),
+}
+
+/// A Conv-4 with a fixed batch of random images, ready to time.
+///
+/// ```
+/// use protonet_cli::workload::{Workload, WorkloadKind};
+/// use protonet::EpisodeSpec;
+/// let mut w = Workload::new(WorkloadKind::Inference(EpisodeSpec::new(2, 1, 1)?), 1, 28, &candle_core::Device::Cpu)?;
+/// w.run_once()?;
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub struct Workload {
+    kind: WorkloadKind,
+    model: Model,
+    /// A network to time instead of the model's (a frozen pretrained backbone).
+    frozen: Option<ProtoNet>,
+    images: Tensor,
+    labels: Tensor,
+    adam: Adam,
+}
+
+impl Workload {
+    /// A workload on `channels x image_size x image_size` random images.
+    pub fn new(kind: WorkloadKind, channels: usize, image_size: usize, device: &Device) -> Result<Self> {
+        let image = if channels == 3 { ImageConfig::rgb(image_size) } else { ImageConfig { channels, ..ImageConfig::grey(image_size) } };
+        let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: channels, ..Default::default() });
+        let model = Model::new(ModelConfig::new(backbone, image), 0, device)?;
+        let (n, labels) = match kind {
+            WorkloadKind::TrainStep(s) | WorkloadKind::Inference(s) => {
+                s.validate()?;
+                let labels: Vec<u32> = (0..s.way as u32).flat_map(|c| std::iter::repeat_n(c, s.query)).collect();
+                (s.num_support() + s.num_query(), labels)
+            }
+            WorkloadKind::Embed(b) if b > 0 => (b, vec![0]),
+            WorkloadKind::Embed(_) => return Err(Error::param("batch", "must be at least 1")),
+        };
+        let images = Tensor::randn(0f32, 1.0, (n, channels, image_size, image_size), device)?;
+        let labels = Tensor::new(labels, device)?;
+        let adam = Adam::new(model.trainable_vars(), 1e-3);
+        Ok(Self { kind, model, frozen: None, images, labels, adam })
+    }
+
+    /// A workload that embeds (or runs inference episodes) with `net`, a frozen backbone
+    /// such as [`protonet::backbone::EfficientNetLite0`], on `3 x image_size x image_size`
+    /// random images. Training steps are refused: the network is frozen.
+    pub fn frozen(net: ProtoNet, kind: WorkloadKind, image_size: usize, device: &Device) -> Result<Self> {
+        if let WorkloadKind::TrainStep(_) = kind {
+            return Err(Error::param("train", "a frozen pretrained backbone has no training step to time"));
+        }
+        let mut w = Self::new(kind, 3, image_size, device)?;
+        w.frozen = Some(net);
+        Ok(w)
+    }
+
+    fn net(&self) -> &ProtoNet {
+        self.frozen.as_ref().unwrap_or(self.model.net())
+    }
+
+    /// Images processed per iteration.
+    pub fn images_per_iter(&self) -> usize {
+        self.images.dim(0).unwrap_or(0)
+    }
+
+    /// Runs one iteration.
+    pub fn run_once(&mut self) -> Result<()> {
+        match self.kind {
+            WorkloadKind::TrainStep(spec) => {
+                let out = self.model.net().forward_episode(&self.images, spec, &self.labels, true)?;
+                let grads = out.loss.backward()?;
+                self.adam.step(&grads)?;
+            }
+            WorkloadKind::Inference(spec) => {
+                let out = self.net().forward_episode(&self.images.detach(), spec, &self.labels, false)?;
+                std::hint::black_box(out.accuracy);
+            }
+            WorkloadKind::Embed(_) => {
+                let e = self.net().embed(&self.images.detach(), false)?;
+                // Force the computation to finish.
+                std::hint::black_box(e.sum_all()?.to_scalar::<f32>()?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Timings of a workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Median milliseconds per iteration.
+    pub median_ms: f64,
+    /// Fastest iteration.
+    pub min_ms: f64,
+    /// Slowest iteration.
+    pub max_ms: f64,
+    /// Iterations (episodes or batches) per second at the median.
+    pub per_second: f64,
+    /// Images per second at the median.
+    pub images_per_second: f64,
+    /// Timed iterations.
+    pub iters: usize,
+}
+
+/// Times `iters` iterations after `warmup` untimed ones.
+pub fn time_workload(w: &mut Workload, warmup: usize, iters: usize) -> Result<BenchReport> {
+    if iters == 0 {
+        return Err(Error::param("iters", "must be at least 1"));
+    }
+    for _ in 0..warmup {
+        w.run_once()?;
+    }
+    let mut ms = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        w.run_once()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let median = if iters % 2 == 1 { ms[iters / 2] } else { 0.5 * (ms[iters / 2 - 1] + ms[iters / 2]) };
+    Ok(BenchReport {
+        median_ms: median,
+        min_ms: ms[0],
+        max_ms: ms[iters - 1],
+        per_second: 1e3 / median,
+        images_per_second: 1e3 / median * w.images_per_iter() as f64,
+        iters,
+    })
+}

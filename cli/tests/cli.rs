@@ -1,0 +1,107 @@
+//! The `protonet` command line: train, eval --json, bench --json, and its errors.
+
+mod common;
+
+fn protonet(args: &[&str]) -> (bool, String, String) {
+    common::run_protonet(args)
+}
+
+#[test]
+fn train_then_eval_json_on_an_image_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("glyphs");
+    common::write_glyph_folder(&data, 12, 8, 28, 5);
+    let model = dir.path().join("model");
+    let (d, m) = (data.to_str().unwrap(), model.to_str().unwrap());
+    let (ok, stdout, stderr) = protonet(&[
+        "train",
+        "--dataset",
+        "folder",
+        "--data",
+        d,
+        "--out",
+        m,
+        "--channels",
+        "1",
+        "--image-size",
+        "28",
+        "--hidden",
+        "16",
+        "--way",
+        "5",
+        "--shot",
+        "1",
+        "--query",
+        "3",
+        "--episodes",
+        "6",
+        "--quiet",
+    ]);
+    assert!(ok, "train failed: {stderr}");
+    assert!(stdout.contains("trained 6 episodes"), "{stdout}");
+    assert!(model.join("config.json").is_file() && model.join("model.safetensors").is_file());
+
+    let (ok, stdout, stderr) =
+        protonet(&["eval", "--model", m, "--dataset", "folder", "--data", d, "--way", "4", "--shot", "2", "--query", "2", "--episodes", "7", "--json"]);
+    assert!(ok, "eval failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!((v["way"].as_u64(), v["shot"].as_u64(), v["query"].as_u64(), v["episodes"].as_u64()), (Some(4), Some(2), Some(2), Some(7)));
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc) && v["ci95"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn bench_json_reports_timings() {
+    let (ok, stdout, stderr) = protonet(&["bench", "--way", "3", "--shot", "1", "--query", "2", "--iters", "3", "--warmup", "1", "--train", "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let (med, min, max) = (v["median_ms"].as_f64().unwrap(), v["min_ms"].as_f64().unwrap(), v["max_ms"].as_f64().unwrap());
+    assert!(min > 0.0 && min <= med && med <= max, "{v}");
+}
+
+#[test]
+fn bad_arguments_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["train", "--dataset", "folder", "--data", missing.to_str().unwrap(), "--out", "x"], "is not a folder"),
+        (vec!["train", "--dataset", "folder", "--out", "x"], "--data"),
+        (vec!["eval", "--model", missing.to_str().unwrap()], "config.json"),
+        (vec!["bench", "--way", "1"], "way"),
+        (vec!["bench", "--shot", "0"], "shot"),
+        (vec!["train", "--out", "x", "--episodes", "0"], "episodes"),
+    ];
+    for (args, needle) in cases {
+        let (ok, _, stderr) = protonet(&args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(stderr.contains("error") && stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    }
+    // Too few images per class for the episode: the class is named.
+    let data = dir.path().join("small");
+    common::write_glyph_folder(&data, 6, 3, 28, 1);
+    let (ok, _, stderr) = protonet(&[
+        "train",
+        "--dataset",
+        "folder",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        dir.path().join("m").to_str().unwrap(),
+        "--channels",
+        "1",
+        "--image-size",
+        "28",
+        "--way",
+        "5",
+    ]);
+    assert!(!ok && stderr.contains("glyph000") && stderr.contains("has 3 images"), "{stderr}");
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    for sub in ["train", "eval", "bench"] {
+        let (ok, stdout, _) = protonet(&[sub, "--help"]);
+        assert!(ok && stdout.contains("--"), "{sub} --help");
+    }
+}

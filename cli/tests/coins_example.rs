@@ -1,0 +1,61 @@
+//! The coin example's argument handling: clear errors, never a panic.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `target/<profile>/examples/coins`, built by `cargo test` along with the tests.
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    profile_dir.join("examples").join(format!("coins{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(example()).args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", example().display()));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "coins {args:?} panicked:\n{err}");
+    (out.status.success(), err)
+}
+
+#[test]
+fn bad_folders_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let (ok, err) = run(&["--backbone", "conv4", "--data", missing.to_str().unwrap()]);
+    assert!(!ok && err.contains("missing") && err.contains("not a folder"), "{err}");
+
+    let one = dir.path().join("one");
+    common::write_glyph_folder(&one, 1, 10, 16, 1);
+    let (ok, err) = run(&["--backbone", "conv4", "--data", one.to_str().unwrap()]);
+    assert!(!ok && err.contains("at least 2 denominations"), "{err}");
+
+    let few = dir.path().join("few");
+    common::write_glyph_folder(&few, 4, 5, 16, 2);
+    let (ok, err) = run(&["--backbone", "conv4", "--data", few.to_str().unwrap()]);
+    assert!(!ok && err.contains("glyph000") && err.contains("has 5 photos"), "{err}");
+}
+
+/// Training on your own photos with rendered denominations added, and saving the model:
+/// its description says it is a coin model.
+#[test]
+fn rendered_denominations_can_be_added_to_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train"), dir.path().join("test"));
+    common::write_glyph_folder(&train, 4, 12, 24, 1);
+    common::write_glyph_folder(&test, 3, 12, 24, 2);
+    let model = dir.path().join("model");
+    let out = Command::new(example())
+        .args(["--backbone", "conv4", "--train", train.to_str().unwrap(), "--test", test.to_str().unwrap(), "--add-rendered", "3"])
+        .args(["--train-episodes", "2", "--episodes", "3", "--image-size", "16", "--save", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Adding 3 rendered denominations (60 images)"), "{stdout}");
+    assert!(stdout.contains("Training denominations: 7"), "{stdout}");
+    assert!(stdout.contains("accuracy on unseen denominations"), "{stdout}");
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+    assert!(config.contains("coin photographs") && config.contains("plus 3 rendered"), "{config}");
+}

@@ -1,0 +1,199 @@
+//! `protonet predict`, `embed`, `plot-embeddings`, `plot-curves` and the PNGs that
+//! `train` and `eval --confusion-png` write.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+fn protonet(args: &[&str]) -> (bool, String, String) {
+    common::run_protonet(args)
+}
+
+fn shipped_model() -> PathBuf {
+    common::repo_root().join("data/omniglot-conv4")
+}
+
+/// A PNG that decodes, has a sensible size and is not one flat colour.
+fn assert_picture(path: &Path) {
+    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    assert!(img.width() >= 200 && img.height() >= 200, "{}: {}x{}", path.display(), img.width(), img.height());
+    let first = *img.get_pixel(0, 0);
+    let other = img.pixels().filter(|p| **p != first).count();
+    assert!(other > 1000, "{}: almost blank ({other} pixels differ from the background)", path.display());
+}
+
+/// 20 characters of one Omniglot alphabet (test background): 5 support drawings each,
+/// the other 15 as queries; the folder names are the classes (Glagolitic, test background).
+fn omniglot_folders(root: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let alphabet = root.join("images_evaluation/Glagolitic");
+    let (support, query) = (dir.join("support"), dir.join("query"));
+    let mut chars: Vec<PathBuf> = std::fs::read_dir(&alphabet).unwrap().map(|e| e.unwrap().path()).collect();
+    chars.sort();
+    for c in chars.iter().take(20) {
+        let name = c.file_name().unwrap();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(c).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for (i, f) in files.iter().enumerate() {
+            let to = if i < 5 { support.join(name) } else { query.join(name) };
+            std::fs::create_dir_all(&to).unwrap();
+            std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    (support, query)
+}
+
+#[test]
+fn predict_names_most_omniglot_characters_and_its_json_parses() {
+    let Some(root) = common::require_omniglot("predict_names_most_omniglot_characters_and_its_json_parses") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (support, query) = omniglot_folders(&root, dir.path());
+    let (m, s, q) = (shipped_model(), support.to_str().unwrap().to_string(), query.to_str().unwrap().to_string());
+    let (ok, stdout, stderr) = protonet(&["predict", "--model", m.to_str().unwrap(), "--support", &s, "--query", &q]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 300, "one line per query");
+    let correct = lines
+        .iter()
+        .filter(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            Path::new(f[0]).parent().unwrap().file_name().unwrap().to_str() == Some(f[1])
+        })
+        .count();
+    eprintln!("protonet predict: {correct}/300 correct (20-way 5-shot, one alphabet)");
+    assert!(correct >= 240, "only {correct} of 300 correct");
+
+    // JSON: one object per query with the file as given, the class and a confidence.
+    let one = query.join("character01");
+    let saved = dir.path().join("classifier");
+    let (ok, stdout, stderr) =
+        protonet(&["predict", "--model", m.to_str().unwrap(), "--support", &s, "--query", &q, "--json", "--reject", "--save", saved.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON object per line")).collect();
+    assert_eq!(rows.len(), 300);
+    assert!(rows.iter().all(|r| r["file"].as_str().unwrap().starts_with(&q) && r["confidence"].as_f64().unwrap() <= 1.0));
+    let unknown = rows.iter().filter(|r| r["class"].is_null()).count();
+    assert!(unknown < 60, "{unknown} of 300 seen-character queries rejected at the calibrated threshold");
+
+    // The saved classifier predicts without the support folder, identically.
+    let (ok, again, stderr) = protonet(&["predict", "--model", saved.to_str().unwrap(), "--query", &q, "--json", "--reject"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(again, stdout);
+    // A single file, given as is.
+    let file = std::fs::read_dir(&one).unwrap().next().unwrap().unwrap().path();
+    let (ok, out, _) = protonet(&["predict", "--model", saved.to_str().unwrap(), "--query", file.to_str().unwrap(), "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["file"].as_str(), file.to_str());
+    assert_eq!(v["class"].as_str(), Some("character01"));
+}
+
+#[test]
+fn predict_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = shipped_model();
+    let (ok, _, stderr) = protonet(&["predict", "--model", m.to_str().unwrap(), "--query", dir.path().to_str().unwrap()]);
+    assert!(!ok && stderr.contains("--support"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+    common::write_glyph_folder(&dir.path().join("s"), 3, 3, 28, 1);
+    std::fs::write(dir.path().join("bad.png"), b"not a png").unwrap();
+    let s = dir.path().join("s");
+    let bad = dir.path().join("bad.png");
+    let (ok, stdout, stderr) =
+        protonet(&["predict", "--model", m.to_str().unwrap(), "--support", s.to_str().unwrap(), "--query", bad.to_str().unwrap(), s.to_str().unwrap()]);
+    assert!(!ok, "an unreadable query must fail the command");
+    assert!(stderr.contains("bad.png") && stderr.contains("1 of 10 query files"), "{stderr}");
+    assert_eq!(stdout.lines().count(), 9, "the readable queries are still answered");
+}
+
+#[test]
+fn pictures_and_embeddings_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("glyphs");
+    common::write_glyph_folder(&data, 8, 8, 28, 3);
+    let model = dir.path().join("model");
+    let (d, m) = (data.to_str().unwrap(), model.to_str().unwrap());
+    let (ok, _, stderr) = protonet(&[
+        "train",
+        "--dataset",
+        "folder",
+        "--data",
+        d,
+        "--val-data",
+        d,
+        "--out",
+        m,
+        "--channels",
+        "1",
+        "--image-size",
+        "28",
+        "--hidden",
+        "16",
+        "--way",
+        "4",
+        "--shot",
+        "2",
+        "--query",
+        "2",
+        "--episodes",
+        "8",
+        "--val-every",
+        "2",
+        "--val-way",
+        "4",
+        "--val-query",
+        "3",
+        "--val-episodes",
+        "3",
+        "--quiet",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_picture(&model.join("curves.png"));
+
+    let conf = dir.path().join("confusion.png");
+    let (ok, _, stderr) = protonet(&[
+        "eval",
+        "--model",
+        m,
+        "--dataset",
+        "folder",
+        "--data",
+        d,
+        "--way",
+        "4",
+        "--shot",
+        "2",
+        "--episodes",
+        "5",
+        "--query",
+        "3",
+        "--confusion-png",
+        conf.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_picture(&conf);
+
+    let pca = dir.path().join("pca.png");
+    let (ok, stdout, stderr) = protonet(&["plot-embeddings", "--model", m, "--data", d, "--shot", "3", "--out", pca.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("8 classes, 40 queries"), "{stdout}");
+    assert_picture(&pca);
+
+    let curves = dir.path().join("curves-again.png");
+    let (ok, _, stderr) = protonet(&["plot-curves", "--model", m, "--out", curves.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert_picture(&curves);
+
+    let out = dir.path().join("emb");
+    let (ok, _, stderr) = protonet(&["embed", "--model", m, "--data", d, "--out", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let emb: ndarray::Array2<f32> = ndarray_npy::read_npy(out.join("embeddings.npy")).unwrap();
+    let labels: ndarray::Array1<i64> = ndarray_npy::read_npy(out.join("labels.npy")).unwrap();
+    // 28 -> 14 -> 7 -> 3 -> 1 with 16 filters: 16 values per image.
+    assert_eq!(emb.dim(), (64, 16));
+    assert_eq!(labels.len(), 64);
+    assert_eq!((labels[0], labels[63]), (0, 7));
+    assert!(emb.iter().all(|v| v.is_finite()));
+    assert_eq!(std::fs::read_to_string(out.join("classes.txt")).unwrap().lines().count(), 8);
+    assert_eq!(std::fs::read_to_string(out.join("files.txt")).unwrap().lines().count(), 64);
+}

@@ -1,0 +1,18 @@
+//! The benchmark workloads that `protonet bench` and `cargo bench` share.
+
+mod common;
+
+/// `protonet bench --backbone efficientnet-lite0` times the frozen network (and refuses a
+/// training step, which a frozen network does not have).
+#[test]
+fn frozen_backbone_workloads_run() {
+    use protonet_cli::workload::{time_workload, Workload, WorkloadKind};
+    let Some(path) = common::pretrained_weights("frozen backbone workloads") else { return };
+    let net = || protonet::ProtoNet::new(Box::new(protonet::backbone::EfficientNetLite0::load(&path, &candle_core::Device::Cpu).unwrap()));
+    let mut w = Workload::frozen(net(), WorkloadKind::Embed(2), 96, &candle_core::Device::Cpu).unwrap();
+    let r = time_workload(&mut w, 0, 1).unwrap();
+    assert!(r.median_ms > 0.0 && r.images_per_second > 0.0);
+    let spec = protonet::EpisodeSpec::new(2, 1, 1).unwrap();
+    let err = Workload::frozen(net(), WorkloadKind::TrainStep(spec), 96, &candle_core::Device::Cpu).err().expect("frozen training refused").to_string();
+    assert!(err.contains("frozen"), "{err}");
+}

@@ -1,0 +1,67 @@
+//! Files: atomic writes and safetensors, the persistence under model directories,
+//! classifiers and run checkpoints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::{Error, Result};
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, synced and then
+/// renamed, so that readers see either the old file or the new one, never a partial one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// Removes the temporary files that [`write_atomic`] leaves behind when a process is
+/// killed in the middle of a write (`.NAME.PID.tmp` in `dir`); the files they were to
+/// replace are intact. Returns how many were removed.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mine = format!(".{}.tmp", std::process::id());
+    entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with('.') && n.ends_with(".tmp") && !n.ends_with(&mine) && e.path().is_file()
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// Writes named tensors (and optional string metadata) as safetensors, atomically.
+pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), metadata)
+        .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a safetensors file: its tensors and its string metadata. A truncated or
+/// damaged file is an [`Error::Checkpoint`] naming it.
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("damaged or truncated safetensors file: {e}")))?;
+    let metadata = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?.1.metadata().clone().unwrap_or_default();
+    drop(st);
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
+    Ok((tensors, metadata))
+}

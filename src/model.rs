@@ -1,0 +1,259 @@
+//! The model: a backbone with its configuration ([`ModelConfig`], `config.json`) and its
+//! parameters, built through candle's `VarBuilder`; saved as a directory with
+//! `model.safetensors` and `config.json` (through [`crate::io`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::BackboneConfig;
+use crate::data::ImageConfig;
+use crate::io::{read_safetensors, write_atomic, write_safetensors};
+use crate::output::OutputMode;
+use crate::protonet::ProtoNet;
+use crate::train::TrainingRecord;
+use crate::{Error, Result};
+
+/// File name of the weights inside a model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of the configuration inside a model directory.
+pub const CONFIG_FILE: &str = "config.json";
+const FORMAT: &str = "protonet-model";
+const VERSION: u32 = 1;
+
+/// Everything needed to rebuild a model and prepare its input; `config.json`.
+///
+/// ```
+/// use protonet::{backbone::{BackboneConfig, Conv4Config}, data::ImageConfig, ModelConfig};
+/// let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config::default()), ImageConfig::omniglot());
+/// cfg.validate().unwrap();
+/// assert_eq!(cfg.embedding_dim(), 64);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Always `protonet-model`.
+    pub format: String,
+    /// Format version (1).
+    pub version: u32,
+    /// The backbone and its hyper-parameters.
+    pub backbone: BackboneConfig,
+    /// How images are prepared.
+    pub image: ImageConfig,
+    /// A record of how the model was trained (settings, episodes, validation accuracy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingRecord>,
+    /// Free text about the model.
+    #[serde(default)]
+    pub description: String,
+}
+
+impl ModelConfig {
+    /// A configuration for `backbone` on images prepared as `image`.
+    pub fn new(backbone: BackboneConfig, image: ImageConfig) -> Self {
+        Self { format: FORMAT.into(), version: VERSION, backbone, image, training: None, description: String::new() }
+    }
+
+    /// Checks that the backbone and the image settings fit together.
+    pub fn validate(&self) -> Result<()> {
+        if self.format != FORMAT {
+            return Err(Error::param("format", format!("expected `{FORMAT}`, found `{}`", self.format)));
+        }
+        if self.version != VERSION {
+            return Err(Error::param("version", format!("this build reads version {VERSION}, found {}", self.version)));
+        }
+        self.backbone.validate()?;
+        if let BackboneConfig::EfficientNetLite0Head { .. } = self.backbone {
+            // Its inputs are the trunk's feature maps, not images: only the shape matters.
+            if !(1..=128).contains(&self.image.size) {
+                return Err(Error::param("image-size", format!("trunk feature maps of side {} (expected 1..=128)", self.image.size)));
+            }
+        } else {
+            self.image.validate()?;
+        }
+        if self.backbone.in_channels() != self.image.channels {
+            return Err(Error::param(
+                "channels",
+                format!("the backbone takes {} channels but images have {}", self.backbone.in_channels(), self.image.channels),
+            ));
+        }
+        if self.embedding_dim() == 0 {
+            return Err(Error::param("image-size", format!("{} pixels is too small for this backbone", self.image.size)));
+        }
+        Ok(())
+    }
+
+    /// The embedding size for this configuration's images.
+    pub fn embedding_dim(&self) -> usize {
+        match &self.backbone {
+            BackboneConfig::Conv4(c) => c.embedding_dim(self.image.size),
+            BackboneConfig::EfficientNetLite0 { .. } | BackboneConfig::EfficientNetLite0Head { .. } => crate::backbone::EFFICIENTNET_LITE0_DIM,
+        }
+    }
+}
+
+/// A prototypical network with its parameters and configuration.
+///
+/// ```
+/// use candle_core::Device;
+/// use protonet::{backbone::{BackboneConfig, Conv4Config}, data::ImageConfig, Model, ModelConfig};
+/// let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config::default()), ImageConfig::omniglot());
+/// let model = Model::new(cfg, 42, &Device::Cpu)?;
+/// let dir = std::env::temp_dir().join(format!("protonet-doc-{}", std::process::id()));
+/// model.save(&dir)?;
+/// let again = Model::load(&dir, &Device::Cpu)?;
+/// assert_eq!(again.config(), model.config());
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub struct Model {
+    config: ModelConfig,
+    varmap: VarMap,
+    net: ProtoNet,
+    device: Device,
+}
+
+/// Is this parameter a BatchNorm running statistic (kept out of the optimiser)?
+pub fn is_running_stat(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
+impl Model {
+    fn build(config: ModelConfig, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let net = ProtoNet::new(config.backbone.build(vb)?);
+        Ok(Self { config, varmap, net, device: device.clone() })
+    }
+
+    /// A freshly initialised model. Weights (`*weight` of rank >= 2) are drawn from
+    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default for convolutions, with a
+    /// generator seeded by `seed`; BatchNorm starts at weight 1, bias 0.
+    pub fn new(config: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        let model = Self::build(config, device)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for (name, var) in model.named_vars() {
+            let dims = var.dims().to_vec();
+            if name.ends_with("weight") && dims.len() >= 2 {
+                let fan_in: usize = dims[1..].iter().product();
+                let bound = 1.0 / (fan_in as f32).sqrt();
+                let values: Vec<f32> = (0..var.elem_count()).map(|_| rng.random_range(-bound..bound)).collect();
+                var.set(&Tensor::from_vec(values, dims, device)?)?;
+            }
+        }
+        Ok(model)
+    }
+
+    /// Loads a model directory written by [`Model::save`]. Errors name the file and say
+    /// what does not match (missing or extra tensors, shapes, a damaged file).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let config_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config: ModelConfig =
+            serde_json::from_str(&text).map_err(|e| Error::Checkpoint { path: config_path.clone(), reason: format!("invalid config: {e}") })?;
+        config.validate().map_err(|e| Error::Checkpoint { path: config_path.clone(), reason: e.to_string() })?;
+        let model = Self::build(config, device)?;
+        let weights = dir.join(WEIGHTS_FILE);
+        let (tensors, _) = read_safetensors(&weights, device)?;
+        model.set_tensors(&tensors, &weights)?;
+        Ok(model)
+    }
+
+    /// Like [`Model::load`], for a model that embeds images: refuses the head-only models
+    /// that fine-tuning trains on cached features (`head-training/`), naming the folder.
+    pub fn load_for_images(dir: &Path, device: &Device) -> Result<Self> {
+        let model = Self::load(dir, device)?;
+        if let BackboneConfig::EfficientNetLite0Head { .. } = model.config.backbone {
+            return Err(Error::Checkpoint {
+                path: dir.to_path_buf(),
+                reason: "holds an EfficientNet-Lite0 head trained on cached trunk features, not a model for images; use the model directory above it".into(),
+            });
+        }
+        Ok(model)
+    }
+
+    /// Saves `model.safetensors` and `config.json` into `dir` (created if needed), each
+    /// written to a temporary file and renamed into place. Refuses a directory that
+    /// already holds a model, classifier or training run ([`OutputMode::New`]); see
+    /// [`Model::save_with`].
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        self.save_with(dir, OutputMode::New)
+    }
+
+    /// Like [`Model::save`], with what to do when `dir` already holds something:
+    /// [`OutputMode::Resume`] and [`OutputMode::Overwrite`] replace the model's two files
+    /// and leave the rest of the directory (a training run's state) as it is.
+    pub fn save_with(&self, dir: &Path, mode: OutputMode) -> Result<()> {
+        crate::output::check(dir, mode)?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        write_safetensors(&dir.join(WEIGHTS_FILE), &self.tensors(), None)?;
+        let json = serde_json::to_vec_pretty(&self.config).expect("config serialises");
+        write_atomic(&dir.join(CONFIG_FILE), &json)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Records how the model was trained (stored in `config.json` on the next save).
+    pub fn set_training_record(&mut self, record: TrainingRecord) {
+        self.config.training = Some(record);
+    }
+
+    /// The network.
+    pub fn net(&self) -> &ProtoNet {
+        &self.net
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// All parameters (running statistics included), sorted by name.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The parameters the optimiser updates (everything but running statistics), sorted.
+    pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+        self.named_vars().into_iter().filter(|(n, _)| !is_running_stat(n)).collect()
+    }
+
+    /// A copy of every parameter, by name.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().copy().expect("copy"))).collect()
+    }
+
+    /// Sets every parameter from `tensors`, which must hold exactly this model's names
+    /// and shapes; `source` names the file in errors.
+    pub fn set_tensors(&self, tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
+        let vars = self.named_vars();
+        let bad = |reason: String| Error::Checkpoint { path: source.to_path_buf(), reason };
+        for (name, var) in &vars {
+            let t = tensors.get(name).ok_or_else(|| bad(format!("tensor `{name}` is missing (weights from another backbone or configuration?)")))?;
+            if t.dims() != var.dims() {
+                return Err(bad(format!("tensor `{name}` has shape {:?}, the configuration needs {:?}", t.dims(), var.dims())));
+            }
+            if t.dtype() != DType::F32 {
+                return Err(bad(format!("tensor `{name}` is {:?}, expected F32", t.dtype())));
+            }
+        }
+        if let Some(extra) = tensors.keys().find(|k| !vars.iter().any(|(n, _)| n == *k)) {
+            return Err(bad(format!("unexpected tensor `{extra}` (weights from another backbone or configuration?)")));
+        }
+        for (name, var) in &vars {
+            var.set(&tensors[name].to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+}

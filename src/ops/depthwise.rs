@@ -1,0 +1,318 @@
+//! Depthwise 2-D convolution (one filter per channel, any stride, explicit zero padding)
+//! for the CPU as a candle custom op. candle 0.11 runs a grouped convolution as one
+//! convolution per group, which is very slow for the hundreds of groups of a depthwise
+//! layer. The backward pass (input and kernel gradients) is two more CPU kernels, checked
+//! against finite differences.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use crate::Result;
+
+/// Depthwise convolution of `x` `(N, C, H, W)` with `w` `(C, 1, KH, KW)`, stride
+/// `stride`, after padding `x` with `pad = (top, bottom, left, right)` zeros. On other
+/// devices, candle's grouped `conv2d`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::randn(0f32, 1., (2, 4, 9, 9), &Device::Cpu)?;
+/// let w = Tensor::randn(0f32, 1., (4, 1, 3, 3), &Device::Cpu)?;
+/// let fast = protonet::ops::depthwise_conv2d(&x, &w, 2, (1, 1, 1, 1))?;
+/// let plain = x.conv2d(&w, 1, 2, 1, 4)?;
+/// assert!((fast - plain)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: (usize, usize, usize, usize)) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Depthwise { stride, pad })?)
+    } else {
+        let x = x.pad_with_zeros(2, pad.0, pad.1)?.pad_with_zeros(3, pad.2, pad.3)?;
+        Ok(x.conv2d(w, 0, stride, 1, x.dim(1)?)?)
+    }
+}
+
+struct Depthwise {
+    stride: usize,
+    pad: (usize, usize, usize, usize),
+}
+
+fn run<T: WithDType + Send + Sync>(
+    x: &[T],
+    w: &[T],
+    (n, c, h, wd): (usize, usize, usize, usize),
+    (kh, kw): (usize, usize),
+    s: usize,
+    pad: (usize, usize, usize, usize),
+) -> (Vec<T>, usize, usize) {
+    let (ph, pw) = (h + pad.0 + pad.1, wd + pad.2 + pad.3);
+    let (oh, ow) = ((ph - kh) / s + 1, (pw - kw) / s + 1);
+    let mut out = vec![T::zero(); n * c * oh * ow];
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, o)| {
+        let ch = plane % c;
+        let img = &x[plane * h * wd..][..h * wd];
+        let k = &w[ch * kh * kw..][..kh * kw];
+        for oy in 0..oh {
+            for ky in 0..kh {
+                let iy = (oy * s + ky) as isize - pad.0 as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let row = &img[iy as usize * wd..][..wd];
+                let orow = &mut o[oy * ow..][..ow];
+                for kx in 0..kw {
+                    let wv = k[ky * kw + kx];
+                    for (ox, ov) in orow.iter_mut().enumerate() {
+                        let ix = (ox * s + kx) as isize - pad.2 as isize;
+                        if ix >= 0 && ix < wd as isize {
+                            *ov += wv * row[ix as usize];
+                        }
+                    }
+                }
+            }
+        }
+    });
+    (out, oh, ow)
+}
+
+/// `dL/dx` from `dL/dy` `g` `(N, C, OH, OW)` and the kernel, for an input of `h x wd`.
+fn grad_input<T: WithDType + Send + Sync>(
+    g: &[T],
+    w: &[T],
+    (n, c, oh, ow): (usize, usize, usize, usize),
+    (h, wd): (usize, usize),
+    (kh, kw): (usize, usize),
+    s: usize,
+    pad: (usize, usize, usize, usize),
+) -> Vec<T> {
+    let mut out = vec![T::zero(); n * c * h * wd];
+    out.par_chunks_mut(h * wd).enumerate().for_each(|(plane, gx)| {
+        let ch = plane % c;
+        let go = &g[plane * oh * ow..][..oh * ow];
+        let k = &w[ch * kh * kw..][..kh * kw];
+        for oy in 0..oh {
+            for ky in 0..kh {
+                let iy = (oy * s + ky) as isize - pad.0 as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let row = &mut gx[iy as usize * wd..][..wd];
+                let grow = &go[oy * ow..][..ow];
+                for kx in 0..kw {
+                    let wv = k[ky * kw + kx];
+                    for (ox, gv) in grow.iter().enumerate() {
+                        let ix = (ox * s + kx) as isize - pad.2 as isize;
+                        if ix >= 0 && ix < wd as isize {
+                            row[ix as usize] += wv * *gv;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `dL/dw` `(C, 1, KH, KW)` from the input `x` `(N, C, H, W)` and `dL/dy` `g`.
+fn grad_kernel<T: WithDType + Send + Sync>(
+    x: &[T],
+    g: &[T],
+    (n, c, h, wd): (usize, usize, usize, usize),
+    (oh, ow): (usize, usize),
+    (kh, kw): (usize, usize),
+    s: usize,
+    pad: (usize, usize, usize, usize),
+) -> Vec<T> {
+    let mut out = vec![T::zero(); c * kh * kw];
+    out.par_chunks_mut(kh * kw).enumerate().for_each(|(ch, gk)| {
+        for b in 0..n {
+            let plane = b * c + ch;
+            let img = &x[plane * h * wd..][..h * wd];
+            let go = &g[plane * oh * ow..][..oh * ow];
+            for oy in 0..oh {
+                for ky in 0..kh {
+                    let iy = (oy * s + ky) as isize - pad.0 as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let row = &img[iy as usize * wd..][..wd];
+                    let grow = &go[oy * ow..][..ow];
+                    for kx in 0..kw {
+                        let mut acc = T::zero();
+                        for (ox, gv) in grow.iter().enumerate() {
+                            let ix = (ox * s + kx) as isize - pad.2 as isize;
+                            if ix >= 0 && ix < wd as isize {
+                                acc += row[ix as usize] * *gv;
+                            }
+                        }
+                        gk[ky * kw + kx] += acc;
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The contiguous slices of two storages of one float dtype, or an error naming `what`.
+fn f32_or_f64<'a>(what: &str, s1: &'a CpuStorage, l1: &Layout, s2: &'a CpuStorage, l2: &Layout) -> candle_core::Result<Pair<'a>> {
+    let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        candle_core::bail!("{what}: inputs must be contiguous");
+    };
+    match (s1, s2) {
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => Ok(Pair::F32(&x[a1..b1], &y[a2..b2])),
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => Ok(Pair::F64(&x[a1..b1], &y[a2..b2])),
+        _ => candle_core::bail!("{what}: only f32 and f64 of one dtype"),
+    }
+}
+
+enum Pair<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F64(&'a [f64], &'a [f64]),
+}
+
+/// Which gradient [`DepthwiseGrad`] computes.
+enum Wrt {
+    /// `dL/dx` of an input of this `(H, W)`, from (`dL/dy`, kernel).
+    Input((usize, usize)),
+    /// `dL/dw` of a kernel of this `(KH, KW)`, from (input, `dL/dy`).
+    Kernel((usize, usize)),
+}
+
+/// One gradient of the depthwise convolution as an op (no backward of its own).
+struct DepthwiseGrad {
+    stride: usize,
+    pad: (usize, usize, usize, usize),
+    wrt: Wrt,
+}
+
+impl CustomOp2 for DepthwiseGrad {
+    fn name(&self) -> &'static str {
+        "protonet-depthwise-conv2d-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = l1.shape().dims4()?;
+        let (_, _, a, b) = l2.shape().dims4()?;
+        let pair = f32_or_f64("depthwise conv backward", s1, l1, s2, l2)?;
+        let (s, p) = (self.stride, self.pad);
+        Ok(match self.wrt {
+            Wrt::Input(hw) => {
+                let out = match pair {
+                    Pair::F32(g, w) => CpuStorage::F32(grad_input(g, w, d, hw, (a, b), s, p)),
+                    Pair::F64(g, w) => CpuStorage::F64(grad_input(g, w, d, hw, (a, b), s, p)),
+                };
+                (out, Shape::from((d.0, d.1, hw.0, hw.1)))
+            }
+            Wrt::Kernel(k) => {
+                let out = match pair {
+                    Pair::F32(x, g) => CpuStorage::F32(grad_kernel(x, g, d, (a, b), k, s, p)),
+                    Pair::F64(x, g) => CpuStorage::F64(grad_kernel(x, g, d, (a, b), k, s, p)),
+                };
+                (out, Shape::from((d.1, 1, k.0, k.1)))
+            }
+        })
+    }
+}
+
+impl CustomOp2 for Depthwise {
+    fn name(&self) -> &'static str {
+        "protonet-depthwise-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = l1.shape().dims4()?;
+        let (c2, one, kh, kw) = l2.shape().dims4()?;
+        if c2 != d.1 || one != 1 {
+            candle_core::bail!("depthwise conv: kernel {:?} does not fit input {:?}", l2.shape(), l1.shape());
+        }
+        if d.2 + self.pad.0 + self.pad.1 < kh || d.3 + self.pad.2 + self.pad.3 < kw || self.stride == 0 {
+            candle_core::bail!("depthwise conv: kernel larger than the padded input, or stride 0");
+        }
+        let (out, oh, ow) = match f32_or_f64("depthwise conv", s1, l1, s2, l2)? {
+            Pair::F32(x, w) => {
+                let (o, oh, ow) = run(x, w, d, (kh, kw), self.stride, self.pad);
+                (CpuStorage::F32(o), oh, ow)
+            }
+            Pair::F64(x, w) => {
+                let (o, oh, ow) = run(x, w, d, (kh, kw), self.stride, self.pad);
+                (CpuStorage::F64(o), oh, ow)
+            }
+        };
+        Ok((out, Shape::from((d.0, d.1, oh, ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let grad = grad.contiguous()?;
+        let gx = grad.apply_op2_no_bwd(w, &DepthwiseGrad { stride: self.stride, pad: self.pad, wrt: Wrt::Input((h, wd)) })?;
+        let gw = x.apply_op2_no_bwd(&grad, &DepthwiseGrad { stride: self.stride, pad: self.pad, wrt: Wrt::Kernel((kh, kw)) })?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::depthwise_conv2d;
+    use candle_core::{Device, Tensor, Var};
+
+    /// Both gradients of `sum(r * conv(x, w))` for a random `r` against central finite
+    /// differences in f64, on odd sizes, strides 1 and 2, asymmetric padding, batch 1.
+    #[test]
+    fn gradients_match_finite_differences() {
+        for &(n, c, h, k, s, pad) in &[
+            (1, 3, 7, 3, 1, (1, 1, 1, 1)),
+            (2, 2, 8, 3, 2, (0, 1, 0, 1)),
+            (1, 2, 9, 5, 2, (1, 2, 1, 2)),
+            (2, 3, 5, 5, 1, (2, 2, 2, 2)),
+            (1, 1, 3, 3, 1, (0, 0, 0, 0)),
+        ] {
+            let dev = Device::Cpu;
+            let x = Var::randn(0f64, 1.0, (n, c, h, h), &dev).unwrap();
+            let w = Var::randn(0f64, 1.0, (c, 1, k, k), &dev).unwrap();
+            let y = depthwise_conv2d(x.as_tensor(), w.as_tensor(), s, pad).unwrap();
+            let r = Tensor::randn(0f64, 1.0, y.dims(), &dev).unwrap();
+            let loss = |x: &Tensor, w: &Tensor| (depthwise_conv2d(x, w, s, pad).unwrap() * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+            let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for (var, other, is_x) in [(&x, &w, true), (&w, &x, false)] {
+                let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                for (i, gi) in g.iter().enumerate() {
+                    let eps = 1e-5;
+                    let at = |d: f64| {
+                        let mut v = base.clone();
+                        v[i] += d;
+                        let t = Tensor::from_vec(v, var.dims(), &dev).unwrap();
+                        if is_x {
+                            loss(&t, other.as_tensor())
+                        } else {
+                            loss(other.as_tensor(), &t)
+                        }
+                    };
+                    let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                    assert!((fd - gi).abs() < 1e-6 * (1.0 + fd.abs()), "{n} {c} {h} {k} {s} {pad:?} {} [{i}]: {gi} vs {fd}", if is_x { "x" } else { "w" });
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matches_candle_grouped_conv_with_asymmetric_padding() {
+        for &(n, c, h, k, s, pad) in &[
+            (1, 3, 7, 3, 1, (1, 1, 1, 1)),
+            (2, 5, 8, 3, 2, (0, 1, 0, 1)),
+            (1, 4, 9, 5, 2, (1, 2, 1, 2)),
+            (3, 2, 6, 5, 1, (2, 2, 2, 2)),
+            (1, 1, 3, 3, 2, (0, 0, 0, 0)),
+        ] {
+            let x = Tensor::randn(0f64, 1.0, (n, c, h, h), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f64, 1.0, (c, 1, k, k), &Device::Cpu).unwrap();
+            let fast = depthwise_conv2d(&x, &w, s, pad).unwrap();
+            let xp = x.pad_with_zeros(2, pad.0, pad.1).unwrap().pad_with_zeros(3, pad.2, pad.3).unwrap();
+            let plain = xp.conv2d(&w, 0, s, 1, c).unwrap();
+            assert_eq!(fast.dims(), plain.dims());
+            let d = (fast - plain).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+            assert!(d < 1e-10, "{n} {c} {h} {k} {s}: {d}");
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! CPU kernels with their own backward passes, as candle custom ops: im2col + GEMM
+//! convolution, depthwise convolution, 2x2 max-pool, BatchNorm + ReLU and BatchNorm +
+//! ReLU + max-pool fused. Each is checked against candle's plain ops (values and
+//! gradients) in its tests. Kernels know nothing of layers: the layers in
+//! [`crate::backbone`] choose between them and candle's ops with [`Ops`].
+
+pub(crate) mod batchnorm;
+mod conv;
+mod depthwise;
+pub(crate) mod fused;
+mod pool;
+
+pub use conv::conv2d;
+pub use depthwise::depthwise_conv2d;
+pub use pool::max_pool2x2;
+
+/// Which implementation of the hot operations a layer uses.
+///
+/// `Fast` (the default) uses this crate's CPU custom ops ([`conv2d`], [`max_pool2x2`]),
+/// which also fix candle 0.11's wrong max-pool gradient; on other devices it falls back
+/// to candle's ops. `Plain` uses candle's ops everywhere, for comparison: note that its
+/// max-pool gradient is wrong (see [`max_pool2x2`]), so do not train with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ops {
+    /// This crate's custom ops on the CPU.
+    #[default]
+    Fast,
+    /// candle's own ops.
+    Plain,
+}
