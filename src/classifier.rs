@@ -298,9 +298,20 @@ impl PrototypeStore {
 
     /// Classifies embeddings: squared Euclidean distance to every prototype, softmax over
     /// the negative distances, nearest first; "unknown" past the threshold, if one is set.
+    /// Needs 2 classes, or 1 with a threshold (open-set rejection: "this class or not").
     pub fn predict(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Prediction>> {
-        if self.classes.is_empty() {
-            return Err(Error::param("classes", "add at least one class before predicting"));
+        match (self.classes.len(), self.threshold) {
+            (0, _) => return Err(Error::param("classes", "add at least one class before predicting")),
+            (1, None) => {
+                return Err(Error::param(
+                    "classes",
+                    format!(
+                        "only one class (`{}`): every query would get it with confidence 1. Add a second class, or set a rejection threshold to ask \"this class or unknown\"",
+                        self.classes[0].name
+                    ),
+                ))
+            }
+            _ => {}
         }
         if let Some(bad) = embeddings.iter().find(|e| e.len() != self.dim) {
             return Err(Error::param("embeddings", format!("an embedding has {} values, the store's have {}", bad.len(), self.dim)));
@@ -363,8 +374,40 @@ impl FewShotClassifier {
     }
 
     /// A classifier around the model saved in `dir` (as by `protonet train`), no classes.
-    pub fn from_model_dir(dir: &Path, device: &Device) -> Result<Self> {
-        Ok(Self::new(Model::load_for_images(dir, device)?))
+    pub fn from_model_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Ok(Self::new(Model::load_for_images(dir.as_ref(), device)?))
+    }
+
+    /// A classifier on the frozen ImageNet EfficientNet-Lite0 for photos, with the settings
+    /// that suit it: RGB at `image_size` pixels (224 is what it was trained at), support
+    /// centring + L2 normalisation, embeddings averaged over 4 rotations (for subjects
+    /// such as coins whose class does not depend on their angle; call
+    /// [`FewShotClassifier::set_rotations`] with 1 otherwise). Its weights are found by
+    /// [`crate::pretrained::PretrainedWeights::locate`].
+    ///
+    /// ```no_run
+    /// use protonet::{Device, FewShotClassifier};
+    /// let mut coins = FewShotClassifier::efficientnet_lite0(224, &Device::Cpu)?;
+    /// coins.add_support_folder("my_coins")?; // one sub-folder of photos per denomination
+    /// let answers = coins.predict_files(&protonet::data::list_images(&["new_photos".into()])?)?;
+    /// # Ok::<(), protonet::Error>(())
+    /// ```
+    pub fn efficientnet_lite0(image_size: usize, device: &Device) -> Result<Self> {
+        let backbone = crate::backbone::BackboneConfig::EfficientNetLite0 { weights: crate::pretrained::PretrainedWeights::efficientnet_lite0(), head: None };
+        let model = Model::new(crate::ModelConfig::new(backbone, crate::data::ImageConfig::rgb(image_size)), 0, device)?;
+        let mut clf = Self::new(model);
+        clf.store.set_normalization(FeatureNorm::CenterSupportL2)?;
+        clf.set_rotations(4)?;
+        Ok(clf)
+    }
+
+    /// Adds every class of an image folder: one sub-folder per class, named as the class,
+    /// PNG and JPEG files inside (as `protonet predict --support` reads it).
+    pub fn add_support_folder(&mut self, dir: impl AsRef<Path>) -> Result<()> {
+        for (name, files) in crate::data::list_image_folder(dir.as_ref())? {
+            self.add_class_files(&name, &files)?;
+        }
+        Ok(())
     }
 
     /// The model.
@@ -471,6 +514,8 @@ impl FewShotClassifier {
         if self.store.class_names().is_empty() {
             return Err(Error::param("classes", "add at least one class before predicting"));
         }
+        // The class count and threshold are checked before any image is embedded.
+        self.store.predict(&[])?;
         self.store.predict(&self.embed(images)?)
     }
 

@@ -112,6 +112,17 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
+/// Errors cross into candle's `Result` where this crate implements candle's traits
+/// (`ModuleT`): candle's own errors pass unchanged, others are wrapped with their message.
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(c) => c,
+            other => candle_core::Error::wrap(other),
+        }
+    }
+}
+
 /// Shorthand for `Result<T, protonet::Error>`.
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -153,6 +153,12 @@ impl Model {
     /// what does not match (missing or extra tensors, shapes, a damaged file).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
+        if !config_path.is_file() {
+            return Err(Error::Checkpoint {
+                path: dir.to_path_buf(),
+                reason: format!("not a model directory (no {CONFIG_FILE}): a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}, as training writes them"),
+            });
+        }
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
         let config: ModelConfig =
             serde_json::from_str(&text).map_err(|e| Error::Checkpoint { path: config_path.clone(), reason: format!("invalid config: {e}") })?;

@@ -117,6 +117,14 @@ fn classes_can_be_removed_and_renamed() {
     assert!(clf.rename_class("c0", "c2").unwrap_err().to_string().contains("exists"));
     clf.remove_class("c2").unwrap();
     assert_eq!(clf.class_names(), ["c0", "one"]);
+    // One class alone is refused without a threshold, and answers "this class or unknown" with one.
+    clf.remove_class("one").unwrap();
+    let err = clf.predict(set.image(0, 3)).unwrap_err().to_string();
+    assert!(err.contains("only one class (`c0`)") && err.contains("threshold"), "{err}");
+    clf.set_threshold(Some(1e9)).unwrap();
+    assert_eq!(clf.predict(set.image(0, 3)).unwrap().class.as_deref(), Some("c0"));
+    clf.set_threshold(None).unwrap();
+    clf.add_class("one", &images(&set, 1, 0..2)).unwrap();
     assert!(clf.remove_class("c2").unwrap_err().to_string().contains("no class `c2`"));
     let p = clf.predict(set.image(2, 3)).unwrap();
     assert!(p.ranked.iter().all(|s| s.class != "c2"));

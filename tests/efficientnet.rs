@@ -101,3 +101,30 @@ fn model_directory_references_the_pretrained_weights() {
     let err = Model::load(dir.path(), &Device::Cpu).err().expect("wrong sha256 must fail").to_string();
     assert!(err.contains("sha256 is 579344248a93") && err.contains("000000000000"), "{err}");
 }
+
+/// The one-liners a program on photos needs: a classifier on the pretrained network with
+/// its settings, a support folder, predictions, and a saved classifier that predicts the same.
+#[test]
+fn pretrained_classifier_from_a_support_folder_saves_and_predicts_the_same() {
+    use protonet::{FewShotClassifier, OutputMode};
+    if weights().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let support = dir.path().join("support");
+    common::write_glyph_folder(&support, 3, 3, 64, 5);
+    let mut clf = FewShotClassifier::efficientnet_lite0(96, &Device::Cpu).unwrap();
+    assert_eq!(clf.rotations(), 4);
+    clf.add_support_folder(&support).unwrap();
+    assert_eq!(clf.class_names(), ["glyph000", "glyph001", "glyph002"]);
+    let queries = protonet::data::list_images(std::slice::from_ref(&support)).unwrap();
+    let before = clf.predict_files(&queries).unwrap();
+    let right = before.iter().zip(&queries).filter(|(p, q)| q.to_string_lossy().contains(p.class.as_deref().unwrap())).count();
+    assert!(right >= 7, "support images should mostly be classified as their own class ({right} of 9)");
+    let saved = dir.path().join("clf");
+    clf.save_with(&saved, OutputMode::New).unwrap();
+    let loaded = FewShotClassifier::load(&saved, &Device::Cpu).unwrap();
+    assert_eq!(loaded.predict_files(&queries).unwrap(), before);
+    let err = FewShotClassifier::load(&support, &Device::Cpu).err().expect("a support folder is not a classifier").to_string();
+    assert!(err.contains("not a model directory (no config.json)"), "{err}");
+}

@@ -150,7 +150,7 @@ fn embedding_dimensions_follow_the_paper() {
     let rgb = Conv4::new(&Conv4Config { in_channels: 3, ..Default::default() }, vb).unwrap();
     let x = Tensor::zeros((2, 3, 84, 84), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(rgb.embed(&x, false).unwrap().dims(), &[2, 1600]);
-    assert_eq!(rgb.embedding_dim(84), 1600);
+    assert_eq!(Conv4Config { in_channels: 3, ..Default::default() }.embedding_dim(84), 1600);
     // 113k parameters for the 28x28 grey Conv-4 (no conv bias, BatchNorm affine).
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);

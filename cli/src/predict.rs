@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use protonet::data::{list_image_folder, list_images, load_image};
+use protonet::data::{list_images, load_image};
 use protonet::{Error, FewShotClassifier, OutputMode, Result};
 
 use crate::common::device;
@@ -92,9 +92,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         clf.set_rotations(r)?;
     }
     if let Some(support) = &a.support {
-        for (name, files) in list_image_folder(support)? {
-            clf.add_class_files(&name, &files)?;
-        }
+        clf.add_support_folder(support)?;
     }
     if clf.class_names().is_empty() {
         return Err(Error::param("support", format!("{model_name} holds no classes: give --support DIR (one sub-folder per class)")));
@@ -107,10 +105,13 @@ pub fn run(a: PredictArgs) -> Result<()> {
         }
         (None, false) => clf.set_threshold(None)?,
     }
+    // One class without rejection would answer every query with it: refused before any query.
+    clf.predict_batch(&[])?;
     let names = clf.class_names();
     eprintln!(
-        "{} classes ({}{}){}",
+        "{} class{} ({}{}){}",
         names.len(),
+        if names.len() == 1 { "" } else { "es" },
         names.iter().take(8).cloned().collect::<Vec<_>>().join(", "),
         if names.len() > 8 { ", ..." } else { "" },
         clf.threshold().map(|t| format!("; rejecting queries farther than {t:.4} (squared distance)")).unwrap_or_default()

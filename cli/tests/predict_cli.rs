@@ -103,6 +103,19 @@ fn predict_errors_are_clear() {
     assert!(!ok, "an unreadable query must fail the command");
     assert!(stderr.contains("bad.png") && stderr.contains("1 of 10 query files"), "{stderr}");
     assert_eq!(stdout.lines().count(), 9, "the readable queries are still answered");
+
+    // One class is refused unless rejection is on ("this class or unknown").
+    let one = dir.path().join("one");
+    common::write_glyph_folder(&one, 1, 4, 28, 2);
+    let (o, q) = (one.to_str().unwrap(), s.to_str().unwrap());
+    let (ok, stdout, stderr) = protonet(&["predict", "--model", m.to_str().unwrap(), "--support", o, "--query", q]);
+    assert!(!ok && stdout.is_empty() && stderr.contains("only one class") && stderr.contains("threshold"), "{stderr}");
+    let (ok, _, stderr) = protonet(&["predict", "--model", m.to_str().unwrap(), "--support", o, "--query", q, "--reject"]);
+    assert!(ok && stderr.contains("1 class ("), "{stderr}");
+
+    // A folder that is not a model says so.
+    let (ok, _, stderr) = protonet(&["predict", "--model", q, "--support", q, "--query", q]);
+    assert!(!ok && stderr.contains("not a model directory (no config.json)"), "{stderr}");
 }
 
 #[test]

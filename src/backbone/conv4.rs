@@ -111,7 +111,6 @@ impl ConvBlock {
 #[derive(Debug, Clone)]
 pub struct Conv4 {
     blocks: Vec<ConvBlock>,
-    config: Conv4Config,
 }
 
 impl Conv4 {
@@ -129,20 +128,18 @@ impl Conv4 {
                 ConvBlock::new(cin, config.hidden, vb.pp(format!("block{i}")), ops)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { blocks, config: config.clone() })
+        Ok(Self { blocks })
     }
 }
 
-impl Backbone for Conv4 {
-    fn embed(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+impl candle_nn::ModuleT for Conv4 {
+    fn forward_t(&self, images: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let mut x = images.clone();
         for b in &self.blocks {
             x = b.forward(&x, train)?;
         }
-        Ok(x.flatten_from(1)?)
-    }
-
-    fn embedding_dim(&self, image_size: usize) -> usize {
-        self.config.embedding_dim(image_size)
+        x.flatten_from(1)
     }
 }
+
+impl Backbone for Conv4 {}

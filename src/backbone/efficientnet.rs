@@ -203,15 +203,13 @@ impl EfficientNetLite0 {
     }
 }
 
-impl Backbone for EfficientNetLite0 {
-    fn embed(&self, images: &Tensor, _train: bool) -> Result<Tensor> {
-        Ok(self.features(images)?.mean(D::Minus1)?.mean(D::Minus1)?)
-    }
-
-    fn embedding_dim(&self, _image_size: usize) -> usize {
-        EFFICIENTNET_LITE0_DIM
+impl ModuleT for EfficientNetLite0 {
+    fn forward_t(&self, images: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
+        self.features(images)?.mean(D::Minus1)?.mean(D::Minus1)
     }
 }
+
+impl Backbone for EfficientNetLite0 {}
 
 /// How a fine-tuned head embeds; stored in `config.json`.
 ///
@@ -294,8 +292,8 @@ impl TunedHead {
     }
 }
 
-impl Backbone for TunedHead {
-    fn embed(&self, trunk_features: &Tensor, train: bool) -> Result<Tensor> {
+impl ModuleT for TunedHead {
+    fn forward_t(&self, trunk_features: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let h = relu6(&self.bn.forward_t(&pointwise(trunk_features, &self.conv)?, train)?)?;
         let mut e = h.mean(D::Minus1)?.mean(D::Minus1)?;
         if self.normalize {
@@ -303,13 +301,11 @@ impl Backbone for TunedHead {
             e = e.broadcast_div(&norm)?;
         }
         let scale = (&self.log_temperature * 0.5)?.exp()?;
-        Ok(e.broadcast_mul(&scale)?)
-    }
-
-    fn embedding_dim(&self, _image_size: usize) -> usize {
-        EFFICIENTNET_LITE0_DIM
+        e.broadcast_mul(&scale)
     }
 }
+
+impl Backbone for TunedHead {}
 
 /// EfficientNet-Lite0 for images with a fine-tuned head: the frozen ImageNet trunk, then
 /// a [`TunedHead`].
@@ -325,15 +321,13 @@ impl FineTunedEfficientNet {
     }
 }
 
-impl Backbone for FineTunedEfficientNet {
-    fn embed(&self, images: &Tensor, train: bool) -> Result<Tensor> {
-        self.head.embed(&self.trunk.trunk(images)?, train)
-    }
-
-    fn embedding_dim(&self, _image_size: usize) -> usize {
-        EFFICIENTNET_LITE0_DIM
+impl ModuleT for FineTunedEfficientNet {
+    fn forward_t(&self, images: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.head.forward_t(&self.trunk.trunk(images)?, train)
     }
 }
+
+impl Backbone for FineTunedEfficientNet {}
 
 #[cfg(test)]
 mod tests {

@@ -16,20 +16,22 @@ pub use efficientnet::{
 };
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
+use candle_nn::{ModuleT, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
 
-/// An embedding network.
+/// An embedding network: a candle [`ModuleT`] from `(N, C, H, W)` images to `(N, D)`
+/// embeddings.
 ///
 /// `train` selects training behaviour (BatchNorm with batch statistics, updating its
 /// running statistics) or evaluation behaviour (running statistics).
-pub trait Backbone: Send + Sync {
-    /// Embeds `(N, C, H, W)` images into `(N, D)`.
-    fn embed(&self, images: &Tensor, train: bool) -> Result<Tensor>;
-    /// The embedding size `D` for square inputs of `image_size` pixels.
-    fn embedding_dim(&self, image_size: usize) -> usize;
+pub trait Backbone: ModuleT + Send + Sync {
+    /// Embeds `(N, C, H, W)` images into `(N, D)`: [`ModuleT::forward_t`] with this
+    /// crate's error type.
+    fn embed(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.forward_t(images, train)?)
+    }
 }
 
 /// Which backbone a model uses, with its hyper-parameters; stored in `config.json`.

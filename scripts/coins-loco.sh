@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Leave-one-currency-out protocol on the real coin photos: for each of the currencies in
+# $PROTONET_DATA/coins (default ../shared/data/coins), train on all the others together,
+# then 1000 N-way 4-shot episodes (6 queries per class, embeddings averaged over 4
+# rotations) on every denomination of the held-out currency, never seen in training.
+# Prints a markdown table: one row per fold with its 95% CI, then the mean of the folds.
+#
+# Columns (COLUMNS, default "conv4 frozen finetuned"):
+#   conv4      Conv-4 trained episodically with rotation augmentation at 48x48 RGB
+#   frozen     EfficientNet-Lite0 (ImageNet) frozen, support centring + L2 normalisation
+#   finetuned  EfficientNet-Lite0 with its head fine-tuned episodically on the training currencies
+# Environment: EPISODES (1000), TRAIN_EPISODES (400, Conv-4), FINETUNE_EPISODES (300), SEED (7).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+coins="${PROTONET_DATA:-../shared/data}/coins"
+[ -d "$coins" ] || { echo "no coin photos at $coins (set PROTONET_DATA)" >&2; exit 1; }
+episodes=${EPISODES:-1000}
+train_episodes=${TRAIN_EPISODES:-400}
+finetune_episodes=${FINETUNE_EPISODES:-300}
+seed=${SEED:-7}
+columns=${COLUMNS:-conv4 frozen finetuned}
+cargo build --release --example coins --quiet
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mapfile -t currencies < <(find "$coins" -mindepth 1 -maxdepth 1 -type d | sort)
+
+run() { # backbone train-dir test-dir
+    ./target/release/examples/coins --backbone "$1" --train "$2" --test "$3" --episodes "$episodes" \
+        --train-episodes "$train_episodes" --finetune-episodes "$finetune_episodes" --seed "$seed" 2>/dev/null \
+        | sed -n 's/.*shot accuracy on unseen denominations: \([0-9.]*\)% ± \([0-9.]*\)%.*/\1 \2/p'
+}
+
+header="| held out (N-way) | trained on |"
+rule="|---|---|"
+for c in $columns; do header+=" $c |"; rule+="---|"; done
+echo "$header"
+echo "$rule"
+declare -A sum
+for held in "${currencies[@]}"; do
+    name=$(basename "$held")
+    train="$work/without-$name"
+    mkdir -p "$train"
+    others=()
+    for other in "${currencies[@]}"; do
+        [ "$other" = "$held" ] && continue
+        others+=("$(basename "$other" | cut -d- -f1-2)")
+        for class in "$other"/*/; do ln -s "$(cd "$class" && pwd)" "$train/$(basename "$class")"; done
+    done
+    way=$(find "$held" -mindepth 1 -maxdepth 1 -type d | wc -l)
+    row="| $name ($way-way) | ${others[*]} |"
+    for c in $columns; do
+        case $c in conv4) b=conv4 ;; frozen) b=efficientnet-lite0 ;; finetuned) b=efficientnet-lite0-finetuned ;; *) echo "unknown column $c" >&2; exit 1 ;; esac
+        read -r acc ci < <(run "$b" "$train" "$held")
+        row+=" $acc ± $ci |"
+        sum[$c]=$(echo "${sum[$c]:-0} + $acc" | bc -l)
+    done
+    echo "$row"
+done
+row="| **mean of ${#currencies[@]} folds** | |"
+for c in $columns; do row+=" $(printf '%.1f' "$(echo "${sum[$c]} / ${#currencies[@]}" | bc -l)") |"; done
+echo "$row"
