@@ -530,13 +530,14 @@ impl FewShotClassifier {
     /// image counts, threshold, rotations), each written to a temporary file and renamed.
     /// Refuses a directory that already holds a model, classifier or training run
     /// ([`OutputMode::New`]); see [`FewShotClassifier::save_with`].
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         self.save_with(dir, OutputMode::New)
     }
 
     /// Like [`FewShotClassifier::save`], with what to do when `dir` already holds something
     /// ([`OutputMode::Resume`] acts as [`OutputMode::Overwrite`]: a classifier has no run).
-    pub fn save_with(&self, dir: &Path, mode: OutputMode) -> Result<()> {
+    pub fn save_with(&self, dir: impl AsRef<Path>, mode: OutputMode) -> Result<()> {
+        let dir = dir.as_ref();
         crate::output::prepare(dir, if mode == OutputMode::New { mode } else { OutputMode::Overwrite })?;
         self.model.save_with(dir, OutputMode::Overwrite)?;
         let d = self.model.config().embedding_dim();
@@ -558,7 +559,8 @@ impl FewShotClassifier {
 
     /// Loads a classifier saved by [`FewShotClassifier::save`]. A model directory without
     /// a class store loads as a classifier with no classes.
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+    pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
         let model = Model::load_for_images(dir, device)?;
         let path = dir.join(CLASSIFIER_FILE);
         if !path.exists() {

@@ -100,8 +100,23 @@ fn bad_arguments_are_errors_not_panics() {
 
 #[test]
 fn help_explains_every_subcommand() {
-    for sub in ["train", "eval", "bench"] {
+    let (ok, top, _) = protonet(&["--help"]);
+    assert!(ok);
+    // Every subcommand is listed with a description, and its own help names its flags.
+    let subcommands = [
+        ("train", "--out"),
+        ("fine-tune", "--data"),
+        ("eval", "--episodes"),
+        ("bench", "--way"),
+        ("predict", "--support"),
+        ("embed", "--model"),
+        ("plot-embeddings", "--shot"),
+        ("plot-curves", "--model"),
+    ];
+    for (sub, flag) in subcommands {
+        let line = top.lines().find(|l| l.trim_start().starts_with(&format!("{sub} "))).unwrap_or_else(|| panic!("{sub} missing from --help:\n{top}"));
+        assert!(line.split_whitespace().count() > 2, "{sub} has no description: {line}");
         let (ok, stdout, _) = protonet(&[sub, "--help"]);
-        assert!(ok && stdout.contains("--"), "{sub} --help");
+        assert!(ok && stdout.contains(flag) && stdout.contains("--help"), "{sub} --help does not explain {flag}:\n{stdout}");
     }
 }
