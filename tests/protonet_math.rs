@@ -191,3 +191,57 @@ fn fast_and_plain_conv4_agree() {
         }
     }
 }
+
+/// The path that runs on GPUs (`Ops::Portable`: candle's convolution and BatchNorm and the
+/// portable max-pool), run on the CPU: one episode's loss and every parameter's gradient
+/// match the CPU fast path (cosine >= 0.9999, norms within 0.1%), on odd sizes (28x28
+/// pools 7 -> 3). candle's own max-pool (`Ops::Plain`) does not: its gradient is the bug
+/// the GPU path had.
+#[test]
+fn the_gpu_path_gives_the_cpu_gradients() {
+    use protonet::backbone::Ops;
+    let dev = Device::Cpu;
+    let spec = EpisodeSpec::new(3, 2, 2).unwrap();
+    let labels = Tensor::new(&[0u32, 0, 1, 1, 2, 2], &dev).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let v: Vec<f32> = (0..12 * 28 * 28).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let images = Tensor::from_vec(v, (12, 1, 28, 28), &dev).unwrap();
+    let cfg = Conv4Config { in_channels: 1, hidden: 16, depth: 4 };
+    // Gradients by parameter name, from the same initial weights.
+    let grads_with = |ops: Ops| -> (f32, Vec<(String, Vec<f32>)>) {
+        let vm = VarMap::new();
+        let net = ProtoNet::new(Box::new(Conv4::with_ops(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev), ops).unwrap()));
+        let mut init = ChaCha8Rng::seed_from_u64(1);
+        let mut vars: Vec<(String, Var)> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, var) in &vars {
+            if name.ends_with("conv.weight") {
+                let w: Vec<f32> = (0..var.elem_count()).map(|_| init.random_range(-0.3..0.3)).collect();
+                var.set(&Tensor::from_vec(w, var.dims(), &dev).unwrap()).unwrap();
+            }
+        }
+        let out = net.forward_episode(&images, spec, &labels, true).unwrap();
+        let grads = out.loss.backward().unwrap();
+        let g = vars
+            .iter()
+            .filter(|(n, _)| !n.contains("running"))
+            .map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect();
+        (out.loss_value, g)
+    };
+    let compare = |a: &[f32], b: &[f32]| -> (f64, f64) {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let (na, nb) = (a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt(), b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt());
+        (dot / (na * nb).max(1e-30), nb / na.max(1e-30))
+    };
+    let (loss_fast, fast) = grads_with(Ops::Fast);
+    let (loss_portable, portable) = grads_with(Ops::Portable);
+    assert!((loss_fast - loss_portable).abs() < 1e-4 * loss_fast.abs(), "loss {loss_fast} vs {loss_portable}");
+    for ((name, a), (_, b)) in fast.iter().zip(&portable) {
+        let (cos, ratio) = compare(a, b);
+        assert!(cos >= 0.9999 && (ratio - 1.0).abs() < 1e-3, "{name}: cosine {cos}, norm ratio {ratio}");
+    }
+    let (_, plain) = grads_with(Ops::Plain);
+    let worst = fast.iter().zip(&plain).map(|((_, a), (_, b))| compare(a, b)).map(|(cos, ratio)| cos.min(1.0 / ratio.max(1.0 / ratio))).fold(1.0, f64::min);
+    assert!(worst < 0.99, "candle's max-pool gradient was expected to differ (worst {worst})");
+}

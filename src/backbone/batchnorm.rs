@@ -12,7 +12,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::ops::batchnorm::{BnReluTrain, EPS};
 use crate::ops::fused::{AffineReluPool, BnReluPoolTrain};
-use crate::ops::{max_pool2x2, Ops};
+use crate::ops::{max_pool2x2, max_pool2x2_portable, Ops};
 use crate::Result;
 
 const MOMENTUM: f64 = 0.1;
@@ -60,7 +60,7 @@ impl BatchNormRelu {
             let y = x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)?;
             return Ok(y.relu()?);
         }
-        if self.ops == Ops::Plain || !x.device().is_cpu() {
+        if self.ops.on(x.device()) != Ops::Fast {
             return self.forward_train_plain(x);
         }
         let stats = Arc::new(Mutex::new(None));
@@ -76,7 +76,10 @@ impl BatchNormRelu {
     /// and gradients as [`BatchNormRelu::forward`] followed by [`crate::ops::max_pool2x2`], with
     /// a fraction of the memory traffic. Elsewhere it is that composition.
     pub fn forward_pool(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if self.ops == Ops::Plain || !x.device().is_cpu() || x.rank() != 4 || x.dim(2)? < 2 || x.dim(3)? < 2 {
+        if self.ops.on(x.device()) == Ops::Portable {
+            return max_pool2x2_portable(&self.forward(x, train)?);
+        }
+        if self.ops == Ops::Plain || x.rank() != 4 || x.dim(2)? < 2 || x.dim(3)? < 2 {
             return max_pool2x2(&self.forward(x, train)?);
         }
         let c = x.dim(1)?;

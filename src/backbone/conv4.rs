@@ -3,7 +3,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::{Backbone, BatchNormRelu};
-use crate::ops::{conv2d, Ops};
+use crate::ops::{conv2d, max_pool2x2_portable, Ops};
 use crate::{Error, Result};
 
 /// Hyper-parameters of [`Conv4`].
@@ -78,10 +78,14 @@ impl ConvBlock {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        match self.ops {
+        match self.ops.on(x.device()) {
             Ops::Fast => {
                 let x = conv2d(x, &self.weight, 1)?;
                 self.bn.forward_pool(&x, train)
+            }
+            Ops::Portable => {
+                let x = x.conv2d(&self.weight, 1, 1, 1, 1)?;
+                max_pool2x2_portable(&self.bn.forward(&x, train)?)
             }
             Ops::Plain => {
                 let x = x.conv2d(&self.weight, 1, 1, 1, 1)?;

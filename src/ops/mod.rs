@@ -12,19 +12,39 @@ mod pool;
 
 pub use conv::conv2d;
 pub use depthwise::depthwise_conv2d;
-pub use pool::max_pool2x2;
+pub use pool::{max_pool2x2, max_pool2x2_portable};
 
 /// Which implementation of the hot operations a layer uses.
 ///
 /// `Fast` (the default) uses this crate's CPU custom ops ([`conv2d`], [`max_pool2x2`]),
-/// which also fix candle 0.11's wrong max-pool gradient; on other devices it falls back
-/// to candle's ops. `Plain` uses candle's ops everywhere, for comparison: note that its
-/// max-pool gradient is wrong (see [`max_pool2x2`]), so do not train with it.
+/// which also fix candle 0.11's wrong max-pool gradient; on other devices it is
+/// `Portable`. `Portable` is what runs on GPUs: candle's convolution and BatchNorm ops
+/// and [`max_pool2x2_portable`], all with correct gradients; choosing it on the CPU tests
+/// that path without a GPU. `Plain` uses candle's ops everywhere, for comparison: note
+/// that its max-pool gradient is wrong (see [`max_pool2x2`]), so do not train with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Ops {
-    /// This crate's custom ops on the CPU.
+    /// This crate's custom ops on the CPU (`Portable` elsewhere).
     #[default]
     Fast,
-    /// candle's own ops.
+    /// Ops that exist on every device, with correct gradients.
+    Portable,
+    /// candle's own ops, max-pool included.
     Plain,
+}
+
+impl Ops {
+    /// The implementation used on `device`: `Fast` becomes `Portable` off the CPU.
+    ///
+    /// ```
+    /// use protonet::ops::Ops;
+    /// assert_eq!(Ops::Fast.on(&candle_core::Device::Cpu), Ops::Fast);
+    /// assert_eq!(Ops::Portable.on(&candle_core::Device::Cpu), Ops::Portable);
+    /// ```
+    pub fn on(self, device: &candle_core::Device) -> Ops {
+        match self {
+            Ops::Fast if !device.is_cpu() => Ops::Portable,
+            other => other,
+        }
+    }
 }

@@ -27,8 +27,33 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() {
         Ok(x.contiguous()?.apply_op1(MaxPool2x2)?)
     } else {
-        Ok(x.max_pool2d(2)?)
+        max_pool2x2_portable(x)
     }
+}
+
+/// [`max_pool2x2`] from candle operations that exist on every device (CUDA, Metal, CPU),
+/// with the same values and the same gradient: each 2x2 window is put on its own axis,
+/// the index of its first maximum is found (`argmax`) and that element is gathered, so
+/// the backward pass (a scatter) routes the gradient to the first maximum only. This is
+/// the max-pool off the CPU; on the CPU it is the reference the tests hold the GPU path to.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::arange(0f32, 20., &Device::Cpu)?.reshape((1, 1, 4, 5))?;
+/// let fast = protonet::ops::max_pool2x2(&x)?;
+/// let portable = protonet::ops::max_pool2x2_portable(&x)?;
+/// assert_eq!(portable.flatten_all()?.to_vec1::<f32>()?, fast.flatten_all()?.to_vec1::<f32>()?);
+/// assert_eq!(portable.flatten_all()?.to_vec1::<f32>()?, vec![6., 8., 16., 18.]);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn max_pool2x2_portable(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (oh, ow) = (h / 2, w / 2);
+    let x = x.narrow(2, 0, 2 * oh)?.narrow(3, 0, 2 * ow)?;
+    // (n, c, oh, 2, ow, 2) -> (n, c, oh, ow, 2, 2) -> (n, c, oh, ow, 4): one window per row.
+    let windows = x.reshape((n, c, oh, 2, ow, 2))?.permute((0, 1, 2, 4, 3, 5))?.reshape((n, c, oh, ow, 4))?;
+    let first_max = windows.detach().argmax_keepdim(candle_core::D::Minus1)?;
+    Ok(windows.gather(&first_max, candle_core::D::Minus1)?.squeeze(candle_core::D::Minus1)?)
 }
 
 fn dims4(layout: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
@@ -191,5 +216,72 @@ mod tests {
         let grads = y.sum_all().unwrap().backward().unwrap();
         let gx = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(gx, vec![1.0, 0.0, 0.0, 0.0]);
+    }
+}
+
+#[cfg(test)]
+mod portable_tests {
+    use super::{max_pool2x2, max_pool2x2_portable};
+    use candle_core::{DType, Device, Tensor, Var};
+    use rand::{Rng, SeedableRng};
+
+    fn random(dims: (usize, usize, usize, usize), dtype: DType, seed: u64) -> Tensor {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n = dims.0 * dims.1 * dims.2 * dims.3;
+        let v: Vec<f64> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    }
+
+    /// Values and gradients of the portable pool (what runs on GPUs) equal the CPU op's,
+    /// odd sizes and batch 1 included, in f32 and f64.
+    #[test]
+    fn portable_pool_matches_the_cpu_op_in_values_and_gradients() {
+        for dtype in [DType::F32, DType::F64] {
+            for (k, dims) in [(1, 1, 2, 2), (1, 3, 7, 7), (2, 4, 3, 3), (3, 2, 28, 28), (1, 1, 5, 8), (2, 5, 9, 4)].into_iter().enumerate() {
+                let x = Var::from_tensor(&random(dims, dtype, k as u64)).unwrap();
+                let g = random((dims.0, dims.1, dims.2 / 2, dims.3 / 2), dtype, 100 + k as u64);
+                let run = |pool: fn(&Tensor) -> crate::Result<Tensor>| {
+                    let y = pool(x.as_tensor()).unwrap();
+                    let gx = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap().get(x.as_tensor()).unwrap().clone();
+                    (
+                        y.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap(),
+                        gx.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap(),
+                    )
+                };
+                let (y_fast, g_fast) = run(max_pool2x2);
+                let (y_port, g_port) = run(max_pool2x2_portable);
+                assert_eq!(y_fast, y_port, "{dims:?} {dtype:?} values");
+                assert_eq!(g_fast, g_port, "{dims:?} {dtype:?} gradients");
+            }
+        }
+    }
+
+    /// Ties go to the first maximum, as on the CPU; the gradient of a plain 2x2 window is
+    /// the finite difference of the pooled sum.
+    #[test]
+    fn portable_pool_routes_ties_to_the_first_maximum_and_matches_finite_differences() {
+        let x = Var::from_tensor(&Tensor::ones((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let y = max_pool2x2_portable(x.as_tensor()).unwrap();
+        let gx = y.sum_all().unwrap().backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(gx, vec![1.0, 0.0, 0.0, 0.0]);
+
+        let dims = (2, 3, 5, 7);
+        let base = random(dims, DType::F64, 7).flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let weights = random((2, 3, 2, 3), DType::F64, 8);
+        let loss = |v: &[f64]| -> f64 {
+            let t = Tensor::from_slice(v, dims, &Device::Cpu).unwrap();
+            (max_pool2x2_portable(&t).unwrap() * &weights).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+        };
+        let x = Var::from_tensor(&Tensor::from_slice(&base, dims, &Device::Cpu).unwrap()).unwrap();
+        let l = (max_pool2x2_portable(x.as_tensor()).unwrap() * &weights).unwrap().sum_all().unwrap();
+        let g = l.backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for i in 0..base.len() {
+            let h = 1e-6;
+            let (mut p, mut m) = (base.clone(), base.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (loss(&p) - loss(&m)) / (2.0 * h);
+            assert!((fd - g[i]).abs() < 1e-6, "element {i}: analytic {} vs finite difference {fd}", g[i]);
+        }
     }
 }
