@@ -363,4 +363,40 @@ mod tests {
         let d = (fast - plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-4, "{d}");
     }
+
+    /// Both ways of sharing the work (per-image chunks with a cross-thread sum of the
+    /// weight gradient, or threads inside each GEMM) are chosen from the thread count:
+    /// pin it to 1, 2 and 8 threads, with batches below and above twice the thread count,
+    /// so every path is checked on every machine, in f32 (as training runs) and f64.
+    #[test]
+    fn every_thread_layout_gives_candles_values_and_gradients_in_f32_and_f64() {
+        use candle_core::DType;
+        for threads in [1, 2, 8] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                for n in [1, 2 * threads + 1] {
+                    for dtype in [DType::F32, DType::F64] {
+                        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, 3, 9, 7), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                        let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, 3, 3, 3), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                        let fast = conv2d(x.as_tensor(), wt.as_tensor(), 1).unwrap();
+                        let plain = x.as_tensor().conv2d(wt.as_tensor(), 1, 1, 1, 1).unwrap();
+                        let r = Tensor::randn(0f64, 1.0, plain.dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+                        let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                        let gp = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                        // Relative to the largest value: 1e-5 in f32 (a real bug is O(1)), 1e-12 in f64.
+                        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+                        let rel = |a: &Tensor, b: &Tensor| {
+                            let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
+                            max_diff(&a, &b) / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1e-30)
+                        };
+                        assert!(rel(&fast, &plain) < tol, "values, {threads} threads, n={n}, {dtype:?}");
+                        for (what, v) in [("input", &x), ("weight", &wt)] {
+                            let e = rel(gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+                            assert!(e < tol, "{what} gradient, {threads} threads, n={n}, {dtype:?}: {e}");
+                        }
+                    }
+                }
+            });
+        }
+    }
 }
