@@ -190,6 +190,45 @@ mod tests {
         }
     }
 
+    /// In f32, as training runs: the fused BatchNorm + ReLU and BatchNorm + ReLU + max-pool
+    /// against the GPU path (`Ops::Portable`: candle's ops and the portable pool), values
+    /// and the gradients of x, weight and bias, in training and evaluation mode, relative
+    /// to the largest value (1e-4; a real bug is of order 1).
+    #[test]
+    fn f32_values_and_gradients_match_the_portable_ops() {
+        let rel = |a: &Tensor, b: &Tensor| max_diff(a, b) / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1e-30);
+        for dims in [(1, 3, 7, 7), (4, 8, 14, 14), (6, 2, 5, 8), (2, 3, 28, 28)] {
+            for (train, pool) in [(true, false), (true, true), (false, true), (false, false)] {
+                let x = Var::from_tensor(&Tensor::randn(0f32, 1.5, dims, &Device::Cpu).unwrap().affine(1.0, -0.2).unwrap()).unwrap();
+                let (mut vm_f, mut vm_p) = (VarMap::new(), VarMap::new());
+                let fast = BatchNormRelu::new(dims.1, VarBuilder::from_varmap(&vm_f, DType::F32, &Device::Cpu), Ops::Fast).unwrap();
+                let port = BatchNormRelu::new(dims.1, VarBuilder::from_varmap(&vm_p, DType::F32, &Device::Cpu), Ops::Portable).unwrap();
+                let g = Tensor::randn(1f32, 0.3, dims.1, &Device::Cpu).unwrap();
+                let b = Tensor::randn(0f32, 0.3, dims.1, &Device::Cpu).unwrap();
+                for vm in [&mut vm_f, &mut vm_p] {
+                    vm.set_one("weight", &g).unwrap();
+                    vm.set_one("bias", &b).unwrap();
+                }
+                let run = |bn: &BatchNormRelu| if pool { bn.forward_pool(x.as_tensor(), train).unwrap() } else { bn.forward(x.as_tensor(), train).unwrap() };
+                let (yf, yp) = (run(&fast), run(&port));
+                let to64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+                assert!(rel(&to64(&yf), &to64(&yp)) < 1e-5, "{dims:?} train={train} pool={pool} values");
+                let r = Tensor::randn(0f32, 1.0, yf.dims(), &Device::Cpu).unwrap();
+                let gf = (&yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let gp = (&yp * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let dx = rel(&to64(gf.get(x.as_tensor()).unwrap()), &to64(gp.get(x.as_tensor()).unwrap()));
+                assert!(dx < 1e-4, "{dims:?} train={train} pool={pool} dx {dx}");
+                if train {
+                    for name in ["weight", "bias"] {
+                        let (vf, vp) = (vm_f.data().lock().unwrap()[name].clone(), vm_p.data().lock().unwrap()[name].clone());
+                        let d = rel(&to64(gf.get(vf.as_tensor()).unwrap()), &to64(gp.get(vp.as_tensor()).unwrap()));
+                        assert!(d < 1e-4, "{dims:?} pool={pool} d{name} {d}");
+                    }
+                }
+            }
+        }
+    }
+
     /// The fused BatchNorm + ReLU + max-pool against the unfused ops: values, gradients
     /// of x, weight and bias, and running statistics, in training and evaluation mode,
     /// on odd sides, batch 1, and inputs with ties (all-negative windows).
