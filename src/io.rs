@@ -19,6 +19,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        pause_inside_write();
         std::fs::rename(&tmp, path)?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
@@ -29,6 +30,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// With the `test-hooks` feature only: sleeps between writing the temporary file and
+/// renaming it, for `$PROTONET_TEST_PAUSE_IN_WRITE_MS` milliseconds, so that a test can
+/// kill a process in the middle of a write for certain.
+fn pause_inside_write() {
+    #[cfg(feature = "test-hooks")]
+    if let Some(ms) = std::env::var("PROTONET_TEST_PAUSE_IN_WRITE_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 /// Removes the temporary files that [`write_atomic`] leaves behind when a process is
