@@ -205,3 +205,68 @@ fn normalisation_makes_predictions_shift_and_scale_invariant() {
     let q = images(&set, 1, 3..6);
     assert_eq!(loaded.predict_batch(&q).unwrap(), clf.predict_batch(&q).unwrap());
 }
+
+/// The rejection threshold from synthetic embeddings, computed here by hand: leave-one-out
+/// distances scaled by (n+1)(n-1)/n², their quantile by linear interpolation; with it, a
+/// query near a class is accepted and one far from both is answered "unknown".
+#[test]
+fn calibrated_threshold_is_the_quantile_of_scaled_leave_one_out_distances() {
+    let a = vec![vec![0.0, 0.0], vec![1.0, 0.0], vec![0.0, 2.0], vec![1.0, 1.0]];
+    let b = vec![vec![10.0, 10.0], vec![10.5, 10.0], vec![10.0, 11.0]];
+    let mut store = protonet::PrototypeStore::new(2);
+    store.add("a", a.clone()).unwrap();
+    store.add("b", b.clone()).unwrap();
+    let mut expected = Vec::new();
+    for class in [&a, &b] {
+        let n = class.len() as f64;
+        let sum: Vec<f64> = (0..2).map(|d| class.iter().map(|e| e[d] as f64).sum()).collect();
+        for e in class {
+            let others: Vec<f64> = (0..2).map(|d| (sum[d] - e[d] as f64) / (n - 1.0)).collect();
+            let dist: f64 = (0..2).map(|d| (e[d] as f64 - others[d]).powi(2)).sum();
+            expected.push(dist * (n + 1.0) * (n - 1.0) / (n * n));
+        }
+    }
+    let got = store.leave_one_out_distances().unwrap();
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert!((*g as f64 - e).abs() < 1e-5, "{got:?} vs {expected:?}");
+    }
+    let mut sorted = expected.clone();
+    sorted.sort_by(f64::total_cmp);
+    let q = 0.7;
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    let want = sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64);
+    let t = store.calibrate_threshold(q as f32).unwrap();
+    assert!((t as f64 - want).abs() < 1e-5, "threshold {t} vs {want}");
+    let p = store.predict(&[vec![0.5, 0.5], vec![10.2, 10.3], vec![5.0, -20.0]]).unwrap();
+    assert_eq!(p[0].class.as_deref(), Some("a"));
+    assert_eq!(p[1].class.as_deref(), Some("b"));
+    assert_eq!(p[2].class, None, "far from both classes: unknown");
+}
+
+/// Rotation averaging: the embedding of an image with 4 rotations is the mean of the
+/// network's embeddings of its 4 quarter turns, rotated here by hand.
+#[test]
+fn rotation_averaging_is_the_mean_over_quarter_turns() {
+    let model = small_model(3);
+    let set = common::glyph_set(1, 2, 28, 44);
+    let image = set.image(0, 1).to_vec();
+    let mut clf = FewShotClassifier::new(model);
+    clf.set_rotations(4).unwrap();
+    let averaged = clf.embed(std::slice::from_ref(&image)).unwrap().remove(0);
+    clf.set_rotations(1).unwrap();
+    // Quarter turns counter-clockwise, by index arithmetic.
+    let turn = |img: &[f32]| -> Vec<f32> { (0..28 * 28).map(|i| img[(i % 28) * 28 + (27 - i / 28)]).collect() };
+    let mut turns = vec![image.clone()];
+    for _ in 1..4 {
+        let next = turn(turns.last().unwrap());
+        turns.push(next);
+    }
+    assert_ne!(turns[0], turns[1], "the glyph is not rotation-symmetric");
+    let each = clf.embed(&turns).unwrap();
+    for (d, v) in averaged.iter().enumerate() {
+        let mean = each.iter().map(|e| e[d]).sum::<f32>() / 4.0;
+        assert!((v - mean).abs() < 1e-5 * (1.0 + mean.abs()), "dimension {d}: {v} vs {mean}");
+    }
+}

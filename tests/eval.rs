@@ -22,10 +22,23 @@ fn embedding_once_gives_the_same_episodes_and_accuracy() {
     assert_eq!(embedded.class_names(), set.class_names());
     let once = evaluate_embedded(&embedded, &protonet::EvalConfig::new(spec, 2, 9), &FeatureNorm::None, &Device::Cpu, &protonet::Silent).unwrap();
     assert!((direct.accuracy - once.accuracy).abs() < 1e-9, "{direct} vs {once}");
-    // Many episodes take the embed-once path inside `evaluate`, with the same result.
+    // Many episodes take the embed-once path inside `evaluate`; each of its episodes is
+    // checked against a different path: that episode's images through the network
+    // (`forward_episode`), the accuracy computed here from its logits.
     let many = evaluate(model.net(), &set, &protonet::EvalConfig::new(spec, 40, 9), &Device::Cpu, &protonet::Silent).unwrap();
-    let many_once = evaluate_embedded(&embedded, &protonet::EvalConfig::new(spec, 40, 9), &FeatureNorm::None, &Device::Cpu, &protonet::Silent).unwrap();
-    assert!((many.accuracy - many_once.accuracy).abs() < 1e-9);
+    let mut sampler = protonet::EpisodeSampler::new(&set, spec, 9).unwrap();
+    let mut accuracies = Vec::new();
+    for _ in 0..40 {
+        let (images, labels) = sampler.sample().tensors(&set, &Device::Cpu).unwrap();
+        let logits = model.net().forward_episode(&images, spec, &labels, false).unwrap().logits.to_vec2::<f32>().unwrap();
+        let labels = labels.to_vec1::<u32>().unwrap();
+        let right = logits.iter().zip(&labels).filter(|(row, &l)| row.iter().enumerate().all(|(j, &v)| j == l as usize || v < row[l as usize])).count();
+        accuracies.push(right as f64 / labels.len() as f64);
+    }
+    let (mean, ci) = protonet::eval::mean_ci95(&accuracies);
+    // Episode accuracies are f32 inside `evaluate`.
+    assert!((many.accuracy - mean).abs() < 1e-6 && (many.ci95 - ci).abs() < 1e-6, "{many} vs {mean} ± {ci}");
+    assert!(accuracies.iter().any(|&a| a < 1.0) && accuracies.iter().any(|&a| a > 0.0), "a random network gives varied episodes");
 }
 
 #[test]
