@@ -56,7 +56,9 @@ fn embeddings_and_logits_match_pytorch() {
         let e = relative_error(&emb, &rows("embedding"));
         let l = relative_error(&net.logits(&x).unwrap(), &rows("logits"));
         println!("{n}x3x{size}x{size}: relative error embedding {e:.2e}, logits {l:.2e}");
-        assert!(e < 1e-4 && l < 1e-4, "embedding {e}, logits {l}");
+        // Measured: about 1.6e-6 (embedding) and 1e-6 (logits); 1e-5 leaves room for other CPUs
+        // and thread counts while still catching a wrong layer (errors of 1e-2 and more).
+        assert!(e < 1e-5 && l < 1e-5, "embedding {e}, logits {l}");
     }
 }
 
