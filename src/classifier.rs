@@ -367,10 +367,15 @@ pub struct FewShotClassifier {
 }
 
 impl FewShotClassifier {
-    /// A classifier with no classes yet around a trained `model`.
+    /// A classifier with no classes yet around a trained `model`, averaging embeddings over
+    /// the model's rotations (`ModelConfig::rotations`).
     pub fn new(model: Model) -> Self {
         let dim = model.config().embedding_dim();
-        Self { model, store: PrototypeStore::new(dim), embedder: Embedder::default() }
+        let embedder = Embedder { rotations: model.config().rotations, ..Embedder::default() };
+        let mut store = PrototypeStore::new(dim);
+        // A centre of the wrong size is refused when the configuration is validated.
+        store.norm = model.config().normalization.clone();
+        Self { model, store, embedder }
     }
 
     /// A classifier around the model saved in `dir` (as by `protonet train`), no classes.

@@ -15,7 +15,7 @@ use crate::backbone::BackboneConfig;
 use crate::data::ImageConfig;
 use crate::io::{read_safetensors, write_atomic, write_safetensors};
 use crate::output::OutputMode;
-use crate::protonet::ProtoNet;
+use crate::protonet::{FeatureNorm, ProtoNet};
 use crate::train::TrainingRecord;
 use crate::{Error, Result};
 
@@ -50,12 +50,41 @@ pub struct ModelConfig {
     /// Free text about the model.
     #[serde(default)]
     pub description: String,
+    /// Embeddings are averaged over this many quarter turns when the model classifies
+    /// (1: none; 4 for subjects whose class does not depend on their angle, such as coins).
+    #[serde(default = "one_rotation", skip_serializing_if = "is_one_rotation")]
+    pub rotations: usize,
+    /// How embeddings are normalised before prototypes are formed when the model classifies
+    /// (none by default; support centring + L2 suits the frozen pretrained network).
+    #[serde(default, skip_serializing_if = "is_no_normalization")]
+    pub normalization: FeatureNorm,
+}
+
+fn is_no_normalization(n: &FeatureNorm) -> bool {
+    *n == FeatureNorm::None
+}
+
+fn one_rotation() -> usize {
+    1
+}
+
+fn is_one_rotation(r: &usize) -> bool {
+    *r == 1
 }
 
 impl ModelConfig {
     /// A configuration for `backbone` on images prepared as `image`.
     pub fn new(backbone: BackboneConfig, image: ImageConfig) -> Self {
-        Self { format: FORMAT.into(), version: VERSION, backbone, image, training: None, description: String::new() }
+        Self {
+            format: FORMAT.into(),
+            version: VERSION,
+            backbone,
+            image,
+            training: None,
+            description: String::new(),
+            rotations: 1,
+            normalization: FeatureNorm::None,
+        }
     }
 
     /// Checks that the backbone and the image settings fit together.
@@ -67,6 +96,14 @@ impl ModelConfig {
             return Err(Error::param("version", format!("this build reads version {VERSION}, found {}", self.version)));
         }
         self.backbone.validate()?;
+        if !(1..=4).contains(&self.rotations) {
+            return Err(Error::param("rotations", format!("must be 1 to 4, got {}", self.rotations)));
+        }
+        if let FeatureNorm::CenterL2(centre) = &self.normalization {
+            if centre.len() != self.embedding_dim() {
+                return Err(Error::param("normalization", format!("the centre has {} values, embeddings have {}", centre.len(), self.embedding_dim())));
+            }
+        }
         if let BackboneConfig::EfficientNetLite0Head { .. } = self.backbone {
             // Its inputs are the trunk's feature maps, not images: only the shape matters.
             if !(1..=128).contains(&self.image.size) {

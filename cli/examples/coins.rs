@@ -222,13 +222,14 @@ fn run(a: Args) -> Result<()> {
         _ => {
             let mut config = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 3, ..Default::default() }), image.clone());
             config.description = format!(
-                "Conv-4 for coin photographs (the coin example): {}x{} RGB, trained episodically with rotation augmentation on {} denominations ({}). Use 4 rotations at test time (protonet predict --rotations 4).",
+                "Conv-4 for coin photographs (the coin example): {}x{} RGB, trained episodically with rotation augmentation on {} denominations ({}). Classifies with embeddings averaged over 4 quarter turns.",
                 image.size,
                 image.size,
                 train_set.num_classes(),
                 a.train.as_ref().or(a.data.as_ref()).map(|p| p.display().to_string()).unwrap_or_else(|| "rendered coins".into())
                     + &if a.add_rendered > 0 { format!(" plus {} rendered", a.add_rendered) } else { String::new() }
             );
+            config.rotations = 4;
             let mut model = Model::new(config, a.seed, &dev)?;
             let train_way = train_set.num_classes().min(20);
             let tc = TrainConfig {

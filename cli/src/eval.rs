@@ -57,12 +57,13 @@ pub struct EvalArgs {
     /// Image side for the pretrained backbone (RGB, ImageNet normalisation).
     #[arg(long, default_value_t = 224)]
     image_size: usize,
-    /// Embedding normalisation before prototypes.
-    #[arg(long, value_enum, default_value_t = Normalize::None)]
-    normalize: Normalize,
+    /// Embedding normalisation before prototypes. Default: the model's own setting, else none.
+    #[arg(long, value_enum)]
+    normalize: Option<Normalize>,
     /// Average each image's embedding over this many rotations by 90 degrees (1 to 4).
-    #[arg(long, default_value_t = 1)]
-    rotations: usize,
+    /// Default: the model's own setting (4 for models trained with --rotate), else 1.
+    #[arg(long)]
+    rotations: Option<usize>,
     #[command(flatten)]
     data: DataArgs,
     /// Omniglot split to evaluate on.
@@ -106,22 +107,23 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let quiet = a.quiet || a.json;
     let model;
     let pretrained;
-    let (net, image): (&ProtoNet, ImageConfig) = match (&a.model, a.backbone) {
+    let (net, image, rotations, own_norm): (&ProtoNet, ImageConfig, usize, FeatureNorm) = match (&a.model, a.backbone) {
         (Some(dir), _) => {
             model = Model::load_for_images(dir, &dev)?;
-            (model.net(), model.config().image.clone())
+            let c = model.config();
+            (model.net(), c.image.clone(), c.rotations, c.normalization.clone())
         }
         (None, Some(PretrainedBackbone::EfficientnetLite0)) => {
             pretrained = ProtoNet::new(Box::new(crate::common::efficientnet_lite0(a.weights.as_deref(), &dev)?));
-            (&pretrained, ImageConfig::rgb(a.image_size))
+            (&pretrained, ImageConfig::rgb(a.image_size), 1, FeatureNorm::None)
         }
         (None, None) => return Err(Error::param("model", "give --model DIR or --backbone")),
     };
     let set = a.data.load(&a.split, &image, quiet)?;
     spec.check_dataset(&set)?;
     let bars = Bars::new(!quiet);
-    let embedded = Embedder { rotations: a.rotations, ..Default::default() }.embed_set(net, &set, &dev, &bars)?;
-    let norm = a.normalize.feature_norm();
+    let embedded = Embedder { rotations: a.rotations.unwrap_or(rotations), ..Default::default() }.embed_set(net, &set, &dev, &bars)?;
+    let norm = a.normalize.map(|n| n.feature_norm()).unwrap_or(own_norm);
     let report = evaluate_embedded(&embedded, &EvalConfig::new(spec, a.episodes, a.seed), &norm, &dev, &bars)?;
     if let Some(path) = &a.confusion_png {
         protonet_cli::pictures::confusion_matrix(&report.confusion, set.class_names(), path)?;

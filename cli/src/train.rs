@@ -94,6 +94,9 @@ pub struct TrainArgs {
     /// cpu, cuda or metal (the latter two need the crate's `cuda`/`metal` features).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Free text stored in the model's config.json (what it is for, how it was trained).
+    #[arg(long, default_value = "")]
+    description: String,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -125,7 +128,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
         rotation_augment: a.rotate,
     };
     config.validate()?;
-    let mut model = Model::new(ModelConfig::new(backbone, image.clone()), a.seed, &dev)?;
+    let mut model_config = ModelConfig::new(backbone, image.clone());
+    model_config.description = a.description.clone();
+    // Trained for angle-free subjects: classify with embeddings averaged over 4 quarter turns.
+    model_config.rotations = if a.rotate { 4 } else { 1 };
+    let mut model = Model::new(model_config, a.seed, &dev)?;
     let train_set = a.data.load(&a.train_split, &image, a.quiet)?;
     let val_set = match (a.data.dataset, &a.val_data) {
         (DatasetKind::Omniglot, _) if a.val_split == "none" => None,

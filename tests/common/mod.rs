@@ -139,3 +139,19 @@ pub fn pretrained_weights(test: &str) -> Option<PathBuf> {
         panic!("{msg}");
     }
 }
+
+/// A folder of the shared data (`sub`, for example `coins/korean-won-cho0h5`), or a panic
+/// naming it (or, with `PROTONET_SKIP_DATA_TESTS=1`, a printed skip and None).
+pub fn require_data(sub: &str, test: &str) -> Option<PathBuf> {
+    let path = data_root().join(sub);
+    if path.is_dir() {
+        return Some(path);
+    }
+    let msg = format!("{} not found (set PROTONET_DATA to the folder holding it)", path.display());
+    if std::env::var("PROTONET_SKIP_DATA_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED {test}: {msg}");
+        None
+    } else {
+        panic!("{test}: {msg}");
+    }
+}
