@@ -393,13 +393,7 @@ impl<'a> Trainer<'a> {
         }
         let grads = out.loss.backward()?;
         // A finite loss can still have non-finite gradients; never let them into the weights.
-        for (name, var) in self.model.trainable_vars() {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                if !g.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite() {
-                    return Err(Error::NonFiniteGradient { episode: episode + 1, parameter: name });
-                }
-            }
-        }
+        check_finite_gradients(&grads, &self.model.trainable_vars(), episode + 1)?;
         self.adam.step(&grads)?;
         let s = &mut self.state;
         s.episode += 1;
@@ -544,6 +538,29 @@ impl<'a> Trainer<'a> {
             history: self.state.history,
         })
     }
+}
+
+/// Errors with [`Error::NonFiniteGradient`] (naming the parameter and `episode`) when a
+/// gradient in `grads` of one of `vars` holds a NaN or an infinity.
+///
+/// ```
+/// use candle_core::{Device, Var};
+/// // sqrt at 0: a finite value (0) with an infinite gradient.
+/// let x = Var::new(&[0f32, 1.0], &Device::Cpu)?;
+/// let grads = x.as_tensor().sqrt()?.sum_all()?.backward()?;
+/// let err = protonet::train::check_finite_gradients(&grads, &[("x".into(), x)], 7).unwrap_err();
+/// assert!(err.to_string().contains("`x`") && err.to_string().contains("episode 7"));
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn check_finite_gradients(grads: &candle_core::backprop::GradStore, vars: &[(String, candle_core::Var)], episode: usize) -> Result<()> {
+    for (name, var) in vars {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            if !g.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite() {
+                return Err(Error::NonFiniteGradient { episode, parameter: name.clone() });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Trains `model` episodically on `train_set`, validating on `val_set` (if any), and
