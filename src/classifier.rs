@@ -296,23 +296,28 @@ impl PrototypeStore {
         Ok(t)
     }
 
+    /// Checks that the store can answer queries: 2 classes, or 1 with a threshold
+    /// (open-set rejection: "this class or not"). One class without a threshold would give
+    /// every query that class with confidence 1.
+    pub fn check_ready(&self) -> Result<()> {
+        match (self.classes.len(), self.threshold) {
+            (0, _) => Err(Error::param("classes", "add at least one class before predicting")),
+            (1, None) => Err(Error::param(
+                "classes",
+                format!(
+                    "only one class (`{}`): every query would get it with confidence 1. Add a second class, or set a rejection threshold to ask \"this class or unknown\"",
+                    self.classes[0].name
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Classifies embeddings: squared Euclidean distance to every prototype, softmax over
     /// the negative distances, nearest first; "unknown" past the threshold, if one is set.
-    /// Needs 2 classes, or 1 with a threshold (open-set rejection: "this class or not").
+    /// Needs what [`PrototypeStore::check_ready`] checks.
     pub fn predict(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Prediction>> {
-        match (self.classes.len(), self.threshold) {
-            (0, _) => return Err(Error::param("classes", "add at least one class before predicting")),
-            (1, None) => {
-                return Err(Error::param(
-                    "classes",
-                    format!(
-                        "only one class (`{}`): every query would get it with confidence 1. Add a second class, or set a rejection threshold to ask \"this class or unknown\"",
-                        self.classes[0].name
-                    ),
-                ))
-            }
-            _ => {}
-        }
+        self.check_ready()?;
         if let Some(bad) = embeddings.iter().find(|e| e.len() != self.dim) {
             return Err(Error::param("embeddings", format!("an embedding has {} values, the store's have {}", bad.len(), self.dim)));
         }
@@ -516,11 +521,8 @@ impl FewShotClassifier {
 
     /// Classifies prepared images, one [`Prediction`] each.
     pub fn predict_batch(&self, images: &[Vec<f32>]) -> Result<Vec<Prediction>> {
-        if self.store.class_names().is_empty() {
-            return Err(Error::param("classes", "add at least one class before predicting"));
-        }
         // The class count and threshold are checked before any image is embedded.
-        self.store.predict(&[])?;
+        self.store.check_ready()?;
         self.store.predict(&self.embed(images)?)
     }
 

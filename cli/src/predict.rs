@@ -106,7 +106,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         (None, false) => clf.set_threshold(None)?,
     }
     // One class without rejection would answer every query with it: refused before any query.
-    clf.predict_batch(&[])?;
+    clf.store().check_ready()?;
     let names = clf.class_names();
     eprintln!(
         "{} class{} ({}{}){}",
