@@ -32,7 +32,8 @@ pub struct ClassScore {
     pub class: String,
     /// Squared Euclidean distance from the query's embedding to the class prototype.
     pub distance: f32,
-    /// Softmax of the negative distances over all classes.
+    /// Softmax over all classes of `-beta * distance`, `beta` fitted on the support set
+    /// (see [`PrototypeStore::confidence_scale`]).
     pub probability: f32,
 }
 
@@ -42,7 +43,12 @@ pub struct Prediction {
     /// The predicted class, or `None` ("unknown") when rejection is on and the query is
     /// farther than the threshold from every prototype.
     pub class: Option<String>,
-    /// The probability of the nearest class (softmax over negative squared distances).
+    /// The probability of the nearest class: the softmax over all classes of `-beta *`
+    /// squared distance, with `beta` fitted on the support set by leave-one-out so that
+    /// confidences match how often such answers are right
+    /// ([`PrototypeStore::confidence_scale`]; the paper's plain softmax, `beta = 1`, when
+    /// no class has 2 support images). It ranks answers (more confident, more often right);
+    /// it is not a test of "known class or not": use the rejection threshold for that.
     pub confidence: f32,
     /// The squared distance to the nearest prototype.
     pub distance: f32,
@@ -276,6 +282,82 @@ impl PrototypeStore {
         Ok(out)
     }
 
+    /// The inverse temperature `beta` of the confidences: [`PrototypeStore::predict`]'s
+    /// probabilities are the softmax of `-beta * distance`. It is fitted on the support
+    /// set by leave-one-out: each support image of a class with at least 2 images is
+    /// classified against its class's other images (distance scaled as in
+    /// [`PrototypeStore::leave_one_out_distances`]) and the other classes' prototypes, and
+    /// `beta` minimises the negative log-likelihood of the right classes (a convex
+    /// function of `beta`, searched up to `50 / median distance`). 1 (the paper's softmax)
+    /// when no class has 2 images or there is only one class.
+    ///
+    /// ```
+    /// use protonet::classifier::PrototypeStore;
+    /// let mut store = PrototypeStore::new(1);
+    /// store.add("a", vec![vec![0.0], vec![1.0], vec![2.0]])?;
+    /// store.add("b", vec![vec![3.0], vec![4.0], vec![5.0]])?;
+    /// let beta = store.confidence_scale()?;
+    /// assert!(beta > 0.0 && beta.is_finite());
+    /// # Ok::<(), protonet::Error>(())
+    /// ```
+    pub fn confidence_scale(&self) -> Result<f32> {
+        let items = self.leave_one_out_scores()?;
+        if items.is_empty() {
+            return Ok(1.0);
+        }
+        let mut all: Vec<f64> = items.iter().flat_map(|(_, d)| d.iter().copied()).filter(|d| d.is_finite()).collect();
+        all.sort_by(f64::total_cmp);
+        let median = all.get(all.len() / 2).copied().unwrap_or(1.0).max(1e-12);
+        let nll = |beta: f64| -> f64 {
+            items
+                .iter()
+                .map(|(right, d)| {
+                    let min = d.iter().copied().fold(f64::INFINITY, f64::min);
+                    let lse = d.iter().map(|x| (-beta * (x - min)).exp()).sum::<f64>().ln() - beta * min;
+                    beta * d[*right] + lse
+                })
+                .sum()
+        };
+        // Golden-section search of the convex NLL on [0, 50 / median].
+        let (mut lo, mut hi) = (0.0f64, 50.0 / median);
+        let g = (5f64.sqrt() - 1.0) / 2.0;
+        for _ in 0..100 {
+            let (a, b) = (hi - g * (hi - lo), lo + g * (hi - lo));
+            if nll(a) <= nll(b) {
+                hi = b;
+            } else {
+                lo = a;
+            }
+        }
+        Ok((0.5 * (lo + hi)).max(1e-12) as f32)
+    }
+
+    /// Leave-one-out items for [`PrototypeStore::confidence_scale`]: for each support
+    /// image of a class with at least 2 images, its class index and its squared distances
+    /// to every class (its own class: the scaled distance to the mean of the others).
+    fn leave_one_out_scores(&self) -> Result<Vec<(usize, Vec<f64>)>> {
+        if self.classes.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let (support, _, counts) = self.normalised(&[])?;
+        let full = squared_distances(&support, &class_means(&support, &counts)?)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        let own = self.leave_one_out_distances()?;
+        let mut out = Vec::new();
+        let (mut start, mut k) = (0, 0);
+        for (class, &n) in counts.iter().enumerate() {
+            if n >= 2 {
+                for row in &full[start..start + n] {
+                    let mut d = row.clone();
+                    d[class] = own[k] as f64;
+                    k += 1;
+                    out.push((class, d));
+                }
+            }
+            start += n;
+        }
+        Ok(out)
+    }
+
     /// Calibrates the rejection threshold from the support set and turns rejection on:
     /// the threshold is the `quantile` (for example 0.95) of the leave-one-out distances
     /// ([`PrototypeStore::leave_one_out_distances`]), meant to accept about that share of
@@ -314,7 +396,7 @@ impl PrototypeStore {
     }
 
     /// Classifies embeddings: squared Euclidean distance to every prototype, softmax over
-    /// the negative distances, nearest first; "unknown" past the threshold, if one is set.
+    /// the negative distances scaled by [`PrototypeStore::confidence_scale`], nearest first; "unknown" past the threshold, if one is set.
     /// Needs what [`PrototypeStore::check_ready`] checks.
     pub fn predict(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Prediction>> {
         self.check_ready()?;
@@ -324,13 +406,14 @@ impl PrototypeStore {
         if embeddings.is_empty() {
             return Ok(Vec::new());
         }
+        let beta = self.confidence_scale()? as f64;
         let (support, query, counts) = self.normalised(embeddings)?;
         let distances = squared_distances(&query, &class_means(&support, &counts)?)?.to_vec2::<f32>()?;
         Ok(distances
             .into_iter()
             .map(|dist| {
                 let min = dist.iter().copied().fold(f32::INFINITY, f32::min) as f64;
-                let w: Vec<f64> = dist.iter().map(|&d| (min - d as f64).exp()).collect();
+                let w: Vec<f64> = dist.iter().map(|&d| (beta * (min - d as f64)).exp()).collect();
                 let total: f64 = w.iter().sum();
                 let mut ranked: Vec<ClassScore> = self
                     .classes

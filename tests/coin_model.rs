@@ -9,17 +9,15 @@ use protonet::data::list_image_folder;
 use protonet::FewShotClassifier;
 
 #[test]
-fn the_shipped_coin_model_loads_and_predicts() {
-    if common::pretrained_weights("shipped coin model").is_none() {
-        return;
-    }
+fn the_shipped_coin_model_loads_and_predicts_needs_data() {
+    common::pretrained_weights("the_shipped_coin_model_loads_and_predicts_needs_data");
     let dir = common::repo_root().join("data/coins-efficientnet-lite0");
     let mut clf = FewShotClassifier::from_model_dir(&dir, &Device::Cpu).unwrap();
     let config = clf.model().config();
     assert!(config.description.to_lowercase().contains("coin"), "{}", config.description);
     assert_eq!(clf.rotations(), 4, "the model's own setting: 4 quarter turns");
     assert_eq!(clf.store().normalization(), &protonet::FeatureNorm::CenterSupportL2);
-    let Some(won) = common::require_data("coins/korean-won-cho0h5", "shipped coin model") else { return };
+    let won = common::require_data("coins/korean-won-cho0h5", "the_shipped_coin_model_loads_and_predicts_needs_data");
     let classes = list_image_folder(&won).unwrap();
     let mut queries = Vec::new();
     for (name, files) in &classes {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use protonet::backbone::{Backbone, EfficientNetLite0};
 
-fn weights() -> Option<PathBuf> {
+fn weights() -> PathBuf {
     common::pretrained_weights("efficientnet reference test")
 }
 
@@ -43,8 +43,8 @@ fn relative_error(got: &Tensor, want: &[Vec<f64>]) -> f64 {
 }
 
 #[test]
-fn embeddings_and_logits_match_pytorch() {
-    let Some(path) = weights() else { return };
+fn embeddings_and_logits_match_pytorch_needs_data() {
+    let path = weights();
     let fixture: serde_json::Value = serde_json::from_str(include_str!("fixtures/efficientnet_lite0_reference.json")).unwrap();
     let net = EfficientNetLite0::load(&path, &Device::Cpu).unwrap();
     for case in fixture["cases"].as_array().unwrap() {
@@ -72,11 +72,11 @@ fn missing_weights_say_how_to_fetch_them() {
 /// and SHA-256; it loads, embeds as the network itself does, serves a FewShotClassifier,
 /// and refuses weights with another SHA-256.
 #[test]
-fn model_directory_references_the_pretrained_weights() {
+fn model_directory_references_the_pretrained_weights_needs_data() {
     use protonet::backbone::{BackboneConfig, PretrainedWeights};
     use protonet::data::ImageConfig;
     use protonet::{FewShotClassifier, Model, ModelConfig};
-    let Some(path) = weights() else { return };
+    let path = weights();
     let cfg = ModelConfig::new(BackboneConfig::EfficientNetLite0 { weights: PretrainedWeights::efficientnet_lite0(), head: None }, ImageConfig::rgb(96));
     let dir = tempfile::tempdir().unwrap();
     Model::new(cfg.clone(), 0, &Device::Cpu).unwrap().save(dir.path()).unwrap();
@@ -107,11 +107,9 @@ fn model_directory_references_the_pretrained_weights() {
 /// The one-liners a program on photos needs: a classifier on the pretrained network with
 /// its settings, a support folder, predictions, and a saved classifier that predicts the same.
 #[test]
-fn pretrained_classifier_from_a_support_folder_saves_and_predicts_the_same() {
+fn pretrained_classifier_from_a_support_folder_saves_and_predicts_the_same_needs_data() {
     use protonet::{FewShotClassifier, OutputMode};
-    if weights().is_none() {
-        return;
-    }
+    weights();
     let dir = tempfile::tempdir().unwrap();
     let support = dir.path().join("support");
     common::write_glyph_folder(&support, 3, 3, 64, 5);

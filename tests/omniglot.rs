@@ -5,8 +5,8 @@ mod common;
 use protonet::data::{load_omniglot, OmniglotSplit};
 
 #[test]
-fn vinyals_splits_have_the_papers_sizes() {
-    let Some(root) = common::require_omniglot("vinyals_splits_have_the_papers_sizes") else { return };
+fn vinyals_splits_have_the_papers_sizes_needs_data() {
+    let root = common::require_omniglot("vinyals_splits_have_the_papers_sizes_needs_data");
     for (split, classes) in [(OmniglotSplit::Train, 4112), (OmniglotSplit::Val, 688), (OmniglotSplit::Test, 1692)] {
         let set = load_omniglot(&root, split).unwrap();
         assert_eq!(set.num_classes(), classes, "{split:?}");
@@ -42,8 +42,8 @@ fn a_missing_character_is_a_clear_error() {
 /// The Conv-4 shipped in data/omniglot-conv4 (trained with `protonet train`, see the
 /// README) recognises test characters it never saw.
 #[test]
-fn shipped_model_recognises_unseen_characters() {
-    let Some(root) = common::require_omniglot("shipped_model_recognises_unseen_characters") else { return };
+fn shipped_model_recognises_unseen_characters_needs_data() {
+    let root = common::require_omniglot("shipped_model_recognises_unseen_characters_needs_data");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/omniglot-conv4");
     let model = protonet::Model::load(&dir, &candle_core::Device::Cpu).unwrap();
     assert_eq!(model.config().image, protonet::data::ImageConfig::omniglot());
@@ -58,8 +58,8 @@ fn shipped_model_recognises_unseen_characters() {
 /// whose 1000-episode results match the paper's in the README) loads and, on 200 20-way
 /// 1-shot test episodes, is within reach of the paper's 96.0%.
 #[test]
-fn shipped_trainval_model_is_near_the_paper_on_20_way_1_shot() {
-    let Some(root) = common::require_omniglot("shipped_trainval_model_is_near_the_paper_on_20_way_1_shot") else { return };
+fn shipped_trainval_model_is_near_the_paper_on_20_way_1_shot_needs_data() {
+    let root = common::require_omniglot("shipped_trainval_model_is_near_the_paper_on_20_way_1_shot_needs_data");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/omniglot-conv4-1shot-trainval");
     let model = protonet::Model::load(&dir, &candle_core::Device::Cpu).unwrap();
     let test = load_omniglot(&root, OmniglotSplit::Test).unwrap();

@@ -29,7 +29,9 @@ pub struct PredictArgs {
     /// Support folder: one sub-folder of images per class; the sub-folder's name is the class.
     #[arg(long)]
     support: Option<PathBuf>,
-    /// Query images: files, or folders searched recursively for PNG and JPEG files.
+    /// Query images: files, or folders searched recursively for PNG and JPEG files. A query
+    /// in a folder named like a support class counts as that class: the accuracy on those
+    /// is printed at the end (and --json adds "expected").
     #[arg(long, num_args = 1.., required = true)]
     query: Vec<PathBuf>,
     /// Answer "unknown" for queries far from every prototype: the threshold is --threshold,
@@ -59,7 +61,8 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = 3)]
     top: usize,
     /// One JSON object per line and query: file, class (null for unknown), confidence,
-    /// distance, top (the nearest classes with distance and probability).
+    /// distance, top (the nearest classes with distance and probability), and expected
+    /// (the class its folder names, if any).
     #[arg(long)]
     json: bool,
     /// cpu, cuda or metal.
@@ -92,7 +95,12 @@ pub fn run(a: PredictArgs) -> Result<()> {
         clf.set_rotations(r)?;
     }
     if let Some(support) = &a.support {
-        clf.add_support_folder(support)?;
+        clf.add_support_folder(support).map_err(|e| match e {
+            Error::Dataset { path, reason } => {
+                Error::param("support", format!("{}: {reason} (--support takes a folder with one sub-folder of images per class)", path.display()))
+            }
+            other => other,
+        })?;
     }
     if clf.class_names().is_empty() {
         return Err(Error::param("support", format!("{model_name} holds no classes: give --support DIR (one sub-folder per class)")));
@@ -128,12 +136,26 @@ pub fn run(a: PredictArgs) -> Result<()> {
         clf.save_with(dir, if a.overwrite { OutputMode::Overwrite } else { OutputMode::New })?;
         eprintln!("saved the classifier to {}", dir.display());
     }
-    let files = list_images(&a.query)?;
-    if files.is_empty() {
+    // Paths that do not exist are reported like unreadable files: one line each, and the
+    // other queries are still answered.
+    let (present, missing): (Vec<PathBuf>, Vec<PathBuf>) = a.query.iter().cloned().partition(|p| p.exists());
+    let files = list_images(&present)?;
+    if files.is_empty() && missing.is_empty() {
         return Err(Error::param("query", "no PNG or JPEG images found in the query paths"));
     }
+    let report_error = |file: &std::path::Path, e: &dyn std::fmt::Display| {
+        if a.json {
+            outln!("{}", serde_json::json!({"file": file.to_string_lossy(), "class": null, "error": e.to_string()}));
+        } else {
+            eprintln!("error: {e}");
+        }
+    };
+    for p in &missing {
+        report_error(p, &format!("--query {}: no such file or folder", p.display()));
+    }
     let image_cfg = clf.model().config().image.clone();
-    let mut failed = 0usize;
+    let mut failed = missing.len();
+    let mut labelled = LabelledResults::default();
     // Decode in chunks so that a large query folder does not sit in memory at once.
     for chunk in files.chunks(256) {
         let mut good = Vec::new();
@@ -146,11 +168,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
                 }
                 Err(e) => {
                     failed += 1;
-                    if a.json {
-                        outln!("{}", serde_json::json!({"file": f.to_string_lossy(), "class": null, "error": e.to_string()}));
-                    } else {
-                        eprintln!("error: {e}");
-                    }
+                    report_error(f, &e);
                 }
             }
         }
@@ -159,18 +177,70 @@ pub fn run(a: PredictArgs) -> Result<()> {
         }
         for (f, p) in good.iter().zip(clf.predict_batch(&images)?) {
             let file = f.to_string_lossy();
+            let expected = folder_label(f, &names);
+            if let Some(label) = expected {
+                labelled.push(p.class.as_deref() == Some(label), p.confidence);
+            }
             if a.json {
                 let top: Vec<_> = p.ranked.iter().take(a.top.max(1)).collect();
-                outln!("{}", serde_json::json!({"file": file, "class": p.class, "confidence": p.confidence, "distance": p.distance, "top": top}));
+                let mut v = serde_json::json!({"file": file, "class": p.class, "confidence": p.confidence, "distance": p.distance, "top": top});
+                if let Some(label) = expected {
+                    v["expected"] = serde_json::Value::String(label.to_string());
+                }
+                outln!("{v}");
             } else {
                 outln!("{file}\t{}\t{:.3}", p.class.as_deref().unwrap_or("unknown"), p.confidence);
             }
         }
     }
+    if let Some(summary) = labelled.summary() {
+        eprintln!("{summary}");
+    }
     if failed > 0 {
-        return Err(Error::param("query", format!("{failed} of {} query files could not be read (see above)", files.len())));
+        return Err(Error::param("query", format!("{failed} of {} queries could not be read (see above)", files.len() + missing.len())));
     }
     Ok(())
+}
+
+/// The class a query is known to belong to: the name of the folder that holds it, when
+/// that is one of the support classes (`query/2-euro/img.jpg` is a `2-euro`).
+fn folder_label<'a>(file: &std::path::Path, classes: &'a [String]) -> Option<&'a str> {
+    let folder = file.parent()?.file_name()?.to_str()?;
+    classes.iter().find(|c| c.as_str() == folder).map(String::as_str)
+}
+
+/// Right and wrong answers for queries whose class is known, with their confidences.
+#[derive(Default)]
+struct LabelledResults {
+    /// (right, confidence) per labelled query.
+    answers: Vec<(bool, f32)>,
+}
+
+impl LabelledResults {
+    fn push(&mut self, right: bool, confidence: f32) {
+        self.answers.push((right, confidence));
+    }
+
+    /// "accuracy ... on N queries in folders named like support classes; among the 80%
+    /// most confident ...", or `None` when no query was labelled.
+    fn summary(&self) -> Option<String> {
+        let n = self.answers.len();
+        if n == 0 {
+            return None;
+        }
+        let right = self.answers.iter().filter(|a| a.0).count();
+        let mut by_confidence = self.answers.clone();
+        by_confidence.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top = ((n as f64 * 0.8).round() as usize).max(1);
+        let top_right = by_confidence[..top].iter().filter(|a| a.0).count();
+        let mean_confidence = self.answers.iter().map(|a| a.1 as f64).sum::<f64>() / n as f64;
+        Some(format!(
+            "accuracy {:.1}% ({right} of {n} queries in folders named like support classes), mean confidence {:.1}%; among the 80% most confident: {:.1}% ({top_right} of {top})",
+            100.0 * right as f64 / n as f64,
+            100.0 * mean_confidence,
+            100.0 * top_right as f64 / top as f64
+        ))
+    }
 }
 
 /// Whether two paths name the same directory (by their canonical forms when both exist).

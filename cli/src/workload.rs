@@ -90,6 +90,8 @@ impl Workload {
                 let out = self.model.net().forward_episode(&self.images, spec, &self.labels, true)?;
                 let grads = out.loss.backward()?;
                 self.adam.step(&grads)?;
+                // On a GPU the step only queues work: wait for it.
+                self.images.device().synchronize()?;
             }
             WorkloadKind::Inference(spec) => {
                 let out = self.net().forward_episode(&self.images.detach(), spec, &self.labels, false)?;

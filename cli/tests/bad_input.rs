@@ -190,7 +190,7 @@ fn every_cli_command_names_the_bad_file() {
             bad.to_str().unwrap(),
             good.to_str().unwrap(),
         ]);
-        assert!(!ok && stderr.contains(name) && stderr.contains("1 of 7 query files"), "{name}: {stderr}");
+        assert!(!ok && stderr.contains(name) && stderr.contains("1 of 7 queries"), "{name}: {stderr}");
         assert_eq!(stdout.lines().count(), 6);
         // With --skip-bad-images, training and evaluation go on, and say what they skipped.
         let (ok, _, stderr) = protonet(&[&commands[1][..], &["--skip-bad-images"]].concat());
@@ -238,9 +238,13 @@ fn bad_folders_and_parameters_are_clear_errors() {
     let err = list_image_folder(&empty).unwrap_err().to_string();
     assert!(err.contains("no class sub-folders"), "{err}");
     let (ok, _, e) = protonet(&["predict", "--model", m, "--support", dir.path().join("missing").to_str().unwrap(), "--query", d]);
-    assert!(!ok && e.contains("missing") && e.contains("is not a folder"), "{e}");
-    let (ok, _, e) = protonet(&["predict", "--model", m, "--support", d, "--query", dir.path().join("nope.png").to_str().unwrap()]);
-    assert!(!ok && e.contains("nope.png") && e.contains("no such file"), "{e}");
+    assert!(!ok && e.contains("missing") && e.contains("is not a folder") && e.contains("`support`") && e.contains("--support takes a folder"), "{e}");
+    // A missing query path is reported like an unreadable file: the other queries are answered.
+    let (ok, out, e) = protonet(&["predict", "--model", m, "--support", d, "--query", dir.path().join("nope.png").to_str().unwrap(), d]);
+    assert!(!ok && e.contains("--query") && e.contains("nope.png") && e.contains("no such file") && e.contains("1 of 19 queries"), "{e}");
+    assert_eq!(out.lines().count(), 18, "{out}");
+    // Queries in folders named like the support classes are scored.
+    assert!(e.contains("queries in folders named like support classes") && e.contains("among the 80% most confident"), "{e}");
 
     // Bad numbers for training.
     let (ok, _, e) = protonet(&["train", "--dataset", "folder", "--data", d, "--out", dir.path().join("t").to_str().unwrap(), "--lr=-1", "--quiet"]);

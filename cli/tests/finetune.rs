@@ -15,7 +15,7 @@ use protonet::{Model, Silent, TrainConfig, TrainOptions};
 use protonet_cli::coins;
 use rand::SeedableRng;
 
-fn weights() -> Option<PathBuf> {
+fn weights() -> PathBuf {
     common::pretrained_weights("fine-tuning test")
 }
 
@@ -30,8 +30,8 @@ fn rendered(classes: usize, per_class: usize, size: usize, seed: u64) -> protone
 }
 
 #[test]
-fn head_model_starts_at_the_imagenet_head() {
-    let Some(path) = weights() else { return };
+fn head_model_starts_at_the_imagenet_head_needs_data() {
+    let path = weights();
     let dev = Device::Cpu;
     let net = EfficientNetLite0::load(&path, &dev).unwrap();
     let set = rendered(2, 2, 96, 3);
@@ -61,8 +61,8 @@ fn head_model_starts_at_the_imagenet_head() {
 }
 
 #[test]
-fn fine_tuning_trains_the_head_and_saves_only_it() {
-    let Some(_) = weights() else { return };
+fn fine_tuning_trains_the_head_and_saves_only_it_needs_data() {
+    let _ = weights();
     let dev = Device::Cpu;
     let size = 96;
     let image = ImageConfig::rgb(size);
@@ -109,7 +109,7 @@ fn fine_tuning_trains_the_head_and_saves_only_it() {
     }
 
     // Training moved the head and its temperature away from the ImageNet start.
-    let net = EfficientNetLite0::load(&weights().unwrap(), &dev).unwrap();
+    let net = EfficientNetLite0::load(&weights(), &dev).unwrap();
     let start = head_model(&net, &HeadConfig::default(), trunk_side(size), &dev).unwrap().tensors();
     assert!(max_diff(&stored["head.conv.weight"], &start["head.conv.weight"]) > 1e-4);
     assert!(max_diff(&stored["head.log_temperature"], &start["head.log_temperature"]) > 1e-5);
@@ -139,7 +139,7 @@ fn fine_tuning_settings_are_checked() {
 }
 
 #[test]
-fn fine_tune_command_end_to_end_and_its_errors() {
+fn fine_tune_command_end_to_end_and_its_errors_needs_data() {
     use common::run_protonet;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("classes");
@@ -157,9 +157,7 @@ fn fine_tune_command_end_to_end_and_its_errors() {
     assert!(!ok && err.contains("image-size"), "{err}");
     assert!(!out.join("model.safetensors").exists());
 
-    if weights().is_none() {
-        return;
-    }
+    weights();
     let args = [
         "fine-tune",
         "--data",

@@ -43,8 +43,8 @@ fn omniglot_folders(root: &Path, dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 #[test]
-fn predict_names_most_omniglot_characters_and_its_json_parses() {
-    let Some(root) = common::require_omniglot("predict_names_most_omniglot_characters_and_its_json_parses") else { return };
+fn predict_names_most_omniglot_characters_and_its_json_parses_needs_data() {
+    let root = common::require_omniglot("predict_names_most_omniglot_characters_and_its_json_parses_needs_data");
     let dir = tempfile::tempdir().unwrap();
     let (support, query) = omniglot_folders(&root, dir.path());
     let (m, s, q) = (shipped_model(), support.to_str().unwrap().to_string(), query.to_str().unwrap().to_string());
@@ -101,7 +101,7 @@ fn predict_errors_are_clear() {
     let (ok, stdout, stderr) =
         protonet(&["predict", "--model", m.to_str().unwrap(), "--support", s.to_str().unwrap(), "--query", bad.to_str().unwrap(), s.to_str().unwrap()]);
     assert!(!ok, "an unreadable query must fail the command");
-    assert!(stderr.contains("bad.png") && stderr.contains("1 of 10 query files"), "{stderr}");
+    assert!(stderr.contains("bad.png") && stderr.contains("1 of 10 queries"), "{stderr}");
     assert_eq!(stdout.lines().count(), 9, "the readable queries are still answered");
 
     // One class is refused unless rejection is on ("this class or unknown").

@@ -5,9 +5,9 @@ mod common;
 /// `protonet bench --backbone efficientnet-lite0` times the frozen network (and refuses a
 /// training step, which a frozen network does not have).
 #[test]
-fn frozen_backbone_workloads_run() {
+fn frozen_backbone_workloads_run_needs_data() {
     use protonet_cli::workload::{time_workload, Workload, WorkloadKind};
-    let Some(path) = common::pretrained_weights("frozen backbone workloads") else { return };
+    let path = common::pretrained_weights("frozen backbone workloads");
     let net = || protonet::ProtoNet::new(Box::new(protonet::backbone::EfficientNetLite0::load(&path, &candle_core::Device::Cpu).unwrap()));
     let mut w = Workload::frozen(net(), WorkloadKind::Embed(2), 96, &candle_core::Device::Cpu).unwrap();
     let r = time_workload(&mut w, 0, 1).unwrap();

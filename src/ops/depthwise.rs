@@ -2,7 +2,8 @@
 //! for the CPU as a candle custom op. candle 0.11 runs a grouped convolution as one
 //! convolution per group, which is very slow for the hundreds of groups of a depthwise
 //! layer. The backward pass (input and kernel gradients) is two more CPU kernels, checked
-//! against finite differences.
+//! against finite differences. Off the CPU, [`depthwise_conv2d_portable`] builds the same
+//! convolution from operations every back-end has.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -26,9 +27,59 @@ pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: (usize, usiz
     if x.device().is_cpu() {
         Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Depthwise { stride, pad })?)
     } else {
-        let x = x.pad_with_zeros(2, pad.0, pad.1)?.pad_with_zeros(3, pad.2, pad.3)?;
-        Ok(x.conv2d(w, 0, stride, 1, x.dim(1)?)?)
+        depthwise_conv2d_portable(x, w, stride, pad)
     }
+}
+
+/// The depthwise convolution of [`depthwise_conv2d`] from operations that every candle
+/// back-end has, with their gradients: one multiply-add per kernel tap of a shifted (and,
+/// for stride `s`, subsampled) view of the padded input, `KH x KW` whole-tensor operations
+/// in all. candle's grouped `conv2d` instead runs one convolution per channel.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::randn(0f32, 1., (2, 4, 9, 9), &Device::Cpu)?;
+/// let w = Tensor::randn(0f32, 1., (4, 1, 5, 5), &Device::Cpu)?;
+/// let portable = protonet::ops::depthwise_conv2d_portable(&x, &w, 2, (1, 2, 1, 2))?;
+/// let fast = protonet::ops::depthwise_conv2d(&x, &w, 2, (1, 2, 1, 2))?;
+/// assert!((portable - fast)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn depthwise_conv2d_portable(x: &Tensor, w: &Tensor, stride: usize, pad: (usize, usize, usize, usize)) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (c2, one, kh, kw) = w.dims4()?;
+    let (ph, pw) = (h + pad.0 + pad.1, wd + pad.2 + pad.3);
+    if c2 != c || one != 1 || kh == 0 || kw == 0 || ph < kh || pw < kw || stride == 0 {
+        return Err(candle_core::Error::Msg(format!(
+            "depthwise conv: kernel {:?} does not fit input {:?} (padding {pad:?}, stride {stride})",
+            w.dims(),
+            x.dims()
+        ))
+        .into());
+    }
+    let s = stride;
+    let (oh, ow) = ((ph - kh) / s + 1, (pw - kw) / s + 1);
+    // Pad so that every tap's window of `s * oh` rows (`s * ow` columns) fits.
+    let (eh, ew) = ((kh - 1 + s * oh).saturating_sub(ph), (kw - 1 + s * ow).saturating_sub(pw));
+    let xp = x.pad_with_zeros(2, pad.0, pad.1 + eh)?.pad_with_zeros(3, pad.2, pad.3 + ew)?;
+    let pw = pw + ew;
+    let mut out: Option<Tensor> = None;
+    for ky in 0..kh {
+        // Rows ky, ky + s, ..., as (N, C, OH, PW).
+        let rows = xp.narrow(2, ky, s * oh)?;
+        let rows = if s == 1 { rows } else { rows.contiguous()?.reshape((n, c, oh, s, pw))?.narrow(3, 0, 1)?.squeeze(3)? };
+        for kx in 0..kw {
+            let cols = rows.narrow(3, kx, s * ow)?;
+            let cols = if s == 1 { cols } else { cols.contiguous()?.reshape((n, c, oh, ow, s))?.narrow(4, 0, 1)?.squeeze(4)? };
+            let tap = w.narrow(2, ky, 1)?.narrow(3, kx, 1)?.reshape((1, c, 1, 1))?;
+            let term = cols.broadcast_mul(&tap)?;
+            out = Some(match out {
+                None => term,
+                Some(acc) => (acc + term)?,
+            });
+        }
+    }
+    out.ok_or_else(|| candle_core::Error::Msg("depthwise conv: empty kernel".into()).into())
 }
 
 struct Depthwise {
@@ -316,22 +367,45 @@ mod tests {
         }
     }
 
-    /// The path off the CPU (zero padding + candle's grouped convolution) has the same
-    /// gradients as the CPU op, for the input and the kernel, in f64 and in f32.
+    /// The path off the CPU ([`depthwise_conv2d_portable`]) has the same values and
+    /// gradients as the CPU op, for the input and the kernel, in f64 and in f32, on odd
+    /// sizes, strides 1 to 3 and asymmetric padding.
     #[test]
-    fn the_grouped_convolution_fallback_has_the_same_gradients() {
+    fn the_portable_path_has_the_same_values_and_gradients() {
+        use super::depthwise_conv2d_portable;
         use candle_core::DType;
         use candle_core::Var;
         for dtype in [DType::F64, DType::F32] {
-            for &(n, c, h, k, s, pad) in &[(1, 3, 7, 3, 1, (1, 1, 1, 1)), (2, 5, 8, 3, 2, (0, 1, 0, 1)), (1, 4, 9, 5, 2, (1, 2, 1, 2))] {
-                let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, c, h, h), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            for &(n, c, h, k, s, pad) in &[
+                (1, 3, 7, 3, 1, (1, 1, 1, 1)),
+                (2, 5, 8, 3, 2, (0, 1, 0, 1)),
+                (1, 4, 9, 5, 2, (1, 2, 1, 2)),
+                (2, 3, 11, 5, 2, (2, 2, 2, 2)),
+                (1, 2, 10, 3, 3, (1, 0, 0, 1)),
+                (3, 2, 5, 5, 1, (2, 2, 2, 2)),
+            ] {
+                let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, c, h, h + 1), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
                 let w = Var::from_tensor(&Tensor::randn(0f64, 1.0, (c, 1, k, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
                 let fast = depthwise_conv2d(x.as_tensor(), w.as_tensor(), s, pad).unwrap();
+                let portable = depthwise_conv2d_portable(x.as_tensor(), w.as_tensor(), s, pad).unwrap();
+                assert_eq!(fast.dims(), portable.dims(), "{n} {c} {h} {k} {s} {pad:?}");
                 let r = Tensor::randn(0f64, 1.0, fast.dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+                let vd = (&fast - &portable)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+                let vtol = if dtype == DType::F32 { 1e-4 } else { 1e-12 };
+                assert!(vd < vtol, "values, {dtype:?}, {n} {c} {h} {k} {s} {pad:?}: {vd}");
                 let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                let xp = x.as_tensor().pad_with_zeros(2, pad.0, pad.1).unwrap().pad_with_zeros(3, pad.2, pad.3).unwrap();
-                let plain = xp.conv2d(w.as_tensor(), 0, s, 1, c).unwrap();
-                let gp = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let gp = (&portable * &r).unwrap().sum_all().unwrap().backward().unwrap();
                 for (what, v) in [("input", &x), ("kernel", &w)] {
                     let a = gf.get(v.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
                     let b = gp.get(v.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();

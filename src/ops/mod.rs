@@ -11,7 +11,7 @@ pub(crate) mod fused;
 mod pool;
 
 pub use conv::conv2d;
-pub use depthwise::depthwise_conv2d;
+pub use depthwise::{depthwise_conv2d, depthwise_conv2d_portable};
 pub use pool::{max_pool2x2, max_pool2x2_portable};
 
 /// Which implementation of the hot operations a layer uses.

@@ -95,63 +95,39 @@ pub fn repo_root() -> PathBuf {
     }
 }
 
+/// How to leave out the tests that need the shared data or the fetched weights.
+pub const SKIP_HINT: &str = "to leave out the tests that need data, run `cargo test --release -- --skip needs_data` \
+     (they are named *_needs_data, and the summary counts them as filtered out)";
+
 /// The shared Omniglot folder, or a clear message of why it is missing.
-///
-/// A missing data set fails the test, unless `PROTONET_SKIP_DATA_TESTS=1`, in which case
-/// the caller prints that it skips.
 pub fn omniglot_root() -> Result<PathBuf, String> {
     let root = data_root().join("omniglot");
     if root.join("splits/vinyals/train.txt").is_file() {
         Ok(root)
     } else {
-        Err(format!(
-            "Omniglot not found at {} (set PROTONET_DATA to the folder holding omniglot/; \
-             set PROTONET_SKIP_DATA_TESTS=1 to skip this test on purpose)",
-            root.display()
-        ))
+        Err(format!("Omniglot not found at {} (set PROTONET_DATA to the folder holding omniglot/)", root.display()))
     }
 }
 
-/// Returns the Omniglot root, or panics (or, when skipping is asked for, prints and returns None).
-pub fn require_omniglot(test: &str) -> Option<PathBuf> {
-    match omniglot_root() {
-        Ok(r) => Some(r),
-        Err(msg) if std::env::var("PROTONET_SKIP_DATA_TESTS").as_deref() == Ok("1") => {
-            eprintln!("SKIPPED {test}: {msg}");
-            None
-        }
-        Err(msg) => panic!("{test}: {msg}"),
-    }
+/// The Omniglot root, or a panic that names the test, the missing folder and [`SKIP_HINT`].
+pub fn require_omniglot(test: &str) -> PathBuf {
+    omniglot_root().unwrap_or_else(|msg| panic!("{test}: {msg}; {SKIP_HINT}"))
 }
 
-/// The converted EfficientNet-Lite0 ImageNet weights, or `None` (saying so) when they are
-/// missing and `PROTONET_SKIP_DATA_TESTS=1`; without that variable a missing file fails
-/// the test, since CI fetches them (`scripts/fetch-pretrained.sh`).
-pub fn pretrained_weights(test: &str) -> Option<PathBuf> {
-    let msg = match protonet::backbone::PretrainedWeights::efficientnet_lite0().loadable(protonet::backbone::CONVERTED_WEIGHTS) {
-        Ok(p) => return Some(p),
-        Err(e) => format!("{e} (CI's .ci/run fetches them)"),
-    };
-    if std::env::var("PROTONET_SKIP_DATA_TESTS").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: {msg}");
-        None
-    } else {
-        panic!("{msg}");
-    }
+/// The converted EfficientNet-Lite0 ImageNet weights, or a panic that says how to fetch
+/// them (CI's `.ci/run` does, with `scripts/fetch-pretrained.sh`).
+pub fn pretrained_weights(test: &str) -> PathBuf {
+    protonet::backbone::PretrainedWeights::efficientnet_lite0()
+        .loadable(protonet::backbone::CONVERTED_WEIGHTS)
+        .unwrap_or_else(|e| panic!("{test}: {e}; {SKIP_HINT}"))
 }
 
 /// A folder of the shared data (`sub`, for example `coins/korean-won-cho0h5`), or a panic
-/// naming it (or, with `PROTONET_SKIP_DATA_TESTS=1`, a printed skip and None).
-pub fn require_data(sub: &str, test: &str) -> Option<PathBuf> {
+/// naming it.
+pub fn require_data(sub: &str, test: &str) -> PathBuf {
     let path = data_root().join(sub);
-    if path.is_dir() {
-        return Some(path);
+    if !path.is_dir() {
+        panic!("{test}: {} not found (set PROTONET_DATA to the folder holding it); {SKIP_HINT}", path.display());
     }
-    let msg = format!("{} not found (set PROTONET_DATA to the folder holding it)", path.display());
-    if std::env::var("PROTONET_SKIP_DATA_TESTS").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: {msg}");
-        None
-    } else {
-        panic!("{test}: {msg}");
-    }
+    path
 }
