@@ -10,6 +10,9 @@ use candle_nn::{VarBuilder, VarMap};
 use protonet::backbone::{BatchNormRelu, Ops};
 use protonet::ops::{depthwise_conv2d, max_pool2x2};
 
+/// An operation of an input and a parameter.
+type Op<'a> = Box<dyn Fn(&Tensor, &Tensor) -> Tensor + Sync + 'a>;
+
 /// Values and input/parameter gradients of `f` at fixed random inputs, as raw f32 vectors.
 fn run(threads: usize, f: &(dyn Fn(&Tensor, &Tensor) -> Tensor + Sync), x: &Tensor, w: &Tensor) -> Vec<Vec<f32>> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -29,7 +32,7 @@ fn kernels_are_bit_identical_on_1_2_and_8_threads() {
     let x = Tensor::randn(0f32, 1.0, (5, 6, 13, 11), &Device::Cpu).unwrap();
     let vm = VarMap::new();
     let bn = BatchNormRelu::new(6, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), Ops::Fast).unwrap();
-    let cases: Vec<(&str, Tensor, Box<dyn Fn(&Tensor, &Tensor) -> Tensor + Sync>)> = vec![
+    let cases: Vec<(&str, Tensor, Op)> = vec![
         (
             "depthwise 3x3 stride 2",
             Tensor::randn(0f32, 1.0, (6, 1, 3, 3), &Device::Cpu).unwrap(),
