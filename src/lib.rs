@@ -9,6 +9,52 @@
 //! episodic ([`train()`]) on N-way K-shot episodes ([`EpisodeSpec`], [`EpisodeSampler`]);
 //! evaluation reports mean accuracy with a 95% confidence interval ([`evaluate`]).
 //!
+//! ## Classify your photos
+//!
+//! ```toml
+//! [dependencies]
+//! protonet = { path = "path/to/protonet" }   # the library only: no CLI dependencies
+//! ```
+//!
+//! A support folder holds one sub-folder of photos per class (4 photos each is enough to
+//! start); the classifier answers for new photos and can be saved and loaded back. For real
+//! photos use the pretrained backbone, `FewShotClassifier::efficientnet_lite0(224,
+//! &Device::Cpu)?` (weights: `protonet fetch-weights`); this example uses a small
+//! untrained Conv-4 so that it runs anywhere.
+//!
+//! ```
+//! use protonet::backbone::{BackboneConfig, Conv4Config};
+//! use protonet::data::{list_images, ImageConfig};
+//! use protonet::{Device, FewShotClassifier, Model, ModelConfig};
+//!
+//! // Photos: a red and a blue class, 4 photos each, and 2 new photos.
+//! let dir = std::env::temp_dir().join(format!("protonet-photos-doc-{}", std::process::id()));
+//! for (class, rgb) in [("red", [200u8, 30, 30]), ("blue", [30, 30, 200])] {
+//!     std::fs::create_dir_all(dir.join("support").join(class))?;
+//!     for i in 0..5u8 {
+//!         let photo = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb(rgb.map(|c| c.saturating_add(((x + y) as u8 + 9 * i) % 24))));
+//!         let to = if i < 4 { dir.join("support").join(class).join(format!("{i}.png")) } else { dir.join("new").join(format!("{class}.png")) };
+//!         std::fs::create_dir_all(to.parent().unwrap())?;
+//!         photo.save(&to).unwrap();
+//!     }
+//! }
+//!
+//! let model = Model::new(ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 3, hidden: 8, depth: 2 }), ImageConfig::rgb(32)), 1, &Device::Cpu)?;
+//! let mut clf = FewShotClassifier::new(model);
+//! clf.add_support_folder(dir.join("support"))?;
+//! let photos = list_images(&[dir.join("new")])?;
+//! let answers = clf.predict_files(&photos)?;
+//! for (photo, answer) in photos.iter().zip(&answers) {
+//!     println!("{}: {:?} ({:.2})", photo.display(), answer.class, answer.confidence);
+//! }
+//!
+//! clf.save(dir.join("my-classifier"))?;
+//! let loaded = FewShotClassifier::load(dir.join("my-classifier"), &Device::Cpu)?;
+//! assert_eq!(loaded.predict_files(&photos)?, answers);
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ## A complete example: train, save, load, add classes, predict
 //!
 //! ```
