@@ -1,7 +1,10 @@
 //! Criterion benchmarks of N-way K-shot episodes (the speed issue's workloads):
 //! A: training step 60-way 5-shot 5-query, 1x28x28; B: training step 5-way 5-shot
 //! 15-query, 3x84x84; C1/C2: inference 5-way 1-shot / 20-way 5-shot, 15 queries, 28x28;
-//! D1: embedding a batch of 256 at 1x28x28; D2: a batch of 64 at 3x84x84.
+//! D1: embedding a batch of 256 at 1x28x28; D2: a batch of 64 at 3x84x84. With the
+//! pretrained weights present (`scripts/fetch-pretrained.sh`, `protonet fetch-weights`):
+//! E1: EfficientNet-Lite0 embedding a batch of 32 at 224x224; E2: an EfficientNet-Lite0
+//! training step through trunk and head, 5-way 4-shot 6-query at 224x224.
 //!
 //! `cargo bench` runs them all; `cargo bench -- A` one of them.
 
@@ -32,6 +35,17 @@ fn episodes(c: &mut Criterion) {
     for (name, kind, channels, size) in workloads {
         let mut w = Workload::new(kind, channels, size, &Device::Cpu).unwrap();
         group.bench_function(name, |b| b.iter(|| w.run_once().unwrap()));
+    }
+    // E1 and E2 need the pretrained weights; without them they are left out, saying so.
+    match protonet::backbone::PretrainedWeights::efficientnet_lite0().loadable(protonet::backbone::CONVERTED_WEIGHTS) {
+        Ok(weights) => {
+            let net = protonet::ProtoNet::new(Box::new(protonet::backbone::EfficientNetLite0::load(&weights, &Device::Cpu).unwrap()));
+            let mut e1 = Workload::frozen(net, WorkloadKind::Embed(32), 224, &Device::Cpu).unwrap();
+            group.bench_function("E1 embed 32 EfficientNet-Lite0 3x224", |b| b.iter(|| e1.run_once().unwrap()));
+            let mut e2 = Workload::efficientnet_training(&weights, spec(5, 4, 6), 224, &Device::Cpu).unwrap();
+            group.bench_function("E2 train 5w4s6q EfficientNet-Lite0 3x224", |b| b.iter(|| e2.run_once().unwrap()));
+        }
+        Err(e) => eprintln!("E1 and E2 left out: {e}"),
     }
     group.finish();
 }

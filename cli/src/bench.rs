@@ -39,7 +39,8 @@ pub struct BenchArgs {
     /// Print one JSON object (median_ms, min_ms, max_ms, per_second, images_per_second, iters, workload).
     #[arg(long)]
     json: bool,
-    /// Time a frozen pretrained backbone instead of a Conv-4 (RGB; inference or --embed-batch).
+    /// Time the pretrained backbone instead of a Conv-4 (RGB): frozen for inference and
+    /// --embed-batch; with --train, trained end to end (BatchNorm on its running statistics).
     #[arg(long, value_enum)]
     backbone: Option<crate::eval::PretrainedBackbone>,
     /// Weights file of the pretrained backbone (default: the published weights, found as `eval` finds them).
@@ -64,10 +65,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     };
     let (mut w, channels) = match a.backbone {
-        Some(crate::eval::PretrainedBackbone::EfficientnetLite0) => {
-            let net = protonet::ProtoNet::new(Box::new(crate::common::efficientnet_lite0(a.weights.as_deref(), &dev)?));
-            (Workload::frozen(net, kind, a.image_size, &dev)?, 3)
-        }
+        Some(crate::eval::PretrainedBackbone::EfficientnetLite0) => match kind {
+            WorkloadKind::TrainStep(spec) => {
+                let weights = match &a.weights {
+                    Some(w) => w.clone(),
+                    None => protonet::backbone::PretrainedWeights::efficientnet_lite0().loadable(protonet::backbone::CONVERTED_WEIGHTS)?,
+                };
+                (Workload::efficientnet_training(&weights, spec, a.image_size, &dev)?, 3)
+            }
+            _ => {
+                let net = protonet::ProtoNet::new(Box::new(crate::common::efficientnet_lite0(a.weights.as_deref(), &dev)?));
+                (Workload::frozen(net, kind, a.image_size, &dev)?, 3)
+            }
+        },
         None => (Workload::new(kind, a.channels, a.image_size, &dev)?, a.channels),
     };
     let r = time_workload(&mut w, a.warmup, a.iters)?;

@@ -34,7 +34,7 @@ pub enum WorkloadKind {
 pub struct Workload {
     kind: WorkloadKind,
     model: Model,
-    /// A network to time instead of the model's (a frozen pretrained backbone).
+    /// A network to time instead of the model's (the pretrained backbone).
     frozen: Option<ProtoNet>,
     images: Tensor,
     labels: Tensor,
@@ -74,6 +74,27 @@ impl Workload {
         Ok(w)
     }
 
+    /// EfficientNet-Lite0 trained end to end on episodes of `3 x image_size x image_size`
+    /// random images (workload E2): forward through trunk and head, loss, backward, and an
+    /// Adam step over every weight, BatchNorm scales and shifts included. BatchNorm
+    /// normalises with its running statistics, as when a pretrained network is fine-tuned
+    /// on small episodes. `weights`: the converted ImageNet weights (`.safetensors`).
+    pub fn efficientnet_training(weights: &std::path::Path, spec: EpisodeSpec, image_size: usize, device: &Device) -> Result<Self> {
+        let mut vm = candle_nn::VarMap::new();
+        let net = protonet::backbone::EfficientNetLite0::new(candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, device))?;
+        vm.load(weights).map_err(|e| Error::PretrainedWeights { name: weights.display().to_string(), reason: e.to_string() })?;
+        let vars: Vec<(String, candle_core::Var)> = {
+            let data = vm.data().lock().map_err(|_| Error::param("weights", "the variable map is poisoned"))?;
+            let mut v: Vec<_> = data.iter().filter(|(n, _)| !n.contains("running_")).map(|(n, v)| (n.clone(), v.clone())).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let mut w = Self::new(WorkloadKind::TrainStep(spec), 3, image_size, device)?;
+        w.adam = Adam::new(vars, 1e-4);
+        w.frozen = Some(ProtoNet::new(Box::new(net)));
+        Ok(w)
+    }
+
     fn net(&self) -> &ProtoNet {
         self.frozen.as_ref().unwrap_or(self.model.net())
     }
@@ -87,7 +108,7 @@ impl Workload {
     pub fn run_once(&mut self) -> Result<()> {
         match self.kind {
             WorkloadKind::TrainStep(spec) => {
-                let out = self.model.net().forward_episode(&self.images, spec, &self.labels, true)?;
+                let out = self.net().forward_episode(&self.images, spec, &self.labels, true)?;
                 let grads = out.loss.backward()?;
                 self.adam.step(&grads)?;
                 // On a GPU the step only queues work: wait for it.

@@ -16,7 +16,7 @@ use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, Init, Linear, ModuleT, V
 use serde::{Deserialize, Serialize};
 
 use super::{Backbone, PretrainedWeights};
-use crate::ops::{conv2d, depthwise_conv2d};
+use crate::ops::{channel_affine, conv2d, depthwise_conv2d};
 use crate::{Error, Result};
 
 /// Embedding size (channels of the head convolution).
@@ -58,6 +58,15 @@ fn bn(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
     Ok(batch_norm(channels, BatchNormConfig { eps: BN_EPS, ..Default::default() }, vb)?)
 }
 
+/// BatchNorm on its running statistics folded into one per-channel scale and shift, then
+/// ReLU6 (`relu6`) or nothing, as one operation ([`channel_affine`]).
+fn bn_act(bn: &BatchNorm, x: &Tensor, relu6: bool) -> Result<Tensor> {
+    let (w, b) = bn.weight_and_bias().ok_or_else(|| Error::param("weights", "EfficientNet-Lite0's BatchNorm must have a scale and a shift"))?;
+    let scale = (w / (bn.running_var() + BN_EPS)?.sqrt()?)?;
+    let shift = (b - (bn.running_mean() * &scale)?)?;
+    channel_affine(x, &scale, &shift, relu6.then_some((0.0, 6.0)))
+}
+
 /// A 1x1 convolution without bias.
 fn pointwise(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     conv2d(x, w, 0)
@@ -93,14 +102,14 @@ impl MbConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         if let Some((w, b)) = &self.expand {
-            h = relu6(&b.forward_t(&pointwise(&h, w)?, false)?)?;
+            h = bn_act(b, &pointwise(&h, w)?, true)?;
         }
         let (_, _, ih, iw) = h.dims4()?;
         let (pt, pb) = same_padding(ih, self.kernel, self.stride);
         let (pl, pr) = same_padding(iw, self.kernel, self.stride);
         h = depthwise_conv2d(&h, &self.depthwise, self.stride, (pt, pb, pl, pr))?;
-        h = relu6(&self.bn1.forward_t(&h, false)?)?;
-        h = self.bn2.forward_t(&pointwise(&h, &self.project)?, false)?;
+        h = bn_act(&self.bn1, &h, true)?;
+        h = bn_act(&self.bn2, &pointwise(&h, &self.project)?, false)?;
         if self.skip {
             h = (h + x)?;
         }
@@ -171,7 +180,7 @@ impl EfficientNetLite0 {
         let (pt, pb) = same_padding(h, 3, 2);
         let (pl, pr) = same_padding(w, 3, 2);
         let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
-        let mut x = relu6(&self.bn0.forward_t(&x.conv2d(&self.stem, 0, 2, 1, 1)?, false)?)?;
+        let mut x = bn_act(&self.bn0, &x.conv2d(&self.stem, 0, 2, 1, 1)?, true)?;
         for b in &self.blocks {
             x = b.forward(&x)?;
         }
@@ -180,7 +189,7 @@ impl EfficientNetLite0 {
 
     /// The head's feature map `(N, 1280, H/32, W/32)`.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        relu6(&self.bn1.forward_t(&pointwise(&self.trunk(x)?, &self.head)?, false)?)
+        bn_act(&self.bn1, &pointwise(&self.trunk(x)?, &self.head)?, true)
     }
 
     /// The pretrained head as named tensors, in the names [`TunedHead`] uses

@@ -4,12 +4,14 @@
 //! gradients) in its tests. Kernels know nothing of layers: the layers in
 //! [`crate::backbone`] choose between them and candle's ops with [`Ops`].
 
+mod affine;
 pub(crate) mod batchnorm;
 mod conv;
 mod depthwise;
 pub(crate) mod fused;
 mod pool;
 
+pub use affine::{channel_affine, channel_affine_portable};
 pub use conv::conv2d;
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_portable};
 pub use pool::{max_pool2x2, max_pool2x2_portable};
