@@ -87,6 +87,33 @@ struct Depthwise {
     pad: (usize, usize, usize, usize),
 }
 
+/// The output columns `ox` whose input column `ox * s + kx - pad_left` lies in `0..wd`.
+#[inline]
+fn valid_columns(ow: usize, wd: usize, kx: usize, s: usize, pad_left: usize) -> std::ops::Range<usize> {
+    // ox * s + kx >= pad_left  and  ox * s + kx < pad_left + wd.
+    let lo = pad_left.saturating_sub(kx).div_ceil(s);
+    let hi = if pad_left + wd > kx { (pad_left + wd - kx).div_ceil(s).min(ow) } else { 0 };
+    lo..hi.max(lo)
+}
+
+/// `out[ox] += w * row[ox * s + kx - pad_left]` over the valid columns (vectorisable for stride 1).
+#[inline]
+fn tap_row<T: WithDType>(out: &mut [T], row: &[T], w: T, cols: std::ops::Range<usize>, s: usize, kx: usize, pad_left: usize) {
+    if cols.is_empty() {
+        return;
+    }
+    let first = cols.start * s + kx - pad_left;
+    if s == 1 {
+        for (o, &v) in out[cols.clone()].iter_mut().zip(&row[first..first + cols.len()]) {
+            *o += w * v;
+        }
+    } else {
+        for (o, &v) in out[cols.clone()].iter_mut().zip(row[first..].iter().step_by(s)) {
+            *o += w * v;
+        }
+    }
+}
+
 fn run<T: WithDType + Send + Sync>(
     x: &[T],
     w: &[T],
@@ -98,6 +125,7 @@ fn run<T: WithDType + Send + Sync>(
     let (ph, pw) = (h + pad.0 + pad.1, wd + pad.2 + pad.3);
     let (oh, ow) = ((ph - kh) / s + 1, (pw - kw) / s + 1);
     let mut out = vec![T::zero(); n * c * oh * ow];
+    let cols: Vec<_> = (0..kw).map(|kx| valid_columns(ow, wd, kx, s, pad.2)).collect();
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, o)| {
         let ch = plane % c;
         let img = &x[plane * h * wd..][..h * wd];
@@ -111,13 +139,7 @@ fn run<T: WithDType + Send + Sync>(
                 let row = &img[iy as usize * wd..][..wd];
                 let orow = &mut o[oy * ow..][..ow];
                 for kx in 0..kw {
-                    let wv = k[ky * kw + kx];
-                    for (ox, ov) in orow.iter_mut().enumerate() {
-                        let ix = (ox * s + kx) as isize - pad.2 as isize;
-                        if ix >= 0 && ix < wd as isize {
-                            *ov += wv * row[ix as usize];
-                        }
-                    }
+                    tap_row(orow, row, k[ky * kw + kx], cols[kx].clone(), s, kx, pad.2);
                 }
             }
         }
@@ -136,6 +158,7 @@ fn grad_input<T: WithDType + Send + Sync>(
     pad: (usize, usize, usize, usize),
 ) -> Vec<T> {
     let mut out = vec![T::zero(); n * c * h * wd];
+    let cols: Vec<_> = (0..kw).map(|kx| valid_columns(ow, wd, kx, s, pad.2)).collect();
     out.par_chunks_mut(h * wd).enumerate().for_each(|(plane, gx)| {
         let ch = plane % c;
         let go = &g[plane * oh * ow..][..oh * ow];
@@ -149,11 +172,18 @@ fn grad_input<T: WithDType + Send + Sync>(
                 let row = &mut gx[iy as usize * wd..][..wd];
                 let grow = &go[oy * ow..][..ow];
                 for kx in 0..kw {
-                    let wv = k[ky * kw + kx];
-                    for (ox, gv) in grow.iter().enumerate() {
-                        let ix = (ox * s + kx) as isize - pad.2 as isize;
-                        if ix >= 0 && ix < wd as isize {
-                            row[ix as usize] += wv * *gv;
+                    let (wv, r) = (k[ky * kw + kx], cols[kx].clone());
+                    if r.is_empty() {
+                        continue;
+                    }
+                    let first = r.start * s + kx - pad.2;
+                    if s == 1 {
+                        for (x, &gv) in row[first..first + r.len()].iter_mut().zip(&grow[r]) {
+                            *x += wv * gv;
+                        }
+                    } else {
+                        for (x, &gv) in row[first..].iter_mut().step_by(s).zip(&grow[r]) {
+                            *x += wv * gv;
                         }
                     }
                 }
@@ -174,6 +204,7 @@ fn grad_kernel<T: WithDType + Send + Sync>(
     pad: (usize, usize, usize, usize),
 ) -> Vec<T> {
     let mut out = vec![T::zero(); c * kh * kw];
+    let cols: Vec<_> = (0..kw).map(|kx| valid_columns(ow, wd, kx, s, pad.2)).collect();
     out.par_chunks_mut(kh * kw).enumerate().for_each(|(ch, gk)| {
         for b in 0..n {
             let plane = b * c + ch;
@@ -188,11 +219,19 @@ fn grad_kernel<T: WithDType + Send + Sync>(
                     let row = &img[iy as usize * wd..][..wd];
                     let grow = &go[oy * ow..][..ow];
                     for kx in 0..kw {
+                        let r = cols[kx].clone();
+                        if r.is_empty() {
+                            continue;
+                        }
+                        let first = r.start * s + kx - pad.2;
                         let mut acc = T::zero();
-                        for (ox, gv) in grow.iter().enumerate() {
-                            let ix = (ox * s + kx) as isize - pad.2 as isize;
-                            if ix >= 0 && ix < wd as isize {
-                                acc += row[ix as usize] * *gv;
+                        if s == 1 {
+                            for (&v, &gv) in row[first..first + r.len()].iter().zip(&grow[r]) {
+                                acc += v * gv;
+                            }
+                        } else {
+                            for (&v, &gv) in row[first..].iter().step_by(s).zip(&grow[r]) {
+                                acc += v * gv;
                             }
                         }
                         gk[ky * kw + kx] += acc;
