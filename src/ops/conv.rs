@@ -63,6 +63,11 @@ impl Geometry {
     fn k(&self) -> usize {
         self.c * self.kh * self.kw
     }
+    /// A 1x1 convolution without padding: the image (C x H*W) is its own column matrix,
+    /// so the GEMMs read and write it directly, without im2col.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.pad == 0
+    }
     fn p(&self) -> usize {
         self.oh * self.ow
     }
@@ -189,11 +194,16 @@ fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry) -> Vec<T>
     let (chunks, par) = plan(g.n);
     let per = chunk_len(g.n, chunks);
     out.par_chunks_mut(per * g.out_len()).zip(x.par_chunks(per * g.in_len())).for_each(|(o, xs)| {
-        let mut cols = vec![T::zero(); k * p];
+        let mut cols = vec![T::zero(); if g.pointwise() { 0 } else { k * p }];
         for (oi, xi) in o.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
-            im2col(xi, g, &mut cols);
+            let cols = if g.pointwise() {
+                xi
+            } else {
+                im2col(xi, g, &mut cols);
+                &cols
+            };
             // out (Cout x P) = W (Cout x K) * cols (K x P)
-            matmul(g.cout, p, k, oi, false, w, k, 1, &cols, p, 1, par);
+            matmul(g.cout, p, k, oi, false, w, k, 1, cols, p, 1, par);
         }
     });
     out
@@ -205,11 +215,15 @@ fn backward_input<T: WithDType + Send + Sync>(gy: &[T], w: &[T], g: &Geometry) -
     let (chunks, par) = plan(g.n);
     let per = chunk_len(g.n, chunks);
     dx.par_chunks_mut(per * g.in_len()).zip(gy.par_chunks(per * g.out_len())).for_each(|(d, gs)| {
-        let mut cols = vec![T::zero(); k * p];
+        let mut cols = vec![T::zero(); if g.pointwise() { 0 } else { k * p }];
         for (di, gi) in d.chunks_mut(g.in_len()).zip(gs.chunks(g.out_len())) {
             // dcols (K x P) = W^T (K x Cout) * gy (Cout x P)
-            matmul(k, p, g.cout, &mut cols, false, w, 1, k, gi, p, 1, par);
-            col2im_add(&cols, g, di);
+            if g.pointwise() {
+                matmul(k, p, g.cout, di, false, w, 1, k, gi, p, 1, par);
+            } else {
+                matmul(k, p, g.cout, &mut cols, false, w, 1, k, gi, p, 1, par);
+                col2im_add(&cols, g, di);
+            }
         }
     });
     dx
@@ -223,12 +237,17 @@ fn backward_weight<T: WithDType + Send + Sync>(x: &[T], gy: &[T], g: &Geometry) 
         .par_chunks(per * g.in_len())
         .zip(gy.par_chunks(per * g.out_len()))
         .map(|(xs, gs)| {
-            let mut cols = vec![T::zero(); k * p];
+            let mut cols = vec![T::zero(); if g.pointwise() { 0 } else { k * p }];
             let mut dw = vec![T::zero(); g.cout * k];
             for (xi, gi) in xs.chunks(g.in_len()).zip(gs.chunks(g.out_len())) {
-                im2col(xi, g, &mut cols);
+                let cols = if g.pointwise() {
+                    xi
+                } else {
+                    im2col(xi, g, &mut cols);
+                    &cols
+                };
                 // dW (Cout x K) += gy (Cout x P) * cols^T (P x K)
-                matmul(g.cout, k, p, &mut dw, true, gi, p, 1, &cols, 1, p, par);
+                matmul(g.cout, k, p, &mut dw, true, gi, p, 1, cols, 1, p, par);
             }
             dw
         })
@@ -335,9 +354,15 @@ mod tests {
     /// Values and both gradients against candle's plain conv2d, on odd sizes too.
     #[test]
     fn matches_candle_conv2d_values_and_gradients() {
-        for &(n, c, h, w, cout, k, pad) in
-            &[(1, 1, 3, 3, 2, 3, 1), (2, 3, 7, 7, 4, 3, 1), (5, 2, 8, 5, 3, 3, 1), (3, 4, 6, 6, 2, 3, 0), (1, 2, 5, 5, 3, 1, 0), (9, 3, 28, 28, 8, 3, 1)]
-        {
+        for &(n, c, h, w, cout, k, pad) in &[
+            (1, 1, 3, 3, 2, 3, 1),
+            (2, 3, 7, 7, 4, 3, 1),
+            (5, 2, 8, 5, 3, 3, 1),
+            (3, 4, 6, 6, 2, 3, 0),
+            (1, 2, 5, 5, 3, 1, 0),
+            (7, 5, 4, 6, 3, 1, 0),
+            (9, 3, 28, 28, 8, 3, 1),
+        ] {
             let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, c, h, w), &Device::Cpu).unwrap()).unwrap();
             let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (cout, c, k, k), &Device::Cpu).unwrap()).unwrap();
             let fast = conv2d(x.as_tensor(), wt.as_tensor(), pad).unwrap();
@@ -374,26 +399,28 @@ mod tests {
         for threads in [1, 2, 8] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
-                for n in [1, 2 * threads + 1] {
-                    for dtype in [DType::F32, DType::F64] {
-                        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, 3, 9, 7), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
-                        let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, 3, 3, 3), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
-                        let fast = conv2d(x.as_tensor(), wt.as_tensor(), 1).unwrap();
-                        let plain = x.as_tensor().conv2d(wt.as_tensor(), 1, 1, 1, 1).unwrap();
-                        let r = Tensor::randn(0f64, 1.0, plain.dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-                        let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                        let gp = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                        // Relative to the largest value: 1e-5 in f32 (a real bug is O(1)), 1e-12 in f64.
-                        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
-                        let rel = |a: &Tensor, b: &Tensor| {
-                            let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
-                            max_diff(&a, &b) / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1e-30)
-                        };
-                        assert!(rel(&fast, &plain) < tol, "values, {threads} threads, n={n}, {dtype:?}");
-                        for (what, v) in [("input", &x), ("weight", &wt)] {
-                            let e = rel(gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
-                            assert!(e < tol, "{what} gradient, {threads} threads, n={n}, {dtype:?}: {e}");
-                        }
+                // 3x3 (im2col) and 1x1 (the image as its own columns).
+                let cases = [1, 2 * threads + 1]
+                    .into_iter()
+                    .flat_map(|n| [DType::F32, DType::F64].into_iter().flat_map(move |d| [(3, 1), (1, 0)].map(|kp| (n, d, kp))));
+                for (n, dtype, (k, pad)) in cases {
+                    let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, 3, 9, 7), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                    let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, 3, k, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                    let fast = conv2d(x.as_tensor(), wt.as_tensor(), pad).unwrap();
+                    let plain = x.as_tensor().conv2d(wt.as_tensor(), pad, 1, 1, 1).unwrap();
+                    let r = Tensor::randn(0f64, 1.0, plain.dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+                    let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                    let gp = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                    // Relative to the largest value: 1e-5 in f32 (a real bug is O(1)), 1e-12 in f64.
+                    let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+                    let rel = |a: &Tensor, b: &Tensor| {
+                        let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
+                        max_diff(&a, &b) / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1e-30)
+                    };
+                    assert!(rel(&fast, &plain) < tol, "values, {threads} threads, n={n}, {dtype:?}, {k}x{k}");
+                    for (what, v) in [("input", &x), ("weight", &wt)] {
+                        let e = rel(gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+                        assert!(e < tol, "{what} gradient, {threads} threads, n={n}, {dtype:?}, {k}x{k}: {e}");
                     }
                 }
             });
