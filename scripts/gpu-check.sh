@@ -5,8 +5,9 @@
 #      episodes on each device from the same weights and episodes, 20-way 1-shot accuracy.
 #   2. `protonet eval` of the shipped Omniglot model on both devices (same episodes).
 #   3. Speed on both: a Conv-4 training step (60-way 5-shot 5-query), 5-way 5-shot
-#      inference, and EfficientNet-Lite0 embedding of 32 images at 224 (needs the
-#      pretrained weights: scripts/fetch-pretrained.sh, or PROTONET_WEIGHTS=file).
+#      inference, EfficientNet-Lite0 embedding of 32 images at 224 and an EfficientNet-Lite0
+#      training step (5-way 4-shot 6-query at 224; these two need the pretrained weights:
+#      scripts/fetch-pretrained.sh, or PROTONET_WEIGHTS=file).
 #
 # Builds with `cargo build --release --features cuda` unless PROTONET_BIN names a folder
 # that holds a CUDA build of `protonet` and `gpu_check`. Building needs a CUDA toolkit no
@@ -42,6 +43,7 @@ for dev in cpu cuda; do
     "$bin/protonet" bench --device "$dev"
     if [ -f "$weights" ]; then
         "$bin/protonet" bench --backbone efficientnet-lite0 --weights "$weights" --embed-batch 32 --image-size 224 --device "$dev"
+        "$bin/protonet" bench --backbone efficientnet-lite0 --weights "$weights" --train --way 5 --shot 4 --query 6 --image-size 224 --iters 5 --device "$dev"
     else
         echo "EfficientNet-Lite0: no weights at $weights (scripts/fetch-pretrained.sh)"
     fi
