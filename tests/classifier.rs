@@ -335,3 +335,25 @@ fn fitted_confidence_matches_the_share_of_right_answers() {
         "with scale 1 the mean confidence would be {plain:.3} for {right:.3} right: the test would not tell calibration apart"
     );
 }
+
+/// What a Rust user writes, through the public API only: a classifier from a model
+/// directory (the shipped Omniglot Conv-4), a support folder, predictions for files, a
+/// saved classifier that loads and gives identical predictions.
+#[test]
+fn classifier_from_a_model_directory_and_a_support_folder_saves_and_predicts_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let support = dir.path().join("support");
+    common::write_glyph_folder(&support, 4, 5, 28, 21);
+    let mut clf = FewShotClassifier::from_model_dir(common::repo_root().join("data/omniglot-conv4"), &Device::Cpu).unwrap();
+    clf.add_support_folder(&support).unwrap();
+    assert_eq!(clf.class_names(), ["glyph000", "glyph001", "glyph002", "glyph003"]);
+    let files = protonet::data::list_images(&[support.clone()]).unwrap();
+    let answers = clf.predict_files(&files).unwrap();
+    // Its own support images: each is nearest its own class.
+    for (f, a) in files.iter().zip(&answers) {
+        assert_eq!(a.class.as_deref(), f.parent().unwrap().file_name().unwrap().to_str(), "{}", f.display());
+    }
+    clf.save(dir.path().join("saved")).unwrap();
+    let loaded = FewShotClassifier::load(dir.path().join("saved"), &Device::Cpu).unwrap();
+    assert_eq!(loaded.predict_files(&files).unwrap(), answers);
+}
