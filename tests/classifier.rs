@@ -347,7 +347,7 @@ fn classifier_from_a_model_directory_and_a_support_folder_saves_and_predicts_the
     let mut clf = FewShotClassifier::from_model_dir(common::repo_root().join("data/omniglot-conv4"), &Device::Cpu).unwrap();
     clf.add_support_folder(&support).unwrap();
     assert_eq!(clf.class_names(), ["glyph000", "glyph001", "glyph002", "glyph003"]);
-    let files = protonet::data::list_images(&[support.clone()]).unwrap();
+    let files = protonet::data::list_images(std::slice::from_ref(&support)).unwrap();
     let answers = clf.predict_files(&files).unwrap();
     // Its own support images: each is nearest its own class.
     for (f, a) in files.iter().zip(&answers) {
