@@ -178,14 +178,11 @@ pub fn convert_legacy_pth(src: &Path, dst: &Path) -> Result<usize> {
     next("system information")?;
     let state = next("state dict")?;
     let keys = next("storage keys")?;
+    // An OrderedDict, possibly with its `_metadata` attribute set (BUILD).
     let entries = match state {
         Object::Dict(kv) => kv,
-        Object::Reduce { args, .. } => match *args {
-            Object::Dict(kv) => kv,
-            other => other.tuple().ok().and_then(|mut t| t.pop()).and_then(|d| d.dict().ok()).unwrap_or_default(),
-        },
-        Object::Build { args, .. } => args.dict().unwrap_or_default(),
-        _ => Vec::new(),
+        Object::Build { callable, .. } if matches!(*callable, Object::Dict(_)) => callable.dict().unwrap_or_default(),
+        _ => return Err(bad("the file holds no state dict".into())),
     };
     let dir = Path::new("");
     let infos: Vec<_> = entries.into_iter().filter_map(|(name, value)| value.into_tensor_info(name, dir).ok().flatten()).collect();

@@ -67,10 +67,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let (mut w, channels) = match a.backbone {
         Some(crate::eval::PretrainedBackbone::EfficientnetLite0) => match kind {
             WorkloadKind::TrainStep(spec) => {
-                let weights = match &a.weights {
-                    Some(w) => w.clone(),
-                    None => protonet::backbone::PretrainedWeights::efficientnet_lite0().loadable(protonet::backbone::CONVERTED_WEIGHTS)?,
-                };
+                let weights = crate::common::efficientnet_lite0_weights(a.weights.as_deref())?;
                 (Workload::efficientnet_training(&weights, spec, a.image_size, &dev)?, 3)
             }
             _ => {

@@ -88,9 +88,15 @@ pub fn load_folder(root: &std::path::Path, image: &ImageConfig, skip_bad_images:
 /// The pretrained EfficientNet-Lite0: from `--weights FILE` if given, else the published
 /// weights found by [`PretrainedWeights::locate`] (and their converted safetensors).
 pub fn efficientnet_lite0(weights: Option<&std::path::Path>, dev: &Device) -> Result<EfficientNetLite0> {
+    EfficientNetLite0::load(&efficientnet_lite0_weights(weights)?, dev)
+}
+
+/// The weights file of the pretrained EfficientNet-Lite0: `weights` when given, else the
+/// published weights found as every command finds them.
+pub fn efficientnet_lite0_weights(weights: Option<&std::path::Path>) -> Result<std::path::PathBuf> {
     match weights {
-        Some(path) => EfficientNetLite0::load(path, dev),
-        None => EfficientNetLite0::load(&PretrainedWeights::efficientnet_lite0().loadable(CONVERTED_WEIGHTS)?, dev),
+        Some(path) => Ok(path.to_path_buf()),
+        None => PretrainedWeights::efficientnet_lite0().loadable(CONVERTED_WEIGHTS),
     }
 }
 

@@ -85,7 +85,7 @@ impl Workload {
         vm.load(weights).map_err(|e| Error::PretrainedWeights { name: weights.display().to_string(), reason: e.to_string() })?;
         let vars: Vec<(String, candle_core::Var)> = {
             let data = vm.data().lock().map_err(|_| Error::param("weights", "the variable map is poisoned"))?;
-            let mut v: Vec<_> = data.iter().filter(|(n, _)| !n.contains("running_")).map(|(n, v)| (n.clone(), v.clone())).collect();
+            let mut v: Vec<_> = data.iter().filter(|(n, _)| !protonet::model::is_running_stat(n)).map(|(n, v)| (n.clone(), v.clone())).collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
         };
