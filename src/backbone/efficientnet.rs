@@ -16,7 +16,7 @@ use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, Init, Linear, ModuleT, V
 use serde::{Deserialize, Serialize};
 
 use super::{Backbone, PretrainedWeights};
-use crate::ops::{channel_affine, conv2d, depthwise_conv2d};
+use crate::ops::{channel_affine, conv2d, conv2d_bias, depthwise_conv2d_bias};
 use crate::{Error, Result};
 
 /// Embedding size (channels of the head convolution).
@@ -58,18 +58,35 @@ fn bn(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
     Ok(batch_norm(channels, BatchNormConfig { eps: BN_EPS, ..Default::default() }, vb)?)
 }
 
-/// BatchNorm on its running statistics folded into one per-channel scale and shift, then
-/// ReLU6 (`relu6`) or nothing, as one operation ([`channel_affine`]).
-fn bn_act(bn: &BatchNorm, x: &Tensor, relu6: bool) -> Result<Tensor> {
+/// BatchNorm on its running statistics as one per-channel scale and shift.
+fn folded(bn: &BatchNorm) -> Result<(Tensor, Tensor)> {
     let (w, b) = bn.weight_and_bias().ok_or_else(|| Error::param("weights", "EfficientNet-Lite0's BatchNorm must have a scale and a shift"))?;
     let scale = (w / (bn.running_var() + BN_EPS)?.sqrt()?)?;
     let shift = (b - (bn.running_mean() * &scale)?)?;
+    Ok((scale, shift))
+}
+
+/// BatchNorm on its running statistics, then ReLU6 (`relu6`) or nothing, as one operation
+/// ([`channel_affine`]).
+fn bn_act(bn: &BatchNorm, x: &Tensor, relu6: bool) -> Result<Tensor> {
+    let (scale, shift) = folded(bn)?;
     channel_affine(x, &scale, &shift, relu6.then_some((0.0, 6.0)))
 }
 
-/// A 1x1 convolution without bias.
-fn pointwise(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    conv2d(x, w, 0)
+/// The kernel `w` `(Cout, ...)` with BatchNorm's scale folded in, and BatchNorm's shift:
+/// `bn(conv(x, w)) = conv(x, w * scale) + shift`.
+fn fold_into(w: &Tensor, bn: &BatchNorm) -> Result<(Tensor, Tensor)> {
+    let (scale, shift) = folded(bn)?;
+    Ok((w.broadcast_mul(&scale.reshape((scale.dim(0)?, 1, 1, 1))?)?, shift))
+}
+
+const RELU6: Option<(f32, f32)> = Some((0.0, 6.0));
+
+/// A 1x1 convolution without bias, then BatchNorm (folded into it) and ReLU6 (`relu6`)
+/// or nothing, in one pass.
+fn pointwise_bn(x: &Tensor, w: &Tensor, bn: &BatchNorm, relu6: bool) -> Result<Tensor> {
+    let (w, shift) = fold_into(w, bn)?;
+    conv2d_bias(x, &w, &shift, 0, if relu6 { RELU6 } else { None })
 }
 
 struct MbConv {
@@ -102,14 +119,14 @@ impl MbConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         if let Some((w, b)) = &self.expand {
-            h = bn_act(b, &pointwise(&h, w)?, true)?;
+            h = pointwise_bn(&h, w, b, true)?;
         }
         let (_, _, ih, iw) = h.dims4()?;
         let (pt, pb) = same_padding(ih, self.kernel, self.stride);
         let (pl, pr) = same_padding(iw, self.kernel, self.stride);
-        h = depthwise_conv2d(&h, &self.depthwise, self.stride, (pt, pb, pl, pr))?;
-        h = bn_act(&self.bn1, &h, true)?;
-        h = bn_act(&self.bn2, &pointwise(&h, &self.project)?, false)?;
+        let (w, shift) = fold_into(&self.depthwise, &self.bn1)?;
+        h = depthwise_conv2d_bias(&h, &w, &shift, self.stride, (pt, pb, pl, pr), RELU6)?;
+        h = pointwise_bn(&h, &self.project, &self.bn2, false)?;
         if self.skip {
             h = (h + x)?;
         }
@@ -189,7 +206,7 @@ impl EfficientNetLite0 {
 
     /// The head's feature map `(N, 1280, H/32, W/32)`.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        bn_act(&self.bn1, &pointwise(&self.trunk(x)?, &self.head)?, true)
+        pointwise_bn(&self.trunk(x)?, &self.head, &self.bn1, true)
     }
 
     /// The pretrained head as named tensors, in the names [`TunedHead`] uses
@@ -303,7 +320,7 @@ impl TunedHead {
 
 impl ModuleT for TunedHead {
     fn forward_t(&self, trunk_features: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = relu6(&self.bn.forward_t(&pointwise(trunk_features, &self.conv)?, train)?)?;
+        let h = relu6(&self.bn.forward_t(&conv2d(trunk_features, &self.conv, 0)?, train)?)?;
         let mut e = h.mean(D::Minus1)?.mean(D::Minus1)?;
         if self.normalize {
             let norm = e.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;

@@ -7,7 +7,7 @@
 //! the weight gradient is summed per thread and then reduced. Columns are recomputed in
 //! the backward pass rather than stored.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -31,6 +31,30 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
         Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d { padding })?)
     } else {
         Ok(x.conv2d(w, padding, 1, 1, 1)?)
+    }
+}
+
+/// `clamp(conv2d(x, w) + bias[c])`: [`conv2d`] with a per-output-channel bias and an
+/// optional clamp applied in the same pass, block by block while the output is in cache
+/// (BatchNorm on running statistics, with its scale folded into `w`, then ReLU6). `bias`
+/// has `Cout` values. On the CPU one custom op with its own backward pass (gradients for
+/// `x`, `w` and `bias`); elsewhere candle's operations.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::randn(0f32, 1., (2, 3, 5, 5), &Device::Cpu)?;
+/// let w = Tensor::randn(0f32, 1., (4, 3, 1, 1), &Device::Cpu)?;
+/// let b = Tensor::new(&[0f32, 1., -1., 2.], &Device::Cpu)?;
+/// let fast = protonet::ops::conv2d_bias(&x, &w, &b, 0, Some((0.0, 6.0)))?;
+/// let plain = x.conv2d(&w, 0, 1, 1, 1)?.broadcast_add(&b.reshape((1, 4, 1, 1))?)?.clamp(0f32, 6f32)?;
+/// assert!((fast - plain)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: &Tensor, padding: usize, clamp: Option<(f32, f32)>) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, Conv2dBias { padding, clamp })?)
+    } else {
+        super::epilogue::portable(&x.conv2d(w, padding, 1, 1, 1)?, bias, clamp)
     }
 }
 
@@ -148,29 +172,69 @@ fn matmul<T: WithDType>(
     assert!(dst.len() >= m * n);
     // SAFETY: the slices cover the strided extents described (checked by the callers'
     // geometry), and dst does not alias a or b.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    unsafe { gemm_raw(m, n, k, dst, n, accumulate, a, a_rs, a_cs, b, b_rs, b_cs, par) }
+}
+
+/// `dst (m x n, rows `dst_rs` apart) = a (m x k) * b (k x n)`: a block of columns of a
+/// wider output.
+#[allow(clippy::too_many_arguments)]
+fn matmul_strided<T: WithDType>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    dst_rs: usize,
+    a: &[T],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[T],
+    b_rs: usize,
+    b_cs: usize,
+    par: Parallelism,
+) {
+    assert!(m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n);
+    assert!(k == 0 || n == 0 || b.len() >= (k - 1) * b_rs + (n - 1) * b_cs + 1);
+    // SAFETY: as for `matmul`; the asserts bound the strided extents of dst and b.
+    unsafe { gemm_raw(m, n, k, dst, dst_rs, false, a, a_rs, a_cs, b, b_rs, b_cs, par) }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw<T: WithDType>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    dst_rs: usize,
+    accumulate: bool,
+    a: &[T],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[T],
+    b_rs: usize,
+    b_cs: usize,
+    par: Parallelism,
+) {
+    gemm(
+        m,
+        n,
+        k,
+        dst.as_mut_ptr(),
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.as_ptr(),
+        a_cs as isize,
+        a_rs as isize,
+        b.as_ptr(),
+        b_cs as isize,
+        b_rs as isize,
+        T::one(),
+        T::one(),
+        false,
+        false,
+        false,
+        par,
+    )
 }
 
 /// How to share the work: across images (each GEMM single-threaded) when there are
@@ -188,11 +252,18 @@ fn chunk_len(n: usize, chunks: usize) -> usize {
     n.div_ceil(chunks).max(1)
 }
 
-fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
+/// Output columns per GEMM call, so that a block of the output (`cout` rows) is still in
+/// cache when the epilogue runs over it.
+fn block_columns(cout: usize, p: usize) -> usize {
+    (16384 / cout.max(1)).next_multiple_of(16).clamp(64, p.max(64))
+}
+
+fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry, bias: Option<&[T]>, clamp: Option<(T, T)>) -> Vec<T> {
     let (k, p) = (g.k(), g.p());
     let mut out = vec![T::zero(); g.n * g.out_len()];
     let (chunks, par) = plan(g.n);
     let per = chunk_len(g.n, chunks);
+    let block = if bias.is_some() { block_columns(g.cout, p) } else { p };
     out.par_chunks_mut(per * g.out_len()).zip(x.par_chunks(per * g.in_len())).for_each(|(o, xs)| {
         let mut cols = vec![T::zero(); if g.pointwise() { 0 } else { k * p }];
         for (oi, xi) in o.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
@@ -202,8 +273,17 @@ fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry) -> Vec<T>
                 im2col(xi, g, &mut cols);
                 &cols
             };
-            // out (Cout x P) = W (Cout x K) * cols (K x P)
-            matmul(g.cout, p, k, oi, false, w, k, 1, cols, p, 1, par);
+            for start in (0..p).step_by(block) {
+                let width = block.min(p - start);
+                // out[:, block] (Cout x width) = W (Cout x K) * cols[:, block] (K x width)
+                matmul_strided(g.cout, width, k, &mut oi[start..], p, w, k, 1, &cols[start..], p, 1, par);
+                if let Some(b) = bias {
+                    for (co, &bv) in b.iter().enumerate() {
+                        let run = &mut oi[co * p + start..][..width];
+                        super::simd::vectorized(|| super::epilogue::apply(run, bv, clamp));
+                    }
+                }
+            }
         }
     });
     out
@@ -280,8 +360,8 @@ impl CustomOp2 for Conv2d {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1, l2, self.padding)?;
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(forward(slice(x, l1, "input")?, slice(w, l2, "kernel")?, &g)),
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(forward(slice(x, l1, "input")?, slice(w, l2, "kernel")?, &g)),
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(forward(slice(x, l1, "input")?, slice(w, l2, "kernel")?, &g, None, None)),
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(forward(slice(x, l1, "input")?, slice(w, l2, "kernel")?, &g, None, None)),
             _ => candle_core::bail!("conv2d: only f32 and f64 inputs of the same dtype"),
         };
         Ok((out, Shape::from((g.n, g.cout, g.oh, g.ow))))
@@ -292,6 +372,51 @@ impl CustomOp2 for Conv2d {
         let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &ConvGrad { padding: self.padding, input: true, x_dims: x.dims4()? })?) } else { None };
         let dw = grad.apply_op2_no_bwd(x, &ConvGrad { padding: self.padding, input: false, x_dims: x.dims4()? })?;
         Ok((dx, Some(dw)))
+    }
+}
+
+struct Conv2dBias {
+    padding: usize,
+    clamp: Option<(f32, f32)>,
+}
+
+impl CustomOp3 for Conv2dBias {
+    fn name(&self) -> &'static str {
+        "protonet-conv2d-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1, l2, self.padding)?;
+        if l3.dims() != [g.cout] {
+            candle_core::bail!("conv2d: bias {:?} must have {} values (the kernel's output channels)", l3.dims(), g.cout);
+        }
+        let clamp = self.clamp;
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(forward(
+                slice(x, l1, "input")?,
+                slice(w, l2, "kernel")?,
+                &g,
+                Some(slice(b, l3, "bias")?),
+                super::epilogue::bounds(clamp),
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(forward(
+                slice(x, l1, "input")?,
+                slice(w, l2, "kernel")?,
+                &g,
+                Some(slice(b, l3, "bias")?),
+                super::epilogue::bounds(clamp),
+            )),
+            _ => candle_core::bail!("conv2d: only f32 and f64 inputs of the same dtype"),
+        };
+        Ok((out, Shape::from((g.n, g.cout, g.oh, g.ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (grad, db) = super::epilogue::backward(grad, y, self.clamp)?;
+        let x_dims = x.dims4()?;
+        let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &ConvGrad { padding: self.padding, input: true, x_dims })?) } else { None };
+        let dw = grad.apply_op2_no_bwd(x, &ConvGrad { padding: self.padding, input: false, x_dims })?;
+        Ok((dx, Some(dw), Some(db)))
     }
 }
 
@@ -424,6 +549,61 @@ mod tests {
                     }
                 }
             });
+        }
+    }
+
+    /// [`conv2d_bias`] against candle's convolution, bias add and clamp: values and the
+    /// gradients of input, kernel and bias, f32 and f64, 1x1 and 3x3, with and without the
+    /// clamp, batch 1, and outputs wide enough to be split into several column blocks; the
+    /// bias gradient also against finite differences.
+    #[test]
+    fn conv2d_bias_matches_the_plain_ops_and_finite_differences() {
+        use super::conv2d_bias;
+        use candle_core::DType;
+        let dev = Device::Cpu;
+        for dtype in [DType::F64, DType::F32] {
+            for &(n, c, h, w, cout, k, pad, clamp) in &[
+                (1, 3, 9, 9, 300, 1, 0, Some((0f32, 6f32))),
+                (3, 5, 7, 6, 4, 1, 0, None),
+                (2, 3, 6, 5, 7, 3, 1, Some((-0.5, 1.0))),
+                (1, 16, 12, 12, 24, 1, 0, Some((0.0, 6.0))),
+            ] {
+                let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, c, h, w), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (cout, c, k, k), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, cout, &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                let fast = conv2d_bias(x.as_tensor(), wt.as_tensor(), b.as_tensor(), pad, clamp).unwrap();
+                let mut plain = x.as_tensor().conv2d(wt.as_tensor(), pad, 1, 1, 1).unwrap().broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1)).unwrap()).unwrap();
+                if let Some((lo, hi)) = clamp {
+                    plain = plain.clamp(lo, hi).unwrap();
+                }
+                let rel = |a: &Tensor, b: &Tensor| {
+                    let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
+                    max_diff(&a, &b) / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1e-30)
+                };
+                let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+                assert!(rel(&fast, &plain) < tol, "values {dtype:?} {n} {c} {h} {w} {cout} {k}");
+                let r = Tensor::randn(0f64, 1.0, plain.dims(), &dev).unwrap().to_dtype(dtype).unwrap();
+                let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let gp = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                for (what, v) in [("input", &x), ("kernel", &wt), ("bias", &b)] {
+                    let e = rel(gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+                    assert!(e < tol * 10.0, "{what} gradient {dtype:?} {n} {c} {h} {w} {cout} {k}: {e}");
+                }
+                if dtype == DType::F64 {
+                    let g = gf.get(b.as_tensor()).unwrap().to_vec1::<f64>().unwrap();
+                    let base = b.as_tensor().to_vec1::<f64>().unwrap();
+                    for i in (0..cout).step_by(37) {
+                        let at = |d: f64| {
+                            let mut v = base.clone();
+                            v[i] += d;
+                            let bt = Tensor::new(v, &dev).unwrap();
+                            (conv2d_bias(x.as_tensor(), wt.as_tensor(), &bt, pad, clamp).unwrap() * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+                        };
+                        let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+                        assert!((fd - g[i]).abs() < 1e-5 * (1.0 + fd.abs()), "bias [{i}]: {} vs {fd}", g[i]);
+                    }
+                }
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 //! against finite differences. Off the CPU, [`depthwise_conv2d_portable`] builds the same
 //! convolution from operations every back-end has.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::Result;
@@ -25,9 +25,40 @@ use crate::Result;
 /// ```
 pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: (usize, usize, usize, usize)) -> Result<Tensor> {
     if x.device().is_cpu() {
-        Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Depthwise { stride, pad })?)
+        Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Depthwise { stride, pad, clamp: None })?)
     } else {
         depthwise_conv2d_portable(x, w, stride, pad)
+    }
+}
+
+/// `clamp(depthwise_conv2d(x, w) + bias[c])`: [`depthwise_conv2d`] with a per-channel bias
+/// and an optional clamp in the same pass (BatchNorm on running statistics, with its scale
+/// folded into `w`, then ReLU6). On the CPU one custom op with its own backward pass
+/// (gradients for `x`, `w` and `bias`); elsewhere [`depthwise_conv2d_portable`] and
+/// candle's operations.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::randn(0f32, 1., (2, 3, 9, 9), &Device::Cpu)?;
+/// let w = Tensor::randn(0f32, 1., (3, 1, 5, 5), &Device::Cpu)?;
+/// let b = Tensor::new(&[0f32, 1., -1.], &Device::Cpu)?;
+/// let fast = protonet::ops::depthwise_conv2d_bias(&x, &w, &b, 2, (1, 2, 1, 2), Some((0.0, 6.0)))?;
+/// let plain = protonet::ops::depthwise_conv2d(&x, &w, 2, (1, 2, 1, 2))?.broadcast_add(&b.reshape((1, 3, 1, 1))?)?.clamp(0f32, 6f32)?;
+/// assert!((fast - plain)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn depthwise_conv2d_bias(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    pad: (usize, usize, usize, usize),
+    clamp: Option<(f32, f32)>,
+) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, Depthwise { stride, pad, clamp })?)
+    } else {
+        super::epilogue::portable(&depthwise_conv2d_portable(x, w, stride, pad)?, bias, clamp)
     }
 }
 
@@ -85,159 +116,235 @@ pub fn depthwise_conv2d_portable(x: &Tensor, w: &Tensor, stride: usize, pad: (us
 struct Depthwise {
     stride: usize,
     pad: (usize, usize, usize, usize),
+    clamp: Option<(f32, f32)>,
 }
 
-/// The output columns `ox` whose input column `ox * s + kx - pad_left` lies in `0..wd`.
-#[inline]
-fn valid_columns(ow: usize, wd: usize, kx: usize, s: usize, pad_left: usize) -> std::ops::Range<usize> {
-    // ox * s + kx >= pad_left  and  ox * s + kx < pad_left + wd.
-    let lo = pad_left.saturating_sub(kx).div_ceil(s);
-    let hi = if pad_left + wd > kx { (pad_left + wd - kx).div_ceil(s).min(ow) } else { 0 };
-    lo..hi.max(lo)
+/// Outputs each kernel loop accumulates in registers at once (two AVX registers of f32).
+const LANES: usize = 16;
+
+/// How one channel's plane is laid out for the kernels. The zero-padded input is split
+/// into `s x s` phase planes, phase `(r, q)` holding the padded pixels `(s*i + r, s*j + q)`,
+/// so that a stride-`s` convolution becomes a sum of stride-1 ones: tap `(ky, kx)` reads
+/// phase `(ky % s, kx % s)` shifted by `(ky / s, kx / s)`. Each phase plane is stored flat
+/// with `wp` columns per row, and outputs are computed flat in the same layout (output
+/// `(oy, ox)` at `oy * wp + ox`; the columns `ox >= ow` are computed and dropped), so each
+/// tap is one long run of multiply-adds at a fixed offset, whatever the image width.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    s: usize,
+    top: usize,
+    left: usize,
+    oh: usize,
+    ow: usize,
+    /// Columns (the row stride) of the phase planes and of the flat outputs.
+    wp: usize,
+    /// Flat outputs computed: `oh * wp`, rounded up to `LANES`.
+    len: usize,
+    /// Flat positions of a phase plane covered by the input gradient, rounded up to `LANES`.
+    span: usize,
+    /// The largest tap offset.
+    reach: usize,
+    /// Length of one phase plane in the scratch buffer (room for every tap's reads).
+    plane: usize,
 }
 
-/// `out[ox] += w * row[ox * s + kx - pad_left]` over the valid columns (vectorisable for stride 1).
-#[inline]
-fn tap_row<T: WithDType>(out: &mut [T], row: &[T], w: T, cols: std::ops::Range<usize>, s: usize, kx: usize, pad_left: usize) {
-    if cols.is_empty() {
-        return;
+impl Plan {
+    fn new((h, w): (usize, usize), (kh, kw): (usize, usize), s: usize, pad: (usize, usize, usize, usize)) -> Self {
+        let (ph, pw) = (h + pad.0 + pad.1, w + pad.2 + pad.3);
+        let (oh, ow) = ((ph - kh) / s + 1, (pw - kw) / s + 1);
+        let wp = (ow + (kw - 1) / s).max(pw.div_ceil(s));
+        let hp = (oh + (kh - 1) / s).max(ph.div_ceil(s));
+        let len = (oh * wp).next_multiple_of(LANES);
+        let span = (hp * wp).next_multiple_of(LANES).max(len);
+        let reach = ((kh - 1) / s) * wp + (kw - 1) / s;
+        Self { h, w, kh, kw, s, top: pad.0, left: pad.2, oh, ow, wp, len, span, reach, plane: span + reach }
     }
-    let first = cols.start * s + kx - pad_left;
-    if s == 1 {
-        for (o, &v) in out[cols.clone()].iter_mut().zip(&row[first..first + cols.len()]) {
-            *o += w * v;
+
+    fn phases(&self) -> usize {
+        self.s * self.s
+    }
+
+    /// Where tap `(ky, kx)` starts reading in the phase buffer.
+    fn tap_start(&self, ky: usize, kx: usize) -> usize {
+        let (s, wp) = (self.s, self.wp);
+        ((ky % s) * s + kx % s) * self.plane + (ky / s) * wp + kx / s
+    }
+
+    /// The input columns `x` of phase column `q`, as (first x, first phase column).
+    fn columns(&self, q: usize) -> (usize, usize) {
+        let s = self.s;
+        let x0 = (q + s - self.left % s) % s;
+        (x0, (x0 + self.left) / s)
+    }
+
+    /// Splits one input plane into the phase planes of `buf` (zeros elsewhere).
+    #[inline(always)]
+    fn split<T: WithDType>(&self, img: &[T], buf: &mut [T]) {
+        buf.fill(T::zero());
+        let s = self.s;
+        for (y, row) in img.chunks_exact(self.w).enumerate() {
+            let py = y + self.top;
+            let at = (py % s) * s * self.plane + (py / s) * self.wp;
+            for q in 0..s {
+                let (x0, j0) = self.columns(q);
+                let dst = &mut buf[at + q * self.plane + j0..];
+                for (d, &v) in dst.iter_mut().zip(row[x0..].iter().step_by(s)) {
+                    *d = v;
+                }
+            }
         }
-    } else {
-        for (o, &v) in out[cols.clone()].iter_mut().zip(row[first..].iter().step_by(s)) {
-            *o += w * v;
+    }
+
+    /// Gathers one input plane back from the phase planes of `buf` (the inverse of `split`).
+    #[inline(always)]
+    fn merge<T: WithDType>(&self, buf: &[T], img: &mut [T]) {
+        let s = self.s;
+        for (y, row) in img.chunks_exact_mut(self.w).enumerate() {
+            let py = y + self.top;
+            let at = (py % s) * s * self.plane + (py / s) * self.wp;
+            for q in 0..s {
+                let (x0, j0) = self.columns(q);
+                for (d, &v) in row[x0..].iter_mut().step_by(s).zip(&buf[at + q * self.plane + j0..]) {
+                    *d = v;
+                }
+            }
+        }
+    }
+
+    /// Lays one output-shaped plane (`oh x ow`) out flat with `wp` columns, after `front`
+    /// zeros (zeros in the dropped columns and up to the end of `buf`).
+    #[inline(always)]
+    fn spread<T: WithDType>(&self, g: &[T], front: usize, buf: &mut [T]) {
+        buf.fill(T::zero());
+        for (oy, row) in g.chunks_exact(self.ow).enumerate() {
+            buf[front + oy * self.wp..][..self.ow].copy_from_slice(row);
         }
     }
 }
 
+/// `acc[i] = sum over taps of w * src[start + i]` for `i < acc.len()` (a multiple of LANES).
+#[inline(always)]
+fn taps_forward<T: WithDType>(acc: &mut [T], src: &[T], taps: &[(usize, T)]) {
+    for (i0, out) in acc.chunks_exact_mut(LANES).enumerate() {
+        let mut a = [T::zero(); LANES];
+        for &(start, wv) in taps {
+            let x: &[T; LANES] = src[start + i0 * LANES..][..LANES].try_into().expect("LANES values");
+            for (a, &x) in a.iter_mut().zip(x) {
+                *a += wv * x;
+            }
+        }
+        out.copy_from_slice(&a);
+    }
+}
+
+/// `sum(a[i] * b[i])` over equal-length slices whose length is a multiple of LANES.
+#[inline(always)]
+fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); LANES];
+    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for ((acc, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *acc += x * y;
+        }
+    }
+    acc.iter().fold(T::zero(), |s, &v| s + v)
+}
+
+/// Planes per parallel task: enough work per task for a few thousand outputs.
+fn planes_per_task(plane_len: usize) -> usize {
+    (4096 / plane_len.max(1)).max(1)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run<T: WithDType + Send + Sync>(
     x: &[T],
     w: &[T],
-    (n, c, h, wd): (usize, usize, usize, usize),
-    (kh, kw): (usize, usize),
-    s: usize,
-    pad: (usize, usize, usize, usize),
-) -> (Vec<T>, usize, usize) {
-    let (ph, pw) = (h + pad.0 + pad.1, wd + pad.2 + pad.3);
-    let (oh, ow) = ((ph - kh) / s + 1, (pw - kw) / s + 1);
-    let mut out = vec![T::zero(); n * c * oh * ow];
-    let cols: Vec<_> = (0..kw).map(|kx| valid_columns(ow, wd, kx, s, pad.2)).collect();
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, o)| {
-        let ch = plane % c;
-        let img = &x[plane * h * wd..][..h * wd];
-        let k = &w[ch * kh * kw..][..kh * kw];
-        for oy in 0..oh {
-            for ky in 0..kh {
-                let iy = (oy * s + ky) as isize - pad.0 as isize;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                let row = &img[iy as usize * wd..][..wd];
-                let orow = &mut o[oy * ow..][..ow];
-                for kx in 0..kw {
-                    tap_row(orow, row, k[ky * kw + kx], cols[kx].clone(), s, kx, pad.2);
-                }
-            }
-        }
-    });
-    (out, oh, ow)
-}
-
-/// `dL/dx` from `dL/dy` `g` `(N, C, OH, OW)` and the kernel, for an input of `h x wd`.
-fn grad_input<T: WithDType + Send + Sync>(
-    g: &[T],
-    w: &[T],
-    (n, c, oh, ow): (usize, usize, usize, usize),
-    (h, wd): (usize, usize),
-    (kh, kw): (usize, usize),
-    s: usize,
-    pad: (usize, usize, usize, usize),
+    bias: Option<&[T]>,
+    clamp: Option<(T, T)>,
+    (n, c): (usize, usize),
+    p: &Plan,
 ) -> Vec<T> {
-    let mut out = vec![T::zero(); n * c * h * wd];
-    let cols: Vec<_> = (0..kw).map(|kx| valid_columns(ow, wd, kx, s, pad.2)).collect();
-    out.par_chunks_mut(h * wd).enumerate().for_each(|(plane, gx)| {
-        let ch = plane % c;
-        let go = &g[plane * oh * ow..][..oh * ow];
-        let k = &w[ch * kh * kw..][..kh * kw];
-        for oy in 0..oh {
-            for ky in 0..kh {
-                let iy = (oy * s + ky) as isize - pad.0 as isize;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                let row = &mut gx[iy as usize * wd..][..wd];
-                let grow = &go[oy * ow..][..ow];
-                for kx in 0..kw {
-                    let (wv, r) = (k[ky * kw + kx], cols[kx].clone());
-                    if r.is_empty() {
-                        continue;
-                    }
-                    let first = r.start * s + kx - pad.2;
-                    if s == 1 {
-                        for (x, &gv) in row[first..first + r.len()].iter_mut().zip(&grow[r]) {
-                            *x += wv * gv;
-                        }
-                    } else {
-                        for (x, &gv) in row[first..].iter_mut().step_by(s).zip(&grow[r]) {
-                            *x += wv * gv;
-                        }
+    let (oh, ow, k) = (p.oh, p.ow, p.kh * p.kw);
+    let mut out = vec![T::zero(); n * c * oh * ow];
+    let per = planes_per_task(oh * ow);
+    out.par_chunks_mut(per * oh * ow).enumerate().for_each(|(task, o)| {
+        let mut phases = vec![T::zero(); p.phases() * p.plane];
+        let mut acc = vec![T::zero(); p.len];
+        let mut taps = Vec::with_capacity(k);
+        for (i, o) in o.chunks_exact_mut(oh * ow).enumerate() {
+            let plane = task * per + i;
+            let ch = plane % c;
+            let kernel = &w[ch * k..][..k];
+            taps.clear();
+            taps.extend((0..k).map(|t| (p.tap_start(t / p.kw, t % p.kw), kernel[t])));
+            let b = bias.map_or(T::zero(), |b| b[ch]);
+            super::simd::vectorized(|| {
+                p.split(&x[plane * p.h * p.w..][..p.h * p.w], &mut phases);
+                taps_forward(&mut acc, &phases, &taps);
+                for (oy, row) in o.chunks_exact_mut(ow).enumerate() {
+                    row.copy_from_slice(&acc[oy * p.wp..][..ow]);
+                    if bias.is_some() || clamp.is_some() {
+                        super::epilogue::apply(row, b, clamp);
                     }
                 }
-            }
+            });
         }
     });
     out
 }
 
-/// `dL/dw` `(C, 1, KH, KW)` from the input `x` `(N, C, H, W)` and `dL/dy` `g`.
-fn grad_kernel<T: WithDType + Send + Sync>(
-    x: &[T],
-    g: &[T],
-    (n, c, h, wd): (usize, usize, usize, usize),
-    (oh, ow): (usize, usize),
-    (kh, kw): (usize, usize),
-    s: usize,
-    pad: (usize, usize, usize, usize),
-) -> Vec<T> {
-    let mut out = vec![T::zero(); c * kh * kw];
-    let cols: Vec<_> = (0..kw).map(|kx| valid_columns(ow, wd, kx, s, pad.2)).collect();
-    out.par_chunks_mut(kh * kw).enumerate().for_each(|(ch, gk)| {
+/// `dL/dx` from `dL/dy` `g` `(N, C, OH, OW)` and the kernel: each phase plane of the input
+/// gradient gathers `w * g` from the flat output gradient at minus its taps' offsets.
+fn grad_input<T: WithDType + Send + Sync>(g: &[T], w: &[T], (n, c): (usize, usize), p: &Plan) -> Vec<T> {
+    let (oh, ow, k) = (p.oh, p.ow, p.kh * p.kw);
+    let mut out = vec![T::zero(); n * c * p.h * p.w];
+    let per = planes_per_task(p.h * p.w);
+    out.par_chunks_mut(per * p.h * p.w).enumerate().for_each(|(task, dx)| {
+        let mut spread = vec![T::zero(); p.reach + p.span];
+        let mut phases = vec![T::zero(); p.phases() * p.plane];
+        let mut taps = Vec::with_capacity(k);
+        for (i, dx) in dx.chunks_exact_mut(p.h * p.w).enumerate() {
+            let plane = task * per + i;
+            let kernel = &w[(plane % c) * k..][..k];
+            super::simd::vectorized(|| {
+                p.spread(&g[plane * oh * ow..][..oh * ow], p.reach, &mut spread);
+                for (ph, dst) in phases.chunks_exact_mut(p.plane).enumerate() {
+                    // The taps reading phase `ph`, as starts in `spread`: reach - offset.
+                    taps.clear();
+                    taps.extend((0..k).filter_map(|t| {
+                        let start = p.tap_start(t / p.kw, t % p.kw);
+                        (start / p.plane == ph).then(|| (p.reach - (start - ph * p.plane), kernel[t]))
+                    }));
+                    taps_forward(&mut dst[..p.span], &spread, &taps);
+                }
+                p.merge(&phases, dx);
+            });
+        }
+    });
+    out
+}
+
+/// `dL/dw` `(C, 1, KH, KW)` from the input `x` `(N, C, H, W)` and `dL/dy` `g`: per tap, the
+/// dot product of the flat output gradient with the tap's shifted phase plane.
+fn grad_kernel<T: WithDType + Send + Sync>(x: &[T], g: &[T], (n, c): (usize, usize), p: &Plan) -> Vec<T> {
+    let (oh, ow, k) = (p.oh, p.ow, p.kh * p.kw);
+    let mut out = vec![T::zero(); c * k];
+    out.par_chunks_mut(k).enumerate().for_each(|(ch, gk)| {
+        let mut spread = vec![T::zero(); p.len];
+        let mut phases = vec![T::zero(); p.phases() * p.plane];
+        let starts: Vec<usize> = (0..k).map(|t| p.tap_start(t / p.kw, t % p.kw)).collect();
         for b in 0..n {
             let plane = b * c + ch;
-            let img = &x[plane * h * wd..][..h * wd];
-            let go = &g[plane * oh * ow..][..oh * ow];
-            for oy in 0..oh {
-                for ky in 0..kh {
-                    let iy = (oy * s + ky) as isize - pad.0 as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let row = &img[iy as usize * wd..][..wd];
-                    let grow = &go[oy * ow..][..ow];
-                    for kx in 0..kw {
-                        let r = cols[kx].clone();
-                        if r.is_empty() {
-                            continue;
-                        }
-                        let first = r.start * s + kx - pad.2;
-                        let mut acc = T::zero();
-                        if s == 1 {
-                            for (&v, &gv) in row[first..first + r.len()].iter().zip(&grow[r]) {
-                                acc += v * gv;
-                            }
-                        } else {
-                            for (&v, &gv) in row[first..].iter().step_by(s).zip(&grow[r]) {
-                                acc += v * gv;
-                            }
-                        }
-                        gk[ky * kw + kx] += acc;
-                    }
+            super::simd::vectorized(|| {
+                p.split(&x[plane * p.h * p.w..][..p.h * p.w], &mut phases);
+                p.spread(&g[plane * oh * ow..][..oh * ow], 0, &mut spread);
+                for (gk, &start) in gk.iter_mut().zip(&starts) {
+                    *gk += dot(&spread, &phases[start..][..p.len]);
                 }
-            }
+            });
         }
     });
     out
@@ -281,26 +388,79 @@ impl CustomOp2 for DepthwiseGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = l1.shape().dims4()?;
+        let (n, c, h1, w1) = l1.shape().dims4()?;
         let (_, _, a, b) = l2.shape().dims4()?;
         let pair = f32_or_f64("depthwise conv backward", s1, l1, s2, l2)?;
-        let (s, p) = (self.stride, self.pad);
         Ok(match self.wrt {
             Wrt::Input(hw) => {
+                let p = Plan::new(hw, (a, b), self.stride, self.pad);
                 let out = match pair {
-                    Pair::F32(g, w) => CpuStorage::F32(grad_input(g, w, d, hw, (a, b), s, p)),
-                    Pair::F64(g, w) => CpuStorage::F64(grad_input(g, w, d, hw, (a, b), s, p)),
+                    Pair::F32(g, w) => CpuStorage::F32(grad_input(g, w, (n, c), &p)),
+                    Pair::F64(g, w) => CpuStorage::F64(grad_input(g, w, (n, c), &p)),
                 };
-                (out, Shape::from((d.0, d.1, hw.0, hw.1)))
+                (out, Shape::from((n, c, hw.0, hw.1)))
             }
             Wrt::Kernel(k) => {
+                let p = Plan::new((h1, w1), k, self.stride, self.pad);
                 let out = match pair {
-                    Pair::F32(x, g) => CpuStorage::F32(grad_kernel(x, g, d, (a, b), k, s, p)),
-                    Pair::F64(x, g) => CpuStorage::F64(grad_kernel(x, g, d, (a, b), k, s, p)),
+                    Pair::F32(x, g) => CpuStorage::F32(grad_kernel(x, g, (n, c), &p)),
+                    Pair::F64(x, g) => CpuStorage::F64(grad_kernel(x, g, (n, c), &p)),
                 };
-                (out, Shape::from((d.1, 1, k.0, k.1)))
+                (out, Shape::from((c, 1, k.0, k.1)))
             }
         })
+    }
+}
+
+impl Depthwise {
+    /// Checks the shapes and returns `(N, C)` and the plan.
+    fn plan(&self, x: &Layout, w: &Layout) -> candle_core::Result<((usize, usize), Plan)> {
+        let (n, c, h, wd) = x.shape().dims4()?;
+        let (c2, one, kh, kw) = w.shape().dims4()?;
+        if c2 != c || one != 1 || kh == 0 || kw == 0 {
+            candle_core::bail!("depthwise conv: kernel {:?} does not fit input {:?}", w.shape(), x.shape());
+        }
+        if h + self.pad.0 + self.pad.1 < kh || wd + self.pad.2 + self.pad.3 < kw || self.stride == 0 {
+            candle_core::bail!("depthwise conv: kernel larger than the padded input, or stride 0");
+        }
+        Ok(((n, c), Plan::new((h, wd), (kh, kw), self.stride, self.pad)))
+    }
+
+    fn compute(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, bias: Option<(&CpuStorage, &Layout)>) -> candle_core::Result<(CpuStorage, Shape)> {
+        let ((n, c), p) = self.plan(l1, l2)?;
+        let bias = match bias {
+            Some((b, l)) if l.dims() == [c] => match (b, l.contiguous_offsets()) {
+                (CpuStorage::F32(b), Some((i, j))) => Some(Pair::F32(&b[i..j], &[])),
+                (CpuStorage::F64(b), Some((i, j))) => Some(Pair::F64(&b[i..j], &[])),
+                _ => candle_core::bail!("depthwise conv: bias must be contiguous, of the input's dtype"),
+            },
+            Some((_, l)) => candle_core::bail!("depthwise conv: bias {:?} must have {c} values (the channels)", l.dims()),
+            None => None,
+        };
+        let clamp = self.clamp;
+        let out = match (f32_or_f64("depthwise conv", s1, l1, s2, l2)?, bias) {
+            (Pair::F32(x, w), None) => CpuStorage::F32(run(x, w, None, super::epilogue::bounds(clamp), (n, c), &p)),
+            (Pair::F32(x, w), Some(Pair::F32(b, _))) => CpuStorage::F32(run(x, w, Some(b), super::epilogue::bounds(clamp), (n, c), &p)),
+            (Pair::F64(x, w), None) => CpuStorage::F64(run(x, w, None, super::epilogue::bounds(clamp), (n, c), &p)),
+            (Pair::F64(x, w), Some(Pair::F64(b, _))) => CpuStorage::F64(run(x, w, Some(b), super::epilogue::bounds(clamp), (n, c), &p)),
+            _ => candle_core::bail!("depthwise conv: bias must be of the input's dtype"),
+        };
+        Ok((out, Shape::from((n, c, p.oh, p.ow))))
+    }
+
+    /// The input's (when it needs one) and the kernel's gradients from the gradient of the
+    /// convolution's output.
+    fn grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Tensor)> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let grad = grad.contiguous()?;
+        let gx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(w, &DepthwiseGrad { stride: self.stride, pad: self.pad, wrt: Wrt::Input((h, wd)) })?)
+        } else {
+            None
+        };
+        let gw = x.apply_op2_no_bwd(&grad, &DepthwiseGrad { stride: self.stride, pad: self.pad, wrt: Wrt::Kernel((kh, kw)) })?;
+        Ok((gx, gw))
     }
 }
 
@@ -310,34 +470,32 @@ impl CustomOp2 for Depthwise {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = l1.shape().dims4()?;
-        let (c2, one, kh, kw) = l2.shape().dims4()?;
-        if c2 != d.1 || one != 1 {
-            candle_core::bail!("depthwise conv: kernel {:?} does not fit input {:?}", l2.shape(), l1.shape());
-        }
-        if d.2 + self.pad.0 + self.pad.1 < kh || d.3 + self.pad.2 + self.pad.3 < kw || self.stride == 0 {
-            candle_core::bail!("depthwise conv: kernel larger than the padded input, or stride 0");
-        }
-        let (out, oh, ow) = match f32_or_f64("depthwise conv", s1, l1, s2, l2)? {
-            Pair::F32(x, w) => {
-                let (o, oh, ow) = run(x, w, d, (kh, kw), self.stride, self.pad);
-                (CpuStorage::F32(o), oh, ow)
-            }
-            Pair::F64(x, w) => {
-                let (o, oh, ow) = run(x, w, d, (kh, kw), self.stride, self.pad);
-                (CpuStorage::F64(o), oh, ow)
-            }
-        };
-        Ok((out, Shape::from((d.0, d.1, oh, ow))))
+        self.compute(s1, l1, s2, l2, None)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (_, _, h, wd) = x.dims4()?;
-        let (_, _, kh, kw) = w.dims4()?;
-        let grad = grad.contiguous()?;
-        let gx = grad.apply_op2_no_bwd(w, &DepthwiseGrad { stride: self.stride, pad: self.pad, wrt: Wrt::Input((h, wd)) })?;
-        let gw = x.apply_op2_no_bwd(&grad, &DepthwiseGrad { stride: self.stride, pad: self.pad, wrt: Wrt::Kernel((kh, kw)) })?;
-        Ok((Some(gx), Some(gw)))
+    fn bwd(&self, x: &Tensor, w: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = match self.clamp {
+            Some(_) => super::epilogue::backward(grad, y, self.clamp)?.0,
+            None => grad.clone(),
+        };
+        let (gx, gw) = self.grads(x, w, &grad)?;
+        Ok((gx, Some(gw)))
+    }
+}
+
+impl CustomOp3 for Depthwise {
+    fn name(&self) -> &'static str {
+        "protonet-depthwise-conv2d-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.compute(s1, l1, s2, l2, Some((s3, l3)))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (grad, db) = super::epilogue::backward(grad, y, self.clamp)?;
+        let (gx, gw) = self.grads(x, w, &grad)?;
+        Ok((gx, Some(gw), Some(db)))
     }
 }
 
@@ -453,6 +611,50 @@ mod tests {
                     // Relative to the largest gradient: 1e-5 in f32 (training's type), 1e-12 in f64.
                     let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
                     assert!(d < tol, "{what} gradient, {dtype:?}, {n} {c} {h} {k} {s}: {d}");
+                }
+            }
+        }
+    }
+
+    /// [`depthwise_conv2d_bias`] against the depthwise convolution, a bias add and a clamp
+    /// from candle's operations: values and the gradients of input, kernel and bias, f32 and
+    /// f64, strides 1 to 3, 3x3 and 5x5, odd and wide planes, batch 1, with and without the
+    /// clamp.
+    #[test]
+    fn bias_and_clamp_match_the_plain_ops() {
+        use super::{depthwise_conv2d_bias, depthwise_conv2d_portable};
+        use candle_core::DType;
+        let dev = Device::Cpu;
+        for dtype in [DType::F64, DType::F32] {
+            for &(n, c, h, w, k, s, pad, clamp) in &[
+                (1, 3, 7, 9, 3, 1, (1, 1, 1, 1), Some((0f32, 6f32))),
+                (2, 4, 30, 31, 5, 2, (1, 2, 1, 2), Some((-0.5, 0.5))),
+                (3, 2, 14, 14, 5, 1, (2, 2, 2, 2), None),
+                (1, 5, 11, 8, 3, 3, (1, 0, 0, 1), Some((0.0, 6.0))),
+                (40, 3, 4, 5, 3, 2, (0, 1, 0, 1), Some((0.0, 1.0))),
+            ] {
+                let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, c, h, w), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (c, 1, k, k), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, c, &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                let fast = depthwise_conv2d_bias(x.as_tensor(), wt.as_tensor(), b.as_tensor(), s, pad, clamp).unwrap();
+                let mut plain =
+                    depthwise_conv2d_portable(x.as_tensor(), wt.as_tensor(), s, pad).unwrap().broadcast_add(&b.as_tensor().reshape((1, c, 1, 1)).unwrap()).unwrap();
+                if let Some((lo, hi)) = clamp {
+                    plain = plain.clamp(lo, hi).unwrap();
+                }
+                let rel = |a: &Tensor, b: &Tensor| {
+                    let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
+                    let m = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+                    m(&(&a - &b).unwrap()) / m(&b).max(1e-30)
+                };
+                let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+                assert!(rel(&fast, &plain) < tol, "values {dtype:?} {n} {c} {h} {w} {k} {s}");
+                let r = Tensor::randn(0f64, 1.0, plain.dims(), &dev).unwrap().to_dtype(dtype).unwrap();
+                let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let gp = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                for (what, v) in [("input", &x), ("kernel", &wt), ("bias", &b)] {
+                    let e = rel(gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+                    assert!(e < tol * 10.0, "{what} gradient {dtype:?} {n} {c} {h} {w} {k} {s}: {e}");
                 }
             }
         }

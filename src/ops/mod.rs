@@ -8,12 +8,14 @@ mod affine;
 pub(crate) mod batchnorm;
 mod conv;
 mod depthwise;
+mod epilogue;
 pub(crate) mod fused;
 mod pool;
+mod simd;
 
 pub use affine::{channel_affine, channel_affine_portable};
-pub use conv::conv2d;
-pub use depthwise::{depthwise_conv2d, depthwise_conv2d_portable};
+pub use conv::{conv2d, conv2d_bias};
+pub use depthwise::{depthwise_conv2d, depthwise_conv2d_bias, depthwise_conv2d_portable};
 pub use pool::{max_pool2x2, max_pool2x2_portable};
 
 /// Which implementation of the hot operations a layer uses.
