@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use protonet::ops::{channel_affine, conv2d, depthwise_conv2d};
+use protonet::ops::{conv2d_bias, depthwise_conv2d_bias};
+
+const RELU6: Option<(f32, f32)> = Some((0.0, 6.0));
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,29 +30,26 @@ fn main() -> protonet::Result<()> {
     let blocks: [(usize, usize, usize, usize, usize, usize); 7] =
         [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)];
     let mut totals = BTreeMap::new();
-    let mut side = 112;
+    let mut side = 112usize;
     let reps = 3;
     for &(repeats, k, stride, e, cin0, cout) in &blocks {
         for r in 0..repeats {
             let (cin, s) = if r == 0 { (cin0, stride) } else { (cout, 1) };
             let mid = cin * e;
             let x = Tensor::randn(0f32, 1., (n, cin, side, side), &dev)?;
-            let scale = Tensor::randn(0f32, 1., mid, &dev)?;
+            let shift = Tensor::randn(0f32, 1., mid, &dev)?;
             let h = if e != 1 {
                 let w = Tensor::randn(0f32, 0.1, (mid, cin, 1, 1), &dev)?;
-                let h = time(&mut totals, &format!("expand 1x1"), reps, || conv2d(&x, &w, 0).unwrap());
-                time(&mut totals, "bn+relu6", reps, || channel_affine(&h, &scale, &scale, Some((0., 6.))).unwrap())
+                time(&mut totals, &format!("expand {cin}->{mid} @{side}"), reps, || conv2d_bias(&x, &w, &shift, 1, 0, RELU6).unwrap())
             } else {
                 x.clone()
             };
             let wd = Tensor::randn(0f32, 0.1, (mid, 1, k, k), &dev)?;
-            let p = if s == 1 { (k / 2, k / 2, k / 2, k / 2) } else { (k / 2 - 1 + (k == 3) as usize * 0, k / 2, k / 2 - 1, k / 2) };
-            let h = time(&mut totals, &format!("depthwise k{k} s{s}"), reps, || depthwise_conv2d(&h, &wd, s, p).unwrap());
-            let h = time(&mut totals, "bn+relu6", reps, || channel_affine(&h, &scale, &scale, Some((0., 6.))).unwrap());
+            let p = if s == 1 { (k / 2, k / 2, k / 2, k / 2) } else { (k / 2 - 1, k / 2, k / 2 - 1, k / 2) };
+            let h = time(&mut totals, &format!("depthwise k{k} s{s} + bn + relu6"), reps, || depthwise_conv2d_bias(&h, &wd, &shift, s, p, RELU6).unwrap());
             let wp = Tensor::randn(0f32, 0.1, (cout, mid, 1, 1), &dev)?;
-            let y = time(&mut totals, "project 1x1", reps, || conv2d(&h, &wp, 0).unwrap());
             let sc = Tensor::randn(0f32, 1., cout, &dev)?;
-            let y = time(&mut totals, "bn", reps, || channel_affine(&y, &sc, &sc, None).unwrap());
+            let y = time(&mut totals, &format!("project {mid}->{cout} @{}", h.dim(2).unwrap()), reps, || conv2d_bias(&h, &wp, &sc, 1, 0, None).unwrap());
             if s == 1 && cin == cout {
                 time(&mut totals, "residual add", reps, || (&y + &x).unwrap());
             }
@@ -59,7 +58,12 @@ fn main() -> protonet::Result<()> {
     }
     let x = Tensor::randn(0f32, 1., (n, 320, side, side), &dev)?;
     let w = Tensor::randn(0f32, 0.1, (1280, 320, 1, 1), &dev)?;
-    time(&mut totals, "head 1x1", reps, || conv2d(&x, &w, 0).unwrap());
+    let b = Tensor::randn(0f32, 1., 1280, &dev)?;
+    time(&mut totals, "head 1x1 + bn + relu6", reps, || conv2d_bias(&x, &w, &b, 1, 0, RELU6).unwrap());
+    let img = Tensor::randn(0f32, 1., (n, 3, 225, 225), &dev)?;
+    let stem = Tensor::randn(0f32, 0.1, (32, 3, 3, 3), &dev)?;
+    let b = Tensor::randn(0f32, 1., 32, &dev)?;
+    time(&mut totals, "stem 3x3 s2 + bn + relu6", reps, || conv2d_bias(&img, &stem, &b, 2, 0, RELU6).unwrap());
     let sum: f64 = totals.values().sum();
     for (k, v) in &totals {
         println!("{k:>20} {v:8.1} ms");

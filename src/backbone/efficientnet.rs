@@ -16,7 +16,7 @@ use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, Init, Linear, ModuleT, V
 use serde::{Deserialize, Serialize};
 
 use super::{Backbone, PretrainedWeights};
-use crate::ops::{channel_affine, conv2d, conv2d_bias, depthwise_conv2d_bias};
+use crate::ops::{conv2d, conv2d_bias, depthwise_conv2d_bias};
 use crate::{Error, Result};
 
 /// Embedding size (channels of the head convolution).
@@ -66,13 +66,6 @@ fn folded(bn: &BatchNorm) -> Result<(Tensor, Tensor)> {
     Ok((scale, shift))
 }
 
-/// BatchNorm on its running statistics, then ReLU6 (`relu6`) or nothing, as one operation
-/// ([`channel_affine`]).
-fn bn_act(bn: &BatchNorm, x: &Tensor, relu6: bool) -> Result<Tensor> {
-    let (scale, shift) = folded(bn)?;
-    channel_affine(x, &scale, &shift, relu6.then_some((0.0, 6.0)))
-}
-
 /// The kernel `w` `(Cout, ...)` with BatchNorm's scale folded in, and BatchNorm's shift:
 /// `bn(conv(x, w)) = conv(x, w * scale) + shift`.
 fn fold_into(w: &Tensor, bn: &BatchNorm) -> Result<(Tensor, Tensor)> {
@@ -86,7 +79,7 @@ const RELU6: Option<(f32, f32)> = Some((0.0, 6.0));
 /// or nothing, in one pass.
 fn pointwise_bn(x: &Tensor, w: &Tensor, bn: &BatchNorm, relu6: bool) -> Result<Tensor> {
     let (w, shift) = fold_into(w, bn)?;
-    conv2d_bias(x, &w, &shift, 0, if relu6 { RELU6 } else { None })
+    conv2d_bias(x, &w, &shift, 1, 0, if relu6 { RELU6 } else { None })
 }
 
 struct MbConv {
@@ -197,7 +190,8 @@ impl EfficientNetLite0 {
         let (pt, pb) = same_padding(h, 3, 2);
         let (pl, pr) = same_padding(w, 3, 2);
         let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
-        let mut x = bn_act(&self.bn0, &x.conv2d(&self.stem, 0, 2, 1, 1)?, true)?;
+        let (stem, shift) = fold_into(&self.stem, &self.bn0)?;
+        let mut x = conv2d_bias(&x, &stem, &shift, 2, 0, RELU6)?;
         for b in &self.blocks {
             x = b.forward(&x)?;
         }

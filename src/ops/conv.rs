@@ -34,8 +34,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
     }
 }
 
-/// `clamp(conv2d(x, w) + bias[c])`: [`conv2d`] with a per-output-channel bias and an
-/// optional clamp applied in the same pass, block by block while the output is in cache
+/// `clamp(conv2d(x, w) + bias[c])` with stride `stride`: [`conv2d`] with a stride, a
+/// per-output-channel bias and an optional clamp applied in the same pass, block by block while the output is in cache
 /// (BatchNorm on running statistics, with its scale folded into `w`, then ReLU6). `bias`
 /// has `Cout` values. On the CPU one custom op with its own backward pass (gradients for
 /// `x`, `w` and `bias`); elsewhere candle's operations.
@@ -45,16 +45,16 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
 /// let x = Tensor::randn(0f32, 1., (2, 3, 5, 5), &Device::Cpu)?;
 /// let w = Tensor::randn(0f32, 1., (4, 3, 1, 1), &Device::Cpu)?;
 /// let b = Tensor::new(&[0f32, 1., -1., 2.], &Device::Cpu)?;
-/// let fast = protonet::ops::conv2d_bias(&x, &w, &b, 0, Some((0.0, 6.0)))?;
+/// let fast = protonet::ops::conv2d_bias(&x, &w, &b, 1, 0, Some((0.0, 6.0)))?;
 /// let plain = x.conv2d(&w, 0, 1, 1, 1)?.broadcast_add(&b.reshape((1, 4, 1, 1))?)?.clamp(0f32, 6f32)?;
 /// assert!((fast - plain)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
 /// # Ok::<(), protonet::Error>(())
 /// ```
-pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: &Tensor, padding: usize, clamp: Option<(f32, f32)>) -> Result<Tensor> {
+pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize, padding: usize, clamp: Option<(f32, f32)>) -> Result<Tensor> {
     if x.device().is_cpu() {
-        Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, Conv2dBias { padding, clamp })?)
+        Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, Conv2dBias { padding, stride, clamp })?)
     } else {
-        super::epilogue::portable(&x.conv2d(w, padding, 1, 1, 1)?, bias, clamp)
+        super::epilogue::portable(&x.conv2d(w, padding, stride, 1, 1)?, bias, clamp)
     }
 }
 
@@ -68,12 +68,13 @@ struct Geometry {
     kh: usize,
     kw: usize,
     pad: usize,
+    stride: usize,
     oh: usize,
     ow: usize,
 }
 
 impl Geometry {
-    fn new(x: &Layout, w: &Layout, pad: usize) -> candle_core::Result<Self> {
+    fn new(x: &Layout, w: &Layout, pad: usize, stride: usize) -> candle_core::Result<Self> {
         let (n, c, h, wd) = x.shape().dims4()?;
         let (cout, c2, kh, kw) = w.shape().dims4()?;
         if c != c2 {
@@ -82,7 +83,10 @@ impl Geometry {
         if h + 2 * pad < kh || wd + 2 * pad < kw {
             candle_core::bail!("conv2d: kernel {kh}x{kw} larger than padded input {h}x{wd}");
         }
-        Ok(Self { n, c, h, w: wd, cout, kh, kw, pad, oh: h + 2 * pad - kh + 1, ow: wd + 2 * pad - kw + 1 })
+        if stride == 0 {
+            candle_core::bail!("conv2d: stride 0");
+        }
+        Ok(Self { n, c, h, w: wd, cout, kh, kw, pad, stride, oh: (h + 2 * pad - kh) / stride + 1, ow: (wd + 2 * pad - kw) / stride + 1 })
     }
     fn k(&self) -> usize {
         self.c * self.kh * self.kw
@@ -90,7 +94,7 @@ impl Geometry {
     /// A 1x1 convolution without padding: the image (C x H*W) is its own column matrix,
     /// so the GEMMs read and write it directly, without im2col.
     fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.pad == 0
+        self.kh == 1 && self.kw == 1 && self.pad == 0 && self.stride == 1
     }
     fn p(&self) -> usize {
         self.oh * self.ow
@@ -111,7 +115,7 @@ fn im2col<T: WithDType>(img: &[T], g: &Geometry, cols: &mut [T]) {
             for kx in 0..g.kw {
                 let row = &mut cols[((c * g.kh + ky) * g.kw + kx) * p..][..p];
                 for oy in 0..g.oh {
-                    let iy = oy as isize + ky as isize - g.pad as isize;
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                     let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
                     if iy < 0 || iy >= g.h as isize {
                         dst.fill(T::zero());
@@ -119,7 +123,7 @@ fn im2col<T: WithDType>(img: &[T], g: &Geometry, cols: &mut [T]) {
                     }
                     let src = &img[(c * g.h + iy as usize) * g.w..][..g.w];
                     for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = ox as isize + kx as isize - g.pad as isize;
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
                         *d = if ix < 0 || ix >= g.w as isize { T::zero() } else { src[ix as usize] };
                     }
                 }
@@ -136,13 +140,13 @@ fn col2im_add<T: WithDType>(cols: &[T], g: &Geometry, img: &mut [T]) {
             for kx in 0..g.kw {
                 let row = &cols[((c * g.kh + ky) * g.kw + kx) * p..][..p];
                 for oy in 0..g.oh {
-                    let iy = oy as isize + ky as isize - g.pad as isize;
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                     if iy < 0 || iy >= g.h as isize {
                         continue;
                     }
                     let dst = &mut img[(c * g.h + iy as usize) * g.w..][..g.w];
                     for (ox, &v) in row[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
-                        let ix = ox as isize + kx as isize - g.pad as isize;
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
                         if ix >= 0 && ix < g.w as isize {
                             dst[ix as usize] += v;
                         }
@@ -358,7 +362,7 @@ impl CustomOp2 for Conv2d {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1, l2, self.padding)?;
+        let g = Geometry::new(l1, l2, self.padding, 1)?;
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(forward(slice(x, l1, "input")?, slice(w, l2, "kernel")?, &g, None, None)),
             (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(forward(slice(x, l1, "input")?, slice(w, l2, "kernel")?, &g, None, None)),
@@ -369,14 +373,14 @@ impl CustomOp2 for Conv2d {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &ConvGrad { padding: self.padding, input: true, x_dims: x.dims4()? })?) } else { None };
-        let dw = grad.apply_op2_no_bwd(x, &ConvGrad { padding: self.padding, input: false, x_dims: x.dims4()? })?;
+        let (dx, dw) = ConvGrad::both(x, w, &grad, self.padding, 1)?;
         Ok((dx, Some(dw)))
     }
 }
 
 struct Conv2dBias {
     padding: usize,
+    stride: usize,
     clamp: Option<(f32, f32)>,
 }
 
@@ -386,7 +390,7 @@ impl CustomOp3 for Conv2dBias {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1, l2, self.padding)?;
+        let g = Geometry::new(l1, l2, self.padding, self.stride)?;
         if l3.dims() != [g.cout] {
             candle_core::bail!("conv2d: bias {:?} must have {} values (the kernel's output channels)", l3.dims(), g.cout);
         }
@@ -413,9 +417,7 @@ impl CustomOp3 for Conv2dBias {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (grad, db) = super::epilogue::backward(grad, y, self.clamp)?;
-        let x_dims = x.dims4()?;
-        let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &ConvGrad { padding: self.padding, input: true, x_dims })?) } else { None };
-        let dw = grad.apply_op2_no_bwd(x, &ConvGrad { padding: self.padding, input: false, x_dims })?;
+        let (dx, dw) = ConvGrad::both(x, w, &grad, self.padding, self.stride)?;
         Ok((dx, Some(dw), Some(db)))
     }
 }
@@ -424,8 +426,20 @@ impl CustomOp3 for Conv2dBias {
 /// else `(grad of output, input) -> grad of kernel`.
 struct ConvGrad {
     padding: usize,
+    stride: usize,
     input: bool,
     x_dims: (usize, usize, usize, usize),
+    k_dims: (usize, usize),
+}
+
+impl ConvGrad {
+    /// The input's gradient (when `x` needs one) and the kernel's, from the output's `grad`.
+    fn both(x: &Tensor, w: &Tensor, grad: &Tensor, padding: usize, stride: usize) -> candle_core::Result<(Option<Tensor>, Tensor)> {
+        let (x_dims, (_, _, kh, kw)) = (x.dims4()?, w.dims4()?);
+        let op = |input| ConvGrad { padding, stride, input, x_dims, k_dims: (kh, kw) };
+        let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &op(true))?) } else { None };
+        Ok((dx, grad.apply_op2_no_bwd(x, &op(false))?))
+    }
 }
 
 impl CustomOp2 for ConvGrad {
@@ -442,7 +456,7 @@ impl CustomOp2 for ConvGrad {
         let (gn, cout, _, _) = l1.shape().dims4()?;
         let x_layout = Layout::contiguous((n, c, h, wd));
         if self.input {
-            let g = Geometry::new(&x_layout, l2, self.padding)?;
+            let g = Geometry::new(&x_layout, l2, self.padding, self.stride)?;
             if gn != n || cout != g.cout {
                 candle_core::bail!("conv2d backward: gradient shape {:?} does not fit", l1.shape());
             }
@@ -453,10 +467,12 @@ impl CustomOp2 for ConvGrad {
             };
             Ok((out, Shape::from(self.x_dims)))
         } else {
-            let (_, _, oh, ow) = l1.shape().dims4()?;
-            let (kh, kw) = (h + 2 * self.padding + 1 - oh, wd + 2 * self.padding + 1 - ow);
+            let (kh, kw) = self.k_dims;
             let w_layout = Layout::contiguous((cout, c, kh, kw));
-            let g = Geometry::new(&x_layout, &w_layout, self.padding)?;
+            let g = Geometry::new(&x_layout, &w_layout, self.padding, self.stride)?;
+            if gn != n || l1.dims() != [n, cout, g.oh, g.ow] {
+                candle_core::bail!("conv2d backward: gradient shape {:?} does not fit", l1.shape());
+            }
             let out = match (s1, s2) {
                 (CpuStorage::F32(gy), CpuStorage::F32(x)) => CpuStorage::F32(backward_weight(slice(x, l2, "input")?, slice(gy, l1, "gradient")?, &g)),
                 (CpuStorage::F64(gy), CpuStorage::F64(x)) => CpuStorage::F64(backward_weight(slice(x, l2, "input")?, slice(gy, l1, "gradient")?, &g)),
@@ -553,8 +569,8 @@ mod tests {
     }
 
     /// [`conv2d_bias`] against candle's convolution, bias add and clamp: values and the
-    /// gradients of input, kernel and bias, f32 and f64, 1x1 and 3x3, with and without the
-    /// clamp, batch 1, and outputs wide enough to be split into several column blocks; the
+    /// gradients of input, kernel and bias, f32 and f64, 1x1 and 3x3, strides 1 and 2, with
+    /// and without the clamp, batch 1, and outputs wide enough to be split into several column blocks; the
     /// bias gradient also against finite differences.
     #[test]
     fn conv2d_bias_matches_the_plain_ops_and_finite_differences() {
@@ -562,17 +578,21 @@ mod tests {
         use candle_core::DType;
         let dev = Device::Cpu;
         for dtype in [DType::F64, DType::F32] {
-            for &(n, c, h, w, cout, k, pad, clamp) in &[
-                (1, 3, 9, 9, 300, 1, 0, Some((0f32, 6f32))),
-                (3, 5, 7, 6, 4, 1, 0, None),
-                (2, 3, 6, 5, 7, 3, 1, Some((-0.5, 1.0))),
-                (1, 16, 12, 12, 24, 1, 0, Some((0.0, 6.0))),
+            for &(n, c, h, w, cout, k, pad, stride, clamp) in &[
+                (1, 3, 9, 9, 300, 1, 0, 1, Some((0f32, 6f32))),
+                (3, 5, 7, 6, 4, 1, 0, 1, None),
+                (2, 3, 6, 5, 7, 3, 1, 1, Some((-0.5, 1.0))),
+                (1, 16, 12, 12, 24, 1, 0, 1, Some((0.0, 6.0))),
+                // Strided: sizes where candle's own input gradient has the input's shape.
+                (2, 3, 11, 13, 8, 3, 0, 2, Some((0.0, 6.0))),
+                (5, 2, 9, 9, 3, 3, 1, 2, None),
+                (1, 4, 9, 7, 5, 1, 0, 2, None),
             ] {
                 let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, c, h, w), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
                 let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (cout, c, k, k), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
                 let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, cout, &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
-                let fast = conv2d_bias(x.as_tensor(), wt.as_tensor(), b.as_tensor(), pad, clamp).unwrap();
-                let mut plain = x.as_tensor().conv2d(wt.as_tensor(), pad, 1, 1, 1).unwrap().broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1)).unwrap()).unwrap();
+                let fast = conv2d_bias(x.as_tensor(), wt.as_tensor(), b.as_tensor(), stride, pad, clamp).unwrap();
+                let mut plain = x.as_tensor().conv2d(wt.as_tensor(), pad, stride, 1, 1).unwrap().broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1)).unwrap()).unwrap();
                 if let Some((lo, hi)) = clamp {
                     plain = plain.clamp(lo, hi).unwrap();
                 }
@@ -597,7 +617,7 @@ mod tests {
                             let mut v = base.clone();
                             v[i] += d;
                             let bt = Tensor::new(v, &dev).unwrap();
-                            (conv2d_bias(x.as_tensor(), wt.as_tensor(), &bt, pad, clamp).unwrap() * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+                            (conv2d_bias(x.as_tensor(), wt.as_tensor(), &bt, stride, pad, clamp).unwrap() * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
                         };
                         let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
                         assert!((fd - g[i]).abs() < 1e-5 * (1.0 + fd.abs()), "bias [{i}]: {} vs {fd}", g[i]);

@@ -253,6 +253,47 @@ fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
     acc.iter().fold(T::zero(), |s, &v| s + v)
 }
 
+/// One output plane: `clamp(sum of taps + b)` (no epilogue unless `epilogue`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn forward_plane<T: WithDType>(p: &Plan, img: &[T], taps: &[(usize, T)], b: T, epilogue: bool, clamp: Option<(T, T)>, phases: &mut [T], acc: &mut [T], out: &mut [T]) {
+    p.split(img, phases);
+    taps_forward(acc, phases, taps);
+    for (oy, row) in out.chunks_exact_mut(p.ow).enumerate() {
+        row.copy_from_slice(&acc[oy * p.wp..][..p.ow]);
+        if epilogue || clamp.is_some() {
+            super::epilogue::apply(row, b, clamp);
+        }
+    }
+}
+
+/// One plane of the input gradient from one plane `g` of the output gradient.
+#[inline(always)]
+fn input_grad_plane<T: WithDType>(p: &Plan, g: &[T], kernel: &[T], taps: &mut Vec<(usize, T)>, spread: &mut [T], phases: &mut [T], dx: &mut [T]) {
+    let k = p.kh * p.kw;
+    p.spread(g, p.reach, spread);
+    for (ph, dst) in phases.chunks_exact_mut(p.plane).enumerate() {
+        // The taps reading phase `ph`, as starts in `spread`: reach - offset.
+        taps.clear();
+        taps.extend((0..k).filter_map(|t| {
+            let start = p.tap_start(t / p.kw, t % p.kw);
+            (start / p.plane == ph).then(|| (p.reach - (start - ph * p.plane), kernel[t]))
+        }));
+        taps_forward(&mut dst[..p.span], spread, taps);
+    }
+    p.merge(phases, dx);
+}
+
+/// Adds one image's contribution to one channel's kernel gradient `gk`.
+#[inline(always)]
+fn kernel_grad_plane<T: WithDType>(p: &Plan, img: &[T], g: &[T], starts: &[usize], spread: &mut [T], phases: &mut [T], gk: &mut [T]) {
+    p.split(img, phases);
+    p.spread(g, 0, spread);
+    for (gk, &start) in gk.iter_mut().zip(starts) {
+        *gk += dot(spread, &phases[start..][..p.len]);
+    }
+}
+
 /// Planes per parallel task: enough work per task for a few thousand outputs.
 fn planes_per_task(plane_len: usize) -> usize {
     (4096 / plane_len.max(1)).max(1)
@@ -281,16 +322,8 @@ fn run<T: WithDType + Send + Sync>(
             taps.clear();
             taps.extend((0..k).map(|t| (p.tap_start(t / p.kw, t % p.kw), kernel[t])));
             let b = bias.map_or(T::zero(), |b| b[ch]);
-            super::simd::vectorized(|| {
-                p.split(&x[plane * p.h * p.w..][..p.h * p.w], &mut phases);
-                taps_forward(&mut acc, &phases, &taps);
-                for (oy, row) in o.chunks_exact_mut(ow).enumerate() {
-                    row.copy_from_slice(&acc[oy * p.wp..][..ow]);
-                    if bias.is_some() || clamp.is_some() {
-                        super::epilogue::apply(row, b, clamp);
-                    }
-                }
-            });
+            let img = &x[plane * p.h * p.w..][..p.h * p.w];
+            super::simd::vectorized(|| forward_plane(p, img, &taps, b, bias.is_some(), clamp, &mut phases, &mut acc, o));
         }
     });
     out
@@ -309,19 +342,8 @@ fn grad_input<T: WithDType + Send + Sync>(g: &[T], w: &[T], (n, c): (usize, usiz
         for (i, dx) in dx.chunks_exact_mut(p.h * p.w).enumerate() {
             let plane = task * per + i;
             let kernel = &w[(plane % c) * k..][..k];
-            super::simd::vectorized(|| {
-                p.spread(&g[plane * oh * ow..][..oh * ow], p.reach, &mut spread);
-                for (ph, dst) in phases.chunks_exact_mut(p.plane).enumerate() {
-                    // The taps reading phase `ph`, as starts in `spread`: reach - offset.
-                    taps.clear();
-                    taps.extend((0..k).filter_map(|t| {
-                        let start = p.tap_start(t / p.kw, t % p.kw);
-                        (start / p.plane == ph).then(|| (p.reach - (start - ph * p.plane), kernel[t]))
-                    }));
-                    taps_forward(&mut dst[..p.span], &spread, &taps);
-                }
-                p.merge(&phases, dx);
-            });
+            let go = &g[plane * oh * ow..][..oh * ow];
+            super::simd::vectorized(|| input_grad_plane(p, go, kernel, &mut taps, &mut spread, &mut phases, dx));
         }
     });
     out
@@ -338,13 +360,8 @@ fn grad_kernel<T: WithDType + Send + Sync>(x: &[T], g: &[T], (n, c): (usize, usi
         let starts: Vec<usize> = (0..k).map(|t| p.tap_start(t / p.kw, t % p.kw)).collect();
         for b in 0..n {
             let plane = b * c + ch;
-            super::simd::vectorized(|| {
-                p.split(&x[plane * p.h * p.w..][..p.h * p.w], &mut phases);
-                p.spread(&g[plane * oh * ow..][..oh * ow], 0, &mut spread);
-                for (gk, &start) in gk.iter_mut().zip(&starts) {
-                    *gk += dot(&spread, &phases[start..][..p.len]);
-                }
-            });
+            let (img, go) = (&x[plane * p.h * p.w..][..p.h * p.w], &g[plane * oh * ow..][..oh * ow]);
+            super::simd::vectorized(|| kernel_grad_plane(p, img, go, &starts, &mut spread, &mut phases, gk));
         }
     });
     out

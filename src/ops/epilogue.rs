@@ -80,15 +80,18 @@ fn mask<T: WithDType + Send + Sync>(g: &[T], y: &[T], (lo, hi): (f32, f32)) -> V
     let (lo, hi) = (T::from_f64(lo as f64), T::from_f64(hi as f64));
     let mut out: Vec<T> = Vec::with_capacity(g.len());
     out.spare_capacity_mut().par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14))).for_each(|(o, (g, y))| {
-        super::simd::vectorized(|| {
-            for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                o.write(if y > lo && y < hi { g } else { T::zero() });
-            }
-        })
+        super::simd::vectorized(|| mask_run(o, g, y, lo, hi))
     });
     // SAFETY: every element was written above (the chunks cover the whole length).
     unsafe { out.set_len(g.len()) };
     out
+}
+
+#[inline(always)]
+fn mask_run<T: WithDType>(out: &mut [std::mem::MaybeUninit<T>], g: &[T], y: &[T], lo: T, hi: T) {
+    for ((o, &g), &y) in out.iter_mut().zip(g).zip(y) {
+        o.write(if y > lo && y < hi { g } else { T::zero() });
+    }
 }
 
 impl CustomOp2 for ClampMask {
@@ -120,21 +123,25 @@ fn channel_sums<T: WithDType + Send + Sync>(g: &[T], (n, c, rest): (usize, usize
             let mut total = 0f64;
             for i in 0..n {
                 let plane = &g[(i * c + ch) * rest..][..rest];
-                total += super::simd::vectorized(|| {
-                    let mut lanes = [T::zero(); 16];
-                    let mut chunks = plane.chunks_exact(16);
-                    for chunk in &mut chunks {
-                        for (l, &v) in lanes.iter_mut().zip(chunk) {
-                            *l += v;
-                        }
-                    }
-                    let tail = chunks.remainder().iter().fold(T::zero(), |a, &v| a + v);
-                    lanes.iter().fold(tail, |a, &v| a + v).to_f64()
-                });
+                total += super::simd::vectorized(|| sum(plane)).to_f64();
             }
             T::from_f64(total)
         })
         .collect()
+}
+
+/// The sum of `values`, in sixteen running sums.
+#[inline(always)]
+fn sum<T: WithDType>(values: &[T]) -> T {
+    let mut lanes = [T::zero(); 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l += v;
+        }
+    }
+    let tail = chunks.remainder().iter().fold(T::zero(), |a, &v| a + v);
+    lanes.iter().fold(tail, |a, &v| a + v)
 }
 
 impl CustomOp1 for ChannelSums {
