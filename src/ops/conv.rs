@@ -107,6 +107,15 @@ impl Geometry {
     }
 }
 
+/// The output columns `ox` whose input column `ox * stride + kx - pad` lies in `0..w`.
+#[inline(always)]
+fn valid_columns(g: &Geometry, kx: usize) -> std::ops::Range<usize> {
+    let lo = g.pad.saturating_sub(kx).div_ceil(g.stride).min(g.ow);
+    let hi = if g.pad + g.w > kx { (g.pad + g.w - kx).div_ceil(g.stride).min(g.ow) } else { 0 };
+    lo..hi.max(lo)
+}
+
+vectorized! {
 /// Fills `cols` (K x P, row-major) from one image (C x H x W).
 fn im2col<T: WithDType>(img: &[T], g: &Geometry, cols: &mut [T]) {
     let p = g.p();
@@ -114,24 +123,33 @@ fn im2col<T: WithDType>(img: &[T], g: &Geometry, cols: &mut [T]) {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 let row = &mut cols[((c * g.kh + ky) * g.kw + kx) * p..][..p];
+                let valid = valid_columns(g, kx);
                 for oy in 0..g.oh {
                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                     let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                    if iy < 0 || iy >= g.h as isize {
+                    if iy < 0 || iy >= g.h as isize || valid.is_empty() {
                         dst.fill(T::zero());
                         continue;
                     }
                     let src = &img[(c * g.h + iy as usize) * g.w..][..g.w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        *d = if ix < 0 || ix >= g.w as isize { T::zero() } else { src[ix as usize] };
+                    dst[..valid.start].fill(T::zero());
+                    dst[valid.end..].fill(T::zero());
+                    let first = valid.start * g.stride + kx - g.pad;
+                    if g.stride == 1 {
+                        dst[valid.clone()].copy_from_slice(&src[first..first + valid.len()]);
+                    } else {
+                        for (d, &v) in dst[valid.clone()].iter_mut().zip(src[first..].iter().step_by(g.stride)) {
+                            *d = v;
+                        }
                     }
                 }
             }
         }
     }
 }
+}
 
+vectorized! {
 /// Adds the columns `cols` (K x P) back into one image gradient (C x H x W).
 fn col2im_add<T: WithDType>(cols: &[T], g: &Geometry, img: &mut [T]) {
     let p = g.p();
@@ -139,22 +157,32 @@ fn col2im_add<T: WithDType>(cols: &[T], g: &Geometry, img: &mut [T]) {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 let row = &cols[((c * g.kh + ky) * g.kw + kx) * p..][..p];
+                let valid = valid_columns(g, kx);
+                if valid.is_empty() {
+                    continue;
+                }
+                let first = valid.start * g.stride + kx - g.pad;
                 for oy in 0..g.oh {
                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                     if iy < 0 || iy >= g.h as isize {
                         continue;
                     }
                     let dst = &mut img[(c * g.h + iy as usize) * g.w..][..g.w];
-                    for (ox, &v) in row[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        if ix >= 0 && ix < g.w as isize {
-                            dst[ix as usize] += v;
+                    let src = &row[oy * g.ow..(oy + 1) * g.ow][valid.clone()];
+                    if g.stride == 1 {
+                        for (d, &v) in dst[first..first + valid.len()].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    } else {
+                        for (d, &v) in dst[first..].iter_mut().step_by(g.stride).zip(src) {
+                            *d += v;
                         }
                     }
                 }
             }
         }
     }
+}
 }
 
 /// `dst (m x n) = [dst +] a (m x k) * b (k x n)`, with explicit (row, column) strides.
@@ -284,7 +312,7 @@ fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry, bias: Opt
                 if let Some(b) = bias {
                     for (co, &bv) in b.iter().enumerate() {
                         let run = &mut oi[co * p + start..][..width];
-                        super::simd::vectorized(|| super::epilogue::apply(run, bv, clamp));
+                        super::epilogue::apply_run(run, bv, clamp);
                     }
                 }
             }

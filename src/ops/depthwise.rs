@@ -253,9 +253,8 @@ fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
     acc.iter().fold(T::zero(), |s, &v| s + v)
 }
 
+vectorized! {
 /// One output plane: `clamp(sum of taps + b)` (no epilogue unless `epilogue`).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
 fn forward_plane<T: WithDType>(p: &Plan, img: &[T], taps: &[(usize, T)], b: T, epilogue: bool, clamp: Option<(T, T)>, phases: &mut [T], acc: &mut [T], out: &mut [T]) {
     p.split(img, phases);
     taps_forward(acc, phases, taps);
@@ -267,8 +266,10 @@ fn forward_plane<T: WithDType>(p: &Plan, img: &[T], taps: &[(usize, T)], b: T, e
     }
 }
 
+}
+
+vectorized! {
 /// One plane of the input gradient from one plane `g` of the output gradient.
-#[inline(always)]
 fn input_grad_plane<T: WithDType>(p: &Plan, g: &[T], kernel: &[T], taps: &mut Vec<(usize, T)>, spread: &mut [T], phases: &mut [T], dx: &mut [T]) {
     let k = p.kh * p.kw;
     p.spread(g, p.reach, spread);
@@ -284,14 +285,17 @@ fn input_grad_plane<T: WithDType>(p: &Plan, g: &[T], kernel: &[T], taps: &mut Ve
     p.merge(phases, dx);
 }
 
+}
+
+vectorized! {
 /// Adds one image's contribution to one channel's kernel gradient `gk`.
-#[inline(always)]
 fn kernel_grad_plane<T: WithDType>(p: &Plan, img: &[T], g: &[T], starts: &[usize], spread: &mut [T], phases: &mut [T], gk: &mut [T]) {
     p.split(img, phases);
     p.spread(g, 0, spread);
     for (gk, &start) in gk.iter_mut().zip(starts) {
         *gk += dot(spread, &phases[start..][..p.len]);
     }
+}
 }
 
 /// Planes per parallel task: enough work per task for a few thousand outputs.
@@ -323,7 +327,7 @@ fn run<T: WithDType + Send + Sync>(
             taps.extend((0..k).map(|t| (p.tap_start(t / p.kw, t % p.kw), kernel[t])));
             let b = bias.map_or(T::zero(), |b| b[ch]);
             let img = &x[plane * p.h * p.w..][..p.h * p.w];
-            super::simd::vectorized(|| forward_plane(p, img, &taps, b, bias.is_some(), clamp, &mut phases, &mut acc, o));
+            forward_plane(p, img, &taps, b, bias.is_some(), clamp, &mut phases, &mut acc, o);
         }
     });
     out
@@ -343,7 +347,7 @@ fn grad_input<T: WithDType + Send + Sync>(g: &[T], w: &[T], (n, c): (usize, usiz
             let plane = task * per + i;
             let kernel = &w[(plane % c) * k..][..k];
             let go = &g[plane * oh * ow..][..oh * ow];
-            super::simd::vectorized(|| input_grad_plane(p, go, kernel, &mut taps, &mut spread, &mut phases, dx));
+            input_grad_plane(p, go, kernel, &mut taps, &mut spread, &mut phases, dx);
         }
     });
     out
@@ -361,7 +365,7 @@ fn grad_kernel<T: WithDType + Send + Sync>(x: &[T], g: &[T], (n, c): (usize, usi
         for b in 0..n {
             let plane = b * c + ch;
             let (img, go) = (&x[plane * p.h * p.w..][..p.h * p.w], &g[plane * oh * ow..][..oh * ow]);
-            super::simd::vectorized(|| kernel_grad_plane(p, img, go, &starts, &mut spread, &mut phases, gk));
+            kernel_grad_plane(p, img, go, &starts, &mut spread, &mut phases, gk);
         }
     });
     out

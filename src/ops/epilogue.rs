@@ -16,6 +16,13 @@ pub(crate) fn bounds<T: WithDType>(clamp: Option<(f32, f32)>) -> Option<(T, T)> 
     clamp.map(|(lo, hi)| (T::from_f64(lo as f64), T::from_f64(hi as f64)))
 }
 
+vectorized! {
+/// `v = clamp(v + bias)` over one run of a channel's values, as its own kernel.
+pub(crate) fn apply_run<T: WithDType>(values: &mut [T], bias: T, clamp: Option<(T, T)>) {
+    apply(values, bias, clamp)
+}
+}
+
 /// `v = clamp(v + bias)` over one run of a channel's values.
 #[inline(always)]
 pub(crate) fn apply<T: WithDType>(values: &mut [T], bias: T, clamp: Option<(T, T)>) {
@@ -80,18 +87,19 @@ fn mask<T: WithDType + Send + Sync>(g: &[T], y: &[T], (lo, hi): (f32, f32)) -> V
     let (lo, hi) = (T::from_f64(lo as f64), T::from_f64(hi as f64));
     let mut out: Vec<T> = Vec::with_capacity(g.len());
     out.spare_capacity_mut().par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14))).for_each(|(o, (g, y))| {
-        super::simd::vectorized(|| mask_run(o, g, y, lo, hi))
+        mask_run(o, g, y, lo, hi)
     });
     // SAFETY: every element was written above (the chunks cover the whole length).
     unsafe { out.set_len(g.len()) };
     out
 }
 
-#[inline(always)]
+vectorized! {
 fn mask_run<T: WithDType>(out: &mut [std::mem::MaybeUninit<T>], g: &[T], y: &[T], lo: T, hi: T) {
     for ((o, &g), &y) in out.iter_mut().zip(g).zip(y) {
         o.write(if y > lo && y < hi { g } else { T::zero() });
     }
+}
 }
 
 impl CustomOp2 for ClampMask {
@@ -123,15 +131,15 @@ fn channel_sums<T: WithDType + Send + Sync>(g: &[T], (n, c, rest): (usize, usize
             let mut total = 0f64;
             for i in 0..n {
                 let plane = &g[(i * c + ch) * rest..][..rest];
-                total += super::simd::vectorized(|| sum(plane)).to_f64();
+                total += sum(plane).to_f64();
             }
             T::from_f64(total)
         })
         .collect()
 }
 
+vectorized! {
 /// The sum of `values`, in sixteen running sums.
-#[inline(always)]
 fn sum<T: WithDType>(values: &[T]) -> T {
     let mut lanes = [T::zero(); 16];
     let mut chunks = values.chunks_exact(16);
@@ -142,6 +150,7 @@ fn sum<T: WithDType>(values: &[T]) -> T {
     }
     let tail = chunks.remainder().iter().fold(T::zero(), |a, &v| a + v);
     lanes.iter().fold(tail, |a, &v| a + v)
+}
 }
 
 impl CustomOp1 for ChannelSums {

@@ -4,6 +4,8 @@
 //! gradients) in its tests. Kernels know nothing of layers: the layers in
 //! [`crate::backbone`] choose between them and candle's ops with [`Ops`].
 
+#[macro_use]
+mod simd;
 mod affine;
 pub(crate) mod batchnorm;
 mod conv;
@@ -11,7 +13,6 @@ mod depthwise;
 mod epilogue;
 pub(crate) mod fused;
 mod pool;
-mod simd;
 
 pub use affine::{channel_affine, channel_affine_portable};
 pub use conv::{conv2d, conv2d_bias};
