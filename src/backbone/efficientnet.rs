@@ -4,7 +4,10 @@
 //! embedding is the global average of the 1280-channel head. Convolutions use
 //! TensorFlow's "same" padding, as the reference implementation does.
 //!
-//! The ImageNet network is used frozen (BatchNorm always uses its running statistics). Its
+//! The ImageNet network is used frozen (BatchNorm always uses its running statistics, so
+//! each BatchNorm is folded into the convolution before it: its scale into the kernel, its
+//! shift into a bias that [`conv2d_bias`] and [`depthwise_conv2d_bias`] add, with ReLU6, in
+//! the convolution's own pass; gradients still reach every BatchNorm parameter). Its
 //! head (the 1x1 convolution to 1280 channels and its BatchNorm) can be fine-tuned as a
 //! [`TunedHead`] on the frozen trunk's feature maps, with L2-normalised embeddings and a
 //! learnable temperature; [`FineTunedEfficientNet`] puts the two together for images.

@@ -225,7 +225,7 @@ fn matmul_strided<T: WithDType>(
     par: Parallelism,
 ) {
     assert!(m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n);
-    assert!(k == 0 || n == 0 || b.len() >= (k - 1) * b_rs + (n - 1) * b_cs + 1);
+    assert!(k == 0 || n == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     // SAFETY: as for `matmul`; the asserts bound the strided extents of dst and b.
     unsafe { gemm_raw(m, n, k, dst, dst_rs, false, a, a_rs, a_cs, b, b_rs, b_cs, par) }
 }
@@ -424,20 +424,12 @@ impl CustomOp3 for Conv2dBias {
         }
         let clamp = self.clamp;
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(forward(
-                slice(x, l1, "input")?,
-                slice(w, l2, "kernel")?,
-                &g,
-                Some(slice(b, l3, "bias")?),
-                super::epilogue::bounds(clamp),
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(forward(
-                slice(x, l1, "input")?,
-                slice(w, l2, "kernel")?,
-                &g,
-                Some(slice(b, l3, "bias")?),
-                super::epilogue::bounds(clamp),
-            )),
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                CpuStorage::F32(forward(slice(x, l1, "input")?, slice(w, l2, "kernel")?, &g, Some(slice(b, l3, "bias")?), super::epilogue::bounds(clamp)))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                CpuStorage::F64(forward(slice(x, l1, "input")?, slice(w, l2, "kernel")?, &g, Some(slice(b, l3, "bias")?), super::epilogue::bounds(clamp)))
+            }
             _ => candle_core::bail!("conv2d: only f32 and f64 inputs of the same dtype"),
         };
         Ok((out, Shape::from((g.n, g.cout, g.oh, g.ow))))
@@ -620,7 +612,8 @@ mod tests {
                 let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (cout, c, k, k), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
                 let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, cout, &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
                 let fast = conv2d_bias(x.as_tensor(), wt.as_tensor(), b.as_tensor(), stride, pad, clamp).unwrap();
-                let mut plain = x.as_tensor().conv2d(wt.as_tensor(), pad, stride, 1, 1).unwrap().broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1)).unwrap()).unwrap();
+                let mut plain =
+                    x.as_tensor().conv2d(wt.as_tensor(), pad, stride, 1, 1).unwrap().broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1)).unwrap()).unwrap();
                 if let Some((lo, hi)) = clamp {
                     plain = plain.clamp(lo, hi).unwrap();
                 }
@@ -645,7 +638,12 @@ mod tests {
                             let mut v = base.clone();
                             v[i] += d;
                             let bt = Tensor::new(v, &dev).unwrap();
-                            (conv2d_bias(x.as_tensor(), wt.as_tensor(), &bt, stride, pad, clamp).unwrap() * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+                            (conv2d_bias(x.as_tensor(), wt.as_tensor(), &bt, stride, pad, clamp).unwrap() * &r)
+                                .unwrap()
+                                .sum_all()
+                                .unwrap()
+                                .to_scalar::<f64>()
+                                .unwrap()
                         };
                         let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
                         assert!((fd - g[i]).abs() < 1e-5 * (1.0 + fd.abs()), "bias [{i}]: {} vs {fd}", g[i]);

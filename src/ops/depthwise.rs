@@ -304,14 +304,7 @@ fn planes_per_task(plane_len: usize) -> usize {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run<T: WithDType + Send + Sync>(
-    x: &[T],
-    w: &[T],
-    bias: Option<&[T]>,
-    clamp: Option<(T, T)>,
-    (n, c): (usize, usize),
-    p: &Plan,
-) -> Vec<T> {
+fn run<T: WithDType + Send + Sync>(x: &[T], w: &[T], bias: Option<&[T]>, clamp: Option<(T, T)>, (n, c): (usize, usize), p: &Plan) -> Vec<T> {
     let (oh, ow, k) = (p.oh, p.ow, p.kh * p.kw);
     let mut out = vec![T::zero(); n * c * oh * ow];
     let per = planes_per_task(oh * ow);
@@ -447,7 +440,14 @@ impl Depthwise {
         Ok(((n, c), Plan::new((h, wd), (kh, kw), self.stride, self.pad)))
     }
 
-    fn compute(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, bias: Option<(&CpuStorage, &Layout)>) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn compute(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let ((n, c), p) = self.plan(l1, l2)?;
         let bias = match bias {
             Some((b, l)) if l.dims() == [c] => match (b, l.contiguous_offsets()) {
@@ -475,11 +475,8 @@ impl Depthwise {
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
         let grad = grad.contiguous()?;
-        let gx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(w, &DepthwiseGrad { stride: self.stride, pad: self.pad, wrt: Wrt::Input((h, wd)) })?)
-        } else {
-            None
-        };
+        let gx =
+            if x.track_op() { Some(grad.apply_op2_no_bwd(w, &DepthwiseGrad { stride: self.stride, pad: self.pad, wrt: Wrt::Input((h, wd)) })?) } else { None };
         let gw = x.apply_op2_no_bwd(&grad, &DepthwiseGrad { stride: self.stride, pad: self.pad, wrt: Wrt::Kernel((kh, kw)) })?;
         Ok((gx, gw))
     }
@@ -658,8 +655,10 @@ mod tests {
                 let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (c, 1, k, k), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
                 let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, c, &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
                 let fast = depthwise_conv2d_bias(x.as_tensor(), wt.as_tensor(), b.as_tensor(), s, pad, clamp).unwrap();
-                let mut plain =
-                    depthwise_conv2d_portable(x.as_tensor(), wt.as_tensor(), s, pad).unwrap().broadcast_add(&b.as_tensor().reshape((1, c, 1, 1)).unwrap()).unwrap();
+                let mut plain = depthwise_conv2d_portable(x.as_tensor(), wt.as_tensor(), s, pad)
+                    .unwrap()
+                    .broadcast_add(&b.as_tensor().reshape((1, c, 1, 1)).unwrap())
+                    .unwrap();
                 if let Some((lo, hi)) = clamp {
                     plain = plain.clamp(lo, hi).unwrap();
                 }
@@ -678,6 +677,37 @@ mod tests {
                     assert!(e < tol * 10.0, "{what} gradient {dtype:?} {n} {c} {h} {w} {k} {s}: {e}");
                 }
             }
+        }
+    }
+
+    /// The kernels' baseline copies (built for any x86-64 CPU) give the values and gradients
+    /// of the AVX2 copies that run on this machine: depthwise with bias and clamp, the
+    /// strided 1x1 and 3x3 convolutions with bias and clamp (im2col, col2im, epilogue, the
+    /// clamp mask and the channel sums), in f32.
+    #[test]
+    fn baseline_and_avx2_copies_agree() {
+        use super::super::{conv2d_bias, depthwise_conv2d_bias, simd};
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 6, 13, 11), &dev).unwrap()).unwrap();
+        let dw = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 1, 5, 5), &dev).unwrap()).unwrap();
+        let w3 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 6, 3, 3), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 6, &dev).unwrap()).unwrap();
+        let b3 = Var::from_tensor(&Tensor::randn(0f32, 1.0, 4, &dev).unwrap()).unwrap();
+        let run = || {
+            let h = depthwise_conv2d_bias(x.as_tensor(), dw.as_tensor(), b.as_tensor(), 2, (1, 2, 1, 2), Some((0.0, 6.0))).unwrap();
+            let y = conv2d_bias(&h, w3.as_tensor(), b3.as_tensor(), 2, 1, Some((-1.0, 1.0))).unwrap();
+            let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![y.flatten_all().unwrap().to_vec1::<f32>().unwrap()];
+            for v in [&x, &dw, &w3, &b, &b3] {
+                out.push(grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+            out
+        };
+        let (fast, baseline) = (run(), simd::baseline_only(run));
+        for (k, (a, b)) in fast.iter().zip(&baseline).enumerate() {
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+            let d = a.iter().zip(b).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(d / scale < 1e-6, "output {k}: baseline and AVX2 copies differ by {d} (largest {scale})");
         }
     }
 }

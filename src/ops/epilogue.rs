@@ -86,9 +86,7 @@ struct ClampMask {
 fn mask<T: WithDType + Send + Sync>(g: &[T], y: &[T], (lo, hi): (f32, f32)) -> Vec<T> {
     let (lo, hi) = (T::from_f64(lo as f64), T::from_f64(hi as f64));
     let mut out: Vec<T> = Vec::with_capacity(g.len());
-    out.spare_capacity_mut().par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14))).for_each(|(o, (g, y))| {
-        mask_run(o, g, y, lo, hi)
-    });
+    out.spare_capacity_mut().par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14))).for_each(|(o, (g, y))| mask_run(o, g, y, lo, hi));
     // SAFETY: every element was written above (the chunks cover the whole length).
     unsafe { out.set_len(g.len()) };
     out

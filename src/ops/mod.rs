@@ -1,8 +1,11 @@
 //! CPU kernels with their own backward passes, as candle custom ops: im2col + GEMM
-//! convolution, depthwise convolution, 2x2 max-pool, BatchNorm + ReLU and BatchNorm +
-//! ReLU + max-pool fused. Each is checked against candle's plain ops (values and
-//! gradients) in its tests. Kernels know nothing of layers: the layers in
-//! [`crate::backbone`] choose between them and candle's ops with [`Ops`].
+//! convolution (with a stride, and with a bias and clamp applied in the same pass),
+//! depthwise convolution (likewise), 2x2 max-pool, BatchNorm + ReLU, BatchNorm + ReLU +
+//! max-pool fused, and a per-channel affine map with a clamp. Each is checked against
+//! candle's plain ops (values and gradients) in its tests. The hand-written loops are
+//! compiled twice, for any x86-64 CPU and for AVX2 + FMA, and the copy is chosen at run
+//! time. Kernels know nothing of layers: the layers in [`crate::backbone`] choose between
+//! them and candle's ops with [`Ops`].
 
 #[macro_use]
 mod simd;

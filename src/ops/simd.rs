@@ -23,7 +23,7 @@ macro_rules! vectorized {
                 unsafe fn vectorized_avx2<$t: $bound>($($arg: $ty),*) $(-> $ret)? {
                     vectorized_body($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                if $crate::ops::simd::avx2_allowed() && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU has the features this copy was compiled for.
                     return unsafe { vectorized_avx2($($arg),*) };
                 }
@@ -31,4 +31,26 @@ macro_rules! vectorized {
             vectorized_body($($arg),*)
         }
     };
+}
+
+/// Whether kernels may run their AVX2 copies: always, except while a test holds
+/// [`baseline_only`] to check the baseline copies on a machine that has AVX2.
+#[inline(always)]
+pub(crate) fn avx2_allowed() -> bool {
+    !BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static BASELINE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs `f` with every kernel on its baseline copy (the one built for any x86-64 CPU), in
+/// every thread. For tests: other work running meanwhile also takes the baseline copies,
+/// which compute the same values.
+#[cfg(test)]
+pub(crate) fn baseline_only<R>(f: impl FnOnce() -> R) -> R {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    BASELINE_ONLY.store(true, std::sync::atomic::Ordering::Relaxed);
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    BASELINE_ONLY.store(false, std::sync::atomic::Ordering::Relaxed);
+    out.unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
