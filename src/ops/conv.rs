@@ -54,8 +54,24 @@ pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize, padding
     if x.device().is_cpu() {
         Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, Conv2dBias { padding, stride, clamp })?)
     } else {
-        super::epilogue::portable(&x.conv2d(w, padding, stride, 1, 1)?, bias, clamp)
+        conv2d_bias_portable(x, w, bias, stride, padding, clamp)
     }
+}
+
+/// [`conv2d_bias`] from candle's operations (what runs off the CPU): candle's `conv2d`,
+/// a broadcast bias add and a clamp.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::randn(0f32, 1., (2, 3, 7, 7), &Device::Cpu)?;
+/// let (w, b) = (Tensor::randn(0f32, 1., (4, 3, 3, 3), &Device::Cpu)?, Tensor::ones(4, candle_core::DType::F32, &Device::Cpu)?);
+/// let portable = protonet::ops::conv2d_bias_portable(&x, &w, &b, 2, 1, None)?;
+/// let fast = protonet::ops::conv2d_bias(&x, &w, &b, 2, 1, None)?;
+/// assert!((portable - fast)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn conv2d_bias_portable(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize, padding: usize, clamp: Option<(f32, f32)>) -> Result<Tensor> {
+    super::epilogue::portable(&x.conv2d(w, padding, stride, 1, 1)?, bias, clamp)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -612,11 +628,8 @@ mod tests {
                 let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (cout, c, k, k), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
                 let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, cout, &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
                 let fast = conv2d_bias(x.as_tensor(), wt.as_tensor(), b.as_tensor(), stride, pad, clamp).unwrap();
-                let mut plain =
-                    x.as_tensor().conv2d(wt.as_tensor(), pad, stride, 1, 1).unwrap().broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1)).unwrap()).unwrap();
-                if let Some((lo, hi)) = clamp {
-                    plain = plain.clamp(lo, hi).unwrap();
-                }
+                // The path off the CPU is the reference: candle's conv2d, bias add and clamp.
+                let plain = super::conv2d_bias_portable(x.as_tensor(), wt.as_tensor(), b.as_tensor(), stride, pad, clamp).unwrap();
                 let rel = |a: &Tensor, b: &Tensor| {
                     let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
                     max_diff(&a, &b) / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1e-30)

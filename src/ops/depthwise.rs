@@ -58,8 +58,31 @@ pub fn depthwise_conv2d_bias(
     if x.device().is_cpu() {
         Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, Depthwise { stride, pad, clamp })?)
     } else {
-        super::epilogue::portable(&depthwise_conv2d_portable(x, w, stride, pad)?, bias, clamp)
+        depthwise_conv2d_bias_portable(x, w, bias, stride, pad, clamp)
     }
+}
+
+/// [`depthwise_conv2d_bias`] from operations every candle back-end has (what runs off the
+/// CPU): [`depthwise_conv2d_portable`], a broadcast bias add and a clamp.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::randn(0f32, 1., (2, 3, 8, 8), &Device::Cpu)?;
+/// let (w, b) = (Tensor::randn(0f32, 1., (3, 1, 3, 3), &Device::Cpu)?, Tensor::ones(3, candle_core::DType::F32, &Device::Cpu)?);
+/// let portable = protonet::ops::depthwise_conv2d_bias_portable(&x, &w, &b, 2, (0, 1, 0, 1), Some((0.0, 6.0)))?;
+/// let fast = protonet::ops::depthwise_conv2d_bias(&x, &w, &b, 2, (0, 1, 0, 1), Some((0.0, 6.0)))?;
+/// assert!((portable - fast)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn depthwise_conv2d_bias_portable(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    pad: (usize, usize, usize, usize),
+    clamp: Option<(f32, f32)>,
+) -> Result<Tensor> {
+    super::epilogue::portable(&depthwise_conv2d_portable(x, w, stride, pad)?, bias, clamp)
 }
 
 /// The depthwise convolution of [`depthwise_conv2d`] from operations that every candle
@@ -634,13 +657,13 @@ mod tests {
         }
     }
 
-    /// [`depthwise_conv2d_bias`] against the depthwise convolution, a bias add and a clamp
-    /// from candle's operations: values and the gradients of input, kernel and bias, f32 and
+    /// [`depthwise_conv2d_bias`] against its path off the CPU (the portable depthwise
+    /// convolution, a bias add and a clamp from candle's operations): values and the gradients of input, kernel and bias, f32 and
     /// f64, strides 1 to 3, 3x3 and 5x5, odd and wide planes, batch 1, with and without the
     /// clamp.
     #[test]
     fn bias_and_clamp_match_the_plain_ops() {
-        use super::{depthwise_conv2d_bias, depthwise_conv2d_portable};
+        use super::{depthwise_conv2d_bias, depthwise_conv2d_bias_portable};
         use candle_core::DType;
         let dev = Device::Cpu;
         for dtype in [DType::F64, DType::F32] {
@@ -655,13 +678,8 @@ mod tests {
                 let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (c, 1, k, k), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
                 let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, c, &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
                 let fast = depthwise_conv2d_bias(x.as_tensor(), wt.as_tensor(), b.as_tensor(), s, pad, clamp).unwrap();
-                let mut plain = depthwise_conv2d_portable(x.as_tensor(), wt.as_tensor(), s, pad)
-                    .unwrap()
-                    .broadcast_add(&b.as_tensor().reshape((1, c, 1, 1)).unwrap())
-                    .unwrap();
-                if let Some((lo, hi)) = clamp {
-                    plain = plain.clamp(lo, hi).unwrap();
-                }
+                // The path off the CPU is the reference: shifted views, bias add, clamp.
+                let plain = depthwise_conv2d_bias_portable(x.as_tensor(), wt.as_tensor(), b.as_tensor(), s, pad, clamp).unwrap();
                 let rel = |a: &Tensor, b: &Tensor| {
                     let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
                     let m = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();

@@ -18,8 +18,8 @@ pub(crate) mod fused;
 mod pool;
 
 pub use affine::{channel_affine, channel_affine_portable};
-pub use conv::{conv2d, conv2d_bias};
-pub use depthwise::{depthwise_conv2d, depthwise_conv2d_bias, depthwise_conv2d_portable};
+pub use conv::{conv2d, conv2d_bias, conv2d_bias_portable};
+pub use depthwise::{depthwise_conv2d, depthwise_conv2d_bias, depthwise_conv2d_bias_portable, depthwise_conv2d_portable};
 pub use pool::{max_pool2x2, max_pool2x2_portable};
 
 /// Which implementation of the hot operations a layer uses.
