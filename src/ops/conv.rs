@@ -115,6 +115,10 @@ impl Geometry {
     fn p(&self) -> usize {
         self.oh * self.ow
     }
+    /// Whether the forward pass runs as shifted GEMMs ([`Shifted`]).
+    fn shifted(&self) -> bool {
+        self.stride == 1 && self.kh * self.kw > 1 && self.c >= SHIFTED_MIN_CHANNELS
+    }
     fn in_len(&self) -> usize {
         self.c * self.h * self.w
     }
@@ -306,6 +310,61 @@ fn block_columns(cout: usize, p: usize) -> usize {
     (16384 / cout.max(1)).next_multiple_of(16).clamp(64, p.max(64))
 }
 
+/// Input channels from which a stride-1 convolution with a kernel larger than 1x1 runs
+/// its forward pass as shifted GEMMs ([`Shifted`]) instead of im2col and one GEMM.
+const SHIFTED_MIN_CHANNELS: usize = 16;
+
+/// A forward pass without im2col: the image is copied once into zero-padded planes stored
+/// flat (`wp` columns per row), and the output, computed flat in the same layout, is the
+/// sum over kernel taps of one GEMM each: `W[:, :, ky, kx]` (Cout x C) times the padded
+/// planes read from offset `ky * wp + kx` (C x OH*wp). The `wp - ow` extra columns per row
+/// are computed and dropped. Each GEMM is as deep as the input has channels.
+struct Shifted<T> {
+    padded: Vec<T>,
+    acc: Vec<T>,
+    wp: usize,
+    plane: usize,
+}
+
+impl<T: WithDType> Shifted<T> {
+    fn new(g: &Geometry) -> Self {
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        // Room for the last tap's reads past the last row.
+        let plane = hp * wp + g.kw - 1;
+        Self { padded: vec![T::zero(); g.c * plane], acc: vec![T::zero(); g.cout * g.oh * wp], wp, plane }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(&mut self, img: &[T], w: &[T], g: &Geometry, out: &mut [T], bias: Option<&[T]>, clamp: Option<(T, T)>, par: Parallelism) {
+        let (wp, plane, flat) = (self.wp, self.plane, g.oh * self.wp);
+        // The borders stay zero: only the interior is written, image after image.
+        for (c, src) in img.chunks_exact(g.h * g.w).enumerate() {
+            for (y, row) in src.chunks_exact(g.w).enumerate() {
+                self.padded[c * plane + (y + g.pad) * wp + g.pad..][..g.w].copy_from_slice(row);
+            }
+        }
+        let k = g.k();
+        for t in 0..g.kh * g.kw {
+            let off = (t / g.kw) * wp + t % g.kw;
+            // acc (Cout x flat) [+]= W[:, :, t] (Cout x C, strides k and kh*kw) * padded[:, off..] (C x flat)
+            // SAFETY: W[:, :, t] spans (cout - 1) * k + (c - 1) * kh * kw + t < cout * k; the
+            // padded view spans off + (c - 1) * plane + flat <= c * plane (see `new`); acc is
+            // cout * flat long and aliases neither.
+            unsafe { gemm_raw(g.cout, flat, g.c, &mut self.acc, flat, t > 0, &w[t..], k, g.kh * g.kw, &self.padded[off..], plane, 1, par) };
+        }
+        let p = g.p();
+        for co in 0..g.cout {
+            for oy in 0..g.oh {
+                let dst = &mut out[co * p + oy * g.ow..][..g.ow];
+                dst.copy_from_slice(&self.acc[co * flat + oy * wp..][..g.ow]);
+            }
+            if let Some(b) = bias {
+                super::epilogue::apply_run(&mut out[co * p..][..p], b[co], clamp);
+            }
+        }
+    }
+}
+
 fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry, bias: Option<&[T]>, clamp: Option<(T, T)>) -> Vec<T> {
     let (k, p) = (g.k(), g.p());
     let mut out = vec![T::zero(); g.n * g.out_len()];
@@ -313,6 +372,13 @@ fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry, bias: Opt
     let per = chunk_len(g.n, chunks);
     let block = if bias.is_some() { block_columns(g.cout, p) } else { p };
     out.par_chunks_mut(per * g.out_len()).zip(x.par_chunks(per * g.in_len())).for_each(|(o, xs)| {
+        if g.shifted() {
+            let mut shifted = Shifted::new(g);
+            for (oi, xi) in o.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
+                shifted.forward(xi, w, g, oi, bias, clamp, par);
+            }
+            return;
+        }
         let mut cols = vec![T::zero(); if g.pointwise() { 0 } else { k * p }];
         for (oi, xi) in o.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
             let cols = if g.pointwise() {
@@ -539,6 +605,10 @@ mod tests {
             (1, 2, 5, 5, 3, 1, 0),
             (7, 5, 4, 6, 3, 1, 0),
             (9, 3, 28, 28, 8, 3, 1),
+            // 16 channels or more: the shifted-GEMM forward pass.
+            (3, 16, 7, 9, 5, 3, 1),
+            (1, 20, 5, 5, 3, 3, 0),
+            (2, 16, 6, 6, 4, 5, 2),
         ] {
             let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, c, h, w), &Device::Cpu).unwrap()).unwrap();
             let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (cout, c, k, k), &Device::Cpu).unwrap()).unwrap();
@@ -580,9 +650,10 @@ mod tests {
                 let cases = [1, 2 * threads + 1]
                     .into_iter()
                     .flat_map(|n| [DType::F32, DType::F64].into_iter().flat_map(move |d| [(3, 1), (1, 0)].map(|kp| (n, d, kp))));
-                for (n, dtype, (k, pad)) in cases {
-                    let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, 3, 9, 7), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
-                    let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, 3, k, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                // 3 channels (im2col) and 16 (shifted GEMMs for 3x3).
+                for ((n, dtype, (k, pad)), c) in cases.flat_map(|case| [(case, 3), (case, 16)]) {
+                    let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, c, 9, 7), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                    let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, c, k, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
                     let fast = conv2d(x.as_tensor(), wt.as_tensor(), pad).unwrap();
                     let plain = x.as_tensor().conv2d(wt.as_tensor(), pad, 1, 1, 1).unwrap();
                     let r = Tensor::randn(0f64, 1.0, plain.dims(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
@@ -619,6 +690,7 @@ mod tests {
                 (3, 5, 7, 6, 4, 1, 0, 1, None),
                 (2, 3, 6, 5, 7, 3, 1, 1, Some((-0.5, 1.0))),
                 (1, 16, 12, 12, 24, 1, 0, 1, Some((0.0, 6.0))),
+                (2, 17, 6, 5, 4, 3, 1, 1, Some((0.0, 6.0))),
                 // Strided: sizes where candle's own input gradient has the input's shape.
                 (2, 3, 11, 13, 8, 3, 0, 2, Some((0.0, 6.0))),
                 (5, 2, 9, 9, 3, 3, 1, 2, None),
