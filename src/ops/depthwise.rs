@@ -473,21 +473,29 @@ impl Depthwise {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let ((n, c), p) = self.plan(l1, l2)?;
         let bias = match bias {
-            Some((b, l)) if l.dims() == [c] => match (b, l.contiguous_offsets()) {
-                (CpuStorage::F32(b), Some((i, j))) => Some(Pair::F32(&b[i..j], &[])),
-                (CpuStorage::F64(b), Some((i, j))) => Some(Pair::F64(&b[i..j], &[])),
-                _ => candle_core::bail!("depthwise conv: bias must be contiguous, of the input's dtype"),
+            Some((_, l)) if l.dims() != [c] => candle_core::bail!("depthwise conv: bias {:?} must have {c} values (the channels)", l.dims()),
+            Some((b, l)) => match l.contiguous_offsets() {
+                Some(range) => Some((b, range)),
+                None => candle_core::bail!("depthwise conv: bias must be contiguous"),
             },
-            Some((_, l)) => candle_core::bail!("depthwise conv: bias {:?} must have {c} values (the channels)", l.dims()),
             None => None,
         };
         let clamp = self.clamp;
-        let out = match (f32_or_f64("depthwise conv", s1, l1, s2, l2)?, bias) {
-            (Pair::F32(x, w), None) => CpuStorage::F32(run(x, w, None, super::epilogue::bounds(clamp), (n, c), &p)),
-            (Pair::F32(x, w), Some(Pair::F32(b, _))) => CpuStorage::F32(run(x, w, Some(b), super::epilogue::bounds(clamp), (n, c), &p)),
-            (Pair::F64(x, w), None) => CpuStorage::F64(run(x, w, None, super::epilogue::bounds(clamp), (n, c), &p)),
-            (Pair::F64(x, w), Some(Pair::F64(b, _))) => CpuStorage::F64(run(x, w, Some(b), super::epilogue::bounds(clamp), (n, c), &p)),
-            _ => candle_core::bail!("depthwise conv: bias must be of the input's dtype"),
+        let out = match f32_or_f64("depthwise conv", s1, l1, s2, l2)? {
+            Pair::F32(x, w) => {
+                let b = match bias {
+                    Some((b, (i, j))) => Some(&b.as_slice::<f32>()?[i..j]),
+                    None => None,
+                };
+                CpuStorage::F32(run(x, w, b, super::epilogue::bounds(clamp), (n, c), &p))
+            }
+            Pair::F64(x, w) => {
+                let b = match bias {
+                    Some((b, (i, j))) => Some(&b.as_slice::<f64>()?[i..j]),
+                    None => None,
+                };
+                CpuStorage::F64(run(x, w, b, super::epilogue::bounds(clamp), (n, c), &p))
+            }
         };
         Ok((out, Shape::from((n, c, p.oh, p.ow))))
     }
@@ -727,5 +735,20 @@ mod tests {
             let d = a.iter().zip(b).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(d / scale < 1e-6, "output {k}: baseline and AVX2 copies differ by {d} (largest {scale})");
         }
+    }
+
+    /// A bias of the wrong length is an error naming the bias, for both fused convolutions.
+    #[test]
+    fn a_bias_of_the_wrong_length_is_an_error() {
+        use super::super::conv2d_bias;
+        use super::depthwise_conv2d_bias;
+        let x = Tensor::zeros((1, 3, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let dw = Tensor::zeros((3, 1, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let e = depthwise_conv2d_bias(&x, &dw, &b, 1, (1, 1, 1, 1), None).unwrap_err().to_string();
+        assert!(e.contains("bias"), "{e}");
+        let w = Tensor::zeros((4, 3, 1, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let e = conv2d_bias(&x, &w, &b, 1, 0, None).unwrap_err().to_string();
+        assert!(e.contains("bias"), "{e}");
     }
 }
