@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use protonet::backbone::{same_padding, EFFICIENTNET_LITE0_BLOCKS};
 use protonet::ops::{conv2d_bias, depthwise_conv2d_bias};
 
 const RELU6: Option<(f32, f32)> = Some((0.0, 6.0));
@@ -44,22 +45,13 @@ fn main() -> protonet::Result<()> {
         None => 32,
     };
     let dev = Device::Cpu;
-    // (repeats, kernel, stride, expand ratio, input filters, output filters)
-    let blocks = [
-        (1, 3, 1, 1, 32, 16),
-        (2, 3, 2, 6, 16, 24),
-        (2, 5, 2, 6, 24, 40),
-        (3, 3, 2, 6, 40, 80),
-        (3, 5, 1, 6, 80, 112),
-        (4, 5, 2, 6, 112, 192),
-        (1, 3, 1, 6, 192, 320),
-    ];
     let mut prof = Profile::default();
     let reps = 3;
+    // The stem's input, padded "same" for stride 2 as the network pads it.
     let img = Tensor::randn(0f32, 1., (n, 3, 225, 225), &dev)?;
     let (stem, b) = (Tensor::randn(0f32, 0.1, (32, 3, 3, 3), &dev)?, Tensor::randn(0f32, 1., 32, &dev)?);
     let mut x = prof.time("stem 3x3/2", (n * 112 * 112 * 32 * 27) as f64, reps, || conv2d_bias(&img, &stem, &b, 2, 0, RELU6))?;
-    for (repeats, k, stride, e, cin0, cout) in blocks {
+    for (repeats, k, stride, e, cin0, cout) in EFFICIENTNET_LITE0_BLOCKS {
         for r in 0..repeats {
             let (cin, s) = if r == 0 { (cin0, stride) } else { (cout, 1) };
             let (mid, side) = (cin * e, x.dim(2)?);
@@ -71,8 +63,8 @@ fn main() -> protonet::Result<()> {
                 x.clone()
             };
             let wd = Tensor::randn(0f32, 0.1, (mid, 1, k, k), &dev)?;
-            // TensorFlow "same" padding for even sides at stride 2: one less before than after.
-            let p = if s == 1 { (k / 2, k / 2, k / 2, k / 2) } else { (k / 2 - 1, k / 2, k / 2 - 1, k / 2) };
+            let (before, after) = same_padding(side, k, s);
+            let p = (before, after, before, after);
             let out_side = side.div_ceil(s);
             let h = prof.time(&format!("depthwise {k}x{k}/{s}"), (n * out_side * out_side * mid * k * k) as f64, reps, || {
                 depthwise_conv2d_bias(&h, &wd, &shift, s, p, RELU6)

@@ -33,9 +33,14 @@ pub fn trunk_side(image_size: usize) -> usize {
     image_size.div_ceil(32)
 }
 
-/// (repeats, kernel, stride, expand ratio, input filters, output filters), as in the
-/// reference's `efficientnet_lite` block strings.
-const BLOCKS: [(usize, usize, usize, usize, usize, usize); 7] = [
+/// EfficientNet-Lite0's MBConv stages: (repeats, kernel, stride, expand ratio, input
+/// filters, output filters), as in the reference's `efficientnet_lite` block strings.
+///
+/// ```
+/// let blocks: usize = protonet::backbone::EFFICIENTNET_LITE0_BLOCKS.iter().map(|b| b.0).sum();
+/// assert_eq!(blocks, 16);
+/// ```
+pub const EFFICIENTNET_LITE0_BLOCKS: [(usize, usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
     (2, 5, 2, 6, 24, 40),
@@ -46,8 +51,13 @@ const BLOCKS: [(usize, usize, usize, usize, usize, usize); 7] = [
 ];
 const BN_EPS: f64 = 1e-3;
 
-/// TensorFlow "same" padding `(before, after)` for one side.
-fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
+/// TensorFlow "same" padding `(before, after)` for one side of `size` pixels, as
+/// EfficientNet-Lite0's convolutions use it.
+///
+/// ```
+/// assert_eq!(protonet::backbone::same_padding(224, 3, 2), (0, 1));
+/// ```
+pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
     let out = size.div_ceil(stride);
     let total = ((out - 1) * stride + kernel).saturating_sub(size);
     (total / 2, total - total / 2)
@@ -162,7 +172,7 @@ impl EfficientNetLite0 {
         let stem = vb.get((32, 3, 3, 3), "_conv_stem.weight")?;
         let bn0 = bn(32, vb.pp("_bn0"))?;
         let mut blocks = Vec::new();
-        for &(repeats, kernel, stride, expand, cin, cout) in &BLOCKS {
+        for &(repeats, kernel, stride, expand, cin, cout) in &EFFICIENTNET_LITE0_BLOCKS {
             for r in 0..repeats {
                 let (cin, stride) = if r == 0 { (cin, stride) } else { (cout, 1) };
                 blocks.push(MbConv::new(vb.pp(format!("_blocks.{}", blocks.len())), cin, cout, kernel, stride, expand)?);

@@ -12,7 +12,8 @@ pub use crate::pretrained::PretrainedWeights;
 pub use batchnorm::BatchNormRelu;
 pub use conv4::{Conv4, Conv4Config};
 pub use efficientnet::{
-    trunk_side, EfficientNetLite0, FineTunedEfficientNet, HeadConfig, TunedHead, CONVERTED_WEIGHTS, EFFICIENTNET_LITE0_DIM, EFFICIENTNET_LITE0_TRUNK_CHANNELS,
+    same_padding, trunk_side, EfficientNetLite0, FineTunedEfficientNet, HeadConfig, TunedHead, CONVERTED_WEIGHTS, EFFICIENTNET_LITE0_BLOCKS,
+    EFFICIENTNET_LITE0_DIM, EFFICIENTNET_LITE0_TRUNK_CHANNELS,
 };
 
 use candle_core::Tensor;

@@ -205,88 +205,48 @@ fn col2im_add<T: WithDType>(cols: &[T], g: &Geometry, img: &mut [T]) {
 }
 }
 
-/// `dst (m x n) = [dst +] a (m x k) * b (k x n)`, with explicit (row, column) strides.
-#[allow(clippy::too_many_arguments)]
+/// `dst (m x n) = [dst +] a (m x k) * b (k x n)`, each with explicit strides: `dst` rows
+/// `dst_rs` apart (a block of columns of a wider output when `dst_rs > n`), `a` and `b`
+/// with (row, column) strides.
 fn matmul<T: WithDType>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (&mut [T], usize),
     accumulate: bool,
-    a: &[T],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[T],
-    b_rs: usize,
-    b_cs: usize,
+    (a, a_rs, a_cs): (&[T], usize, usize),
+    (b, b_rs, b_cs): (&[T], usize, usize),
     par: Parallelism,
 ) {
-    assert!(dst.len() >= m * n);
-    // SAFETY: the slices cover the strided extents described (checked by the callers'
-    // geometry), and dst does not alias a or b.
-    unsafe { gemm_raw(m, n, k, dst, n, accumulate, a, a_rs, a_cs, b, b_rs, b_cs, par) }
-}
-
-/// `dst (m x n, rows `dst_rs` apart) = a (m x k) * b (k x n)`: a block of columns of a
-/// wider output.
-#[allow(clippy::too_many_arguments)]
-fn matmul_strided<T: WithDType>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    dst_rs: usize,
-    a: &[T],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[T],
-    b_rs: usize,
-    b_cs: usize,
-    par: Parallelism,
-) {
-    assert!(m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n);
-    assert!(k == 0 || n == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
-    // SAFETY: as for `matmul`; the asserts bound the strided extents of dst and b.
-    unsafe { gemm_raw(m, n, k, dst, dst_rs, false, a, a_rs, a_cs, b, b_rs, b_cs, par) }
-}
-
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw<T: WithDType>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    dst_rs: usize,
-    accumulate: bool,
-    a: &[T],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[T],
-    b_rs: usize,
-    b_cs: usize,
-    par: Parallelism,
-) {
-    gemm(
-        m,
-        n,
-        k,
-        dst.as_mut_ptr(),
-        1,
-        dst_rs as isize,
-        accumulate,
-        a.as_ptr(),
-        a_cs as isize,
-        a_rs as isize,
-        b.as_ptr(),
-        b_cs as isize,
-        b_rs as isize,
-        T::one(),
-        T::one(),
-        false,
-        false,
-        false,
-        par,
-    )
+    // The last element each operand is read or written at, so that the GEMM stays inside
+    // the slices whatever the strides.
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows > 0 && cols > 0).then(|| (rows - 1) * rs + (cols - 1) * cs);
+    assert!(last(m, n, dst_rs, 1).is_none_or(|i| i < dst.len()), "matmul: destination too short");
+    assert!(last(m, k, a_rs, a_cs).is_none_or(|i| i < a.len()), "matmul: left operand too short");
+    assert!(last(k, n, b_rs, b_cs).is_none_or(|i| i < b.len()), "matmul: right operand too short");
+    // SAFETY: the asserts keep every strided access inside its slice, and `dst`, borrowed
+    // mutably, aliases neither `a` nor `b`.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
 }
 
 /// How to share the work: across images (each GEMM single-threaded) when there are
@@ -346,11 +306,9 @@ impl<T: WithDType> Shifted<T> {
         let k = g.k();
         for t in 0..g.kh * g.kw {
             let off = (t / g.kw) * wp + t % g.kw;
-            // acc (Cout x flat) [+]= W[:, :, t] (Cout x C, strides k and kh*kw) * padded[:, off..] (C x flat)
-            // SAFETY: W[:, :, t] spans (cout - 1) * k + (c - 1) * kh * kw + t < cout * k; the
-            // padded view spans off + (c - 1) * plane + flat <= c * plane (see `new`); acc is
-            // cout * flat long and aliases neither.
-            unsafe { gemm_raw(g.cout, flat, g.c, &mut self.acc, flat, t > 0, &w[t..], k, g.kh * g.kw, &self.padded[off..], plane, 1, par) };
+            // acc (Cout x flat) [+]= W[:, :, t] (Cout x C, strides k and kh*kw) * padded[:, off..] (C x flat);
+            // the padded view ends within the planes (see `new`).
+            matmul((g.cout, flat, g.c), (&mut self.acc, flat), t > 0, (&w[t..], k, g.kh * g.kw), (&self.padded[off..], plane, 1), par);
         }
         let p = g.p();
         for co in 0..g.cout {
@@ -390,7 +348,7 @@ fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry, bias: Opt
             for start in (0..p).step_by(block) {
                 let width = block.min(p - start);
                 // out[:, block] (Cout x width) = W (Cout x K) * cols[:, block] (K x width)
-                matmul_strided(g.cout, width, k, &mut oi[start..], p, w, k, 1, &cols[start..], p, 1, par);
+                matmul((g.cout, width, k), (&mut oi[start..], p), false, (w, k, 1), (&cols[start..], p, 1), par);
                 if let Some(b) = bias {
                     for (co, &bv) in b.iter().enumerate() {
                         let run = &mut oi[co * p + start..][..width];
@@ -413,9 +371,9 @@ fn backward_input<T: WithDType + Send + Sync>(gy: &[T], w: &[T], g: &Geometry) -
         for (di, gi) in d.chunks_mut(g.in_len()).zip(gs.chunks(g.out_len())) {
             // dcols (K x P) = W^T (K x Cout) * gy (Cout x P)
             if g.pointwise() {
-                matmul(k, p, g.cout, di, false, w, 1, k, gi, p, 1, par);
+                matmul((k, p, g.cout), (di, p), false, (w, 1, k), (gi, p, 1), par);
             } else {
-                matmul(k, p, g.cout, &mut cols, false, w, 1, k, gi, p, 1, par);
+                matmul((k, p, g.cout), (&mut cols, p), false, (w, 1, k), (gi, p, 1), par);
                 col2im_add(&cols, g, di);
             }
         }
@@ -441,7 +399,7 @@ fn backward_weight<T: WithDType + Send + Sync>(x: &[T], gy: &[T], g: &Geometry) 
                     &cols
                 };
                 // dW (Cout x K) += gy (Cout x P) * cols^T (P x K)
-                matmul(g.cout, k, p, &mut dw, true, gi, p, 1, cols, 1, p, par);
+                matmul((g.cout, k, p), (&mut dw, k), true, (gi, p, 1), (cols, 1, p), par);
             }
             dw
         })

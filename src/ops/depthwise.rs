@@ -204,14 +204,19 @@ impl Plan {
         (x0, (x0 + self.left) / s)
     }
 
+    /// Where input row `y`'s pixels start in the phase buffer (phase column 0 of its phase row).
+    fn row_start(&self, y: usize) -> usize {
+        let (s, py) = (self.s, y + self.top);
+        (py % s) * s * self.plane + (py / s) * self.wp
+    }
+
     /// Splits one input plane into the phase planes of `buf` (zeros elsewhere).
     #[inline(always)]
     fn split<T: WithDType>(&self, img: &[T], buf: &mut [T]) {
         buf.fill(T::zero());
         let s = self.s;
         for (y, row) in img.chunks_exact(self.w).enumerate() {
-            let py = y + self.top;
-            let at = (py % s) * s * self.plane + (py / s) * self.wp;
+            let at = self.row_start(y);
             for q in 0..s {
                 let (x0, j0) = self.columns(q);
                 let dst = &mut buf[at + q * self.plane + j0..];
@@ -227,8 +232,7 @@ impl Plan {
     fn merge<T: WithDType>(&self, buf: &[T], img: &mut [T]) {
         let s = self.s;
         for (y, row) in img.chunks_exact_mut(self.w).enumerate() {
-            let py = y + self.top;
-            let at = (py % s) * s * self.plane + (py / s) * self.wp;
+            let at = self.row_start(y);
             for q in 0..s {
                 let (x0, j0) = self.columns(q);
                 for (d, &v) in row[x0..].iter_mut().step_by(s).zip(&buf[at + q * self.plane + j0..]) {
