@@ -98,8 +98,8 @@ impl BatchNormRelu {
         let y = x.apply_op3(&self.weight, &self.bias, op)?;
         let (mean, var) = {
             let saved = stats.lock().expect("stats lock");
-            let (mean, var, _) = saved.as_ref().expect("forward ran");
-            (mean.clone(), var.clone())
+            let saved = saved.as_ref().expect("forward ran");
+            (saved.mean.clone(), saved.var.clone())
         };
         self.update_running_from(&x, mean, var)?;
         Ok(y)

@@ -36,33 +36,53 @@ fn contiguous<'a, T>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
     }
 }
 
-/// Mean and biased variance of channel `c` (two passes, f64 accumulation in 8 lanes so
-/// that the additions do not wait on each other).
+/// Mean and biased variance of channel `ch`, reading the input once: each plane's mean
+/// and sum of squared deviations ([`plane_moments`], the plane still in cache for the
+/// second sum), merged across planes in f64 (Chan et al.'s pairwise update), which keeps
+/// the variance accurate however large the mean.
 pub(crate) fn channel_stats<T: WithDType>(x: &[T], (n, c, hw): (usize, usize, usize), ch: usize) -> (f64, f64) {
-    let mut sum = 0.0;
+    let (mut count, mut mean, mut m2) = (0.0, 0.0, 0.0);
     for i in 0..n {
-        sum += lane_sum(&x[(i * c + ch) * hw..][..hw], |v| v);
+        let (pm, pm2) = plane_moments(&x[(i * c + ch) * hw..][..hw]);
+        let k = hw as f64;
+        let total = count + k;
+        let delta = pm - mean;
+        mean += delta * k / total;
+        m2 += pm2 + delta * delta * count * k / total;
+        count = total;
     }
-    let mean = sum / (n * hw) as f64;
-    let mut sq = 0.0;
-    for i in 0..n {
-        sq += lane_sum(&x[(i * c + ch) * hw..][..hw], |v| (v - mean) * (v - mean));
-    }
-    (mean, sq / (n * hw) as f64)
+    (mean, m2 / count.max(1.0))
 }
 
-/// `sum(f(v))` over `s` in f64, in 8 independent lanes.
-#[inline]
-fn lane_sum<T: WithDType>(s: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = s.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            acc[k] += f(c[k].to_f64());
+vectorized! {
+/// The mean of `s` and the sum of squared deviations from it, summed in 8 lanes of `T`
+/// (a plane is short: hundreds of values).
+fn plane_moments<T: WithDType>(s: &[T]) -> (f64, f64) {
+    let k = s.len().max(1) as f64;
+    let (chunks, rest) = (s.chunks_exact(8), s.chunks_exact(8).remainder());
+    let mut acc = [T::zero(); 8];
+    for c in chunks.clone() {
+        for j in 0..8 {
+            acc[j] += c[j];
         }
     }
-    acc.iter().sum::<f64>() + rest.iter().map(|v| f(v.to_f64())).sum::<f64>()
+    let mean = (acc.iter().chain(rest).fold(0.0, |a, v| a + v.to_f64())) / k;
+    // Deviations from the mean rounded to `T`, corrected for that rounding at the end.
+    let m = T::from_f64(mean);
+    let mut acc = [T::zero(); 8];
+    for c in chunks {
+        for j in 0..8 {
+            let d = c[j] - m;
+            acc[j] += d * d;
+        }
+    }
+    let tail = rest.iter().fold(0.0, |a, &v| {
+        let d = (v - m).to_f64();
+        a + d * d
+    });
+    let shift = mean - m.to_f64();
+    (mean, acc.iter().fold(tail, |a, v| a + v.to_f64()) - k * shift * shift)
+}
 }
 
 /// Writes `f(channel, plane)` into every `(n, channel)` plane of `out`, channels in parallel.

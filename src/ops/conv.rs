@@ -1,16 +1,22 @@
-//! 2-D convolution (stride 1, zero padding, no bias) for the CPU as a candle custom op:
-//! im2col per image and a GEMM (the `gemm` crate, which candle also uses), with both
-//! gradients through GEMMs as well. candle 0.11 computes the input gradient with a
-//! direct `conv_transpose2d` loop that does not use GEMM.
+//! 2-D convolution (zero padding, optional stride, bias and clamp) for the CPU as candle
+//! custom ops, each pass through GEMMs (the `gemm` crate, which candle also uses):
+//! - 3x3 kernels with stride 1 and at least 16 input channels (Conv-4's inner layers) run
+//!   all three passes through Winograd's F(2x2, 3x3) ([`winograd`]): 16 multiplications
+//!   per 2x2 outputs instead of 36;
+//! - other kernels with stride 1 and at least 16 input channels run their forward pass as
+//!   one GEMM per kernel tap on zero-padded planes ([`Shifted`]);
+//! - 1x1 kernels read the image as its own column matrix; the rest use im2col per image.
 //!
-//! Work is split over images across rayon's threads, each with its own im2col buffer;
-//! the weight gradient is summed per thread and then reduced. Columns are recomputed in
-//! the backward pass rather than stored.
+//! candle 0.11 computes the input gradient with a direct `conv_transpose2d` loop that does
+//! not use GEMM. Work is split over images across rayon's threads, each with its own
+//! buffers; the kernel gradient is summed per thread and then reduced. Columns and tiles
+//! are recomputed in the backward pass rather than stored.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::winograd::{self, Tiling};
 use crate::Result;
 
 /// `conv2d(x, w)` with stride 1 and `padding` zeros on every side, no bias.
@@ -118,6 +124,14 @@ impl Geometry {
     /// Whether the forward pass runs as shifted GEMMs ([`Shifted`]).
     fn shifted(&self) -> bool {
         self.stride == 1 && self.kh * self.kw > 1 && self.c >= SHIFTED_MIN_CHANNELS
+    }
+    /// Whether all three passes run through Winograd's F(2x2, 3x3) ([`winograd`]).
+    fn winograd(&self) -> bool {
+        self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad <= 2 && self.c >= WINOGRAD_MIN_CHANNELS
+    }
+    /// The Winograd tiles of the forward pass (and of the kernel gradient).
+    fn tiling(&self) -> Tiling {
+        Tiling::new(self.c, self.h, self.w, self.pad, self.cout)
     }
     fn in_len(&self) -> usize {
         self.c * self.h * self.w
@@ -274,6 +288,71 @@ fn block_columns(cout: usize, p: usize) -> usize {
 /// its forward pass as shifted GEMMs ([`Shifted`]) instead of im2col and one GEMM.
 const SHIFTED_MIN_CHANNELS: usize = 16;
 
+/// Input channels from which a 3x3 convolution with stride 1 (and padding at most 2) runs
+/// its three passes through Winograd's F(2x2, 3x3) ([`winograd`]).
+const WINOGRAD_MIN_CHANNELS: usize = 16;
+
+/// `out = conv(images, kernel)` through Winograd tiles, batch by batch of images: `u` is
+/// the transformed kernel ([`winograd::transform_kernel`]), `t` the tiling, and the bias and
+/// clamp are applied to each output plane once written.
+#[allow(clippy::too_many_arguments)]
+fn winograd_conv<T: WithDType>(images: &[T], u: &[T], t: &Tiling, out: &mut [T], bias: Option<&[T]>, clamp: Option<(T, T)>, par: Parallelism) {
+    let (in_len, p) = (t.c * t.h * t.w, t.oh * t.ow);
+    let batch = t.images_per_batch().min(images.len() / in_len.max(1)).max(1);
+    let mut v = vec![T::zero(); 16 * t.c * batch * t.per_image()];
+    let mut m = vec![T::zero(); 16 * t.rows * batch * t.per_image()];
+    for (xs, os) in images.chunks(batch * in_len).zip(out.chunks_mut(batch * t.rows * p)) {
+        let tiles = xs.len() / in_len * t.per_image();
+        let (v, m) = (&mut v[..16 * t.c * tiles], &mut m[..16 * t.rows * tiles]);
+        winograd::input_tiles(xs, t, v);
+        for xi in 0..16 {
+            // M_ξ (rows x tiles) = U_ξ (rows x C) * V_ξ (C x tiles)
+            matmul(
+                (t.rows, tiles, t.c),
+                (&mut m[xi * t.rows * tiles..], tiles),
+                false,
+                (&u[xi * t.rows * t.c..], t.c, 1),
+                (&v[xi * t.c * tiles..], tiles, 1),
+                par,
+            );
+        }
+        winograd::output_tiles(m, t, os);
+        if let Some(b) = bias {
+            for (plane, &bv) in os.chunks_exact_mut(p).zip(b.iter().cycle()) {
+                super::epilogue::apply_run(plane, bv, clamp);
+            }
+        }
+    }
+}
+
+/// The transformed kernel gradient `dU` (`[ξ][Cout][C]`, see [`winograd`]) of `images`
+/// and their output gradient `grad`, summed over the images.
+fn winograd_kernel_gradient<T: WithDType>(images: &[T], grad: &[T], t: &Tiling, par: Parallelism) -> Vec<T> {
+    let (in_len, out_len) = (t.c * t.h * t.w, t.rows * t.oh * t.ow);
+    let batch = t.images_per_batch().min(images.len() / in_len.max(1)).max(1);
+    let mut v = vec![T::zero(); 16 * t.c * batch * t.per_image()];
+    let mut dm = vec![T::zero(); 16 * t.rows * batch * t.per_image()];
+    let mut du = vec![T::zero(); 16 * t.rows * t.c];
+    for (xs, gs) in images.chunks(batch * in_len).zip(grad.chunks(batch * out_len)) {
+        let tiles = xs.len() / in_len * t.per_image();
+        let (v, dm) = (&mut v[..16 * t.c * tiles], &mut dm[..16 * t.rows * tiles]);
+        winograd::input_tiles(xs, t, v);
+        winograd::gradient_tiles(gs, t, dm);
+        for xi in 0..16 {
+            // dU_ξ (Cout x C) += dM_ξ (Cout x tiles) * V_ξᵀ (tiles x C)
+            matmul(
+                (t.rows, t.c, tiles),
+                (&mut du[xi * t.rows * t.c..], t.c),
+                true,
+                (&dm[xi * t.rows * tiles..], tiles, 1),
+                (&v[xi * t.c * tiles..], 1, tiles),
+                par,
+            );
+        }
+    }
+    du
+}
+
 /// A forward pass without im2col: the image is copied once into zero-padded planes stored
 /// flat (`wp` columns per row), and the output, computed flat in the same layout, is the
 /// sum over kernel taps of one GEMM each: `W[:, :, ky, kx]` (Cout x C) times the padded
@@ -329,7 +408,12 @@ fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry, bias: Opt
     let (chunks, par) = plan(g.n);
     let per = chunk_len(g.n, chunks);
     let block = if bias.is_some() { block_columns(g.cout, p) } else { p };
+    let kernel = g.winograd().then(|| winograd::transform_kernel(w, g.cout, g.c, false));
     out.par_chunks_mut(per * g.out_len()).zip(x.par_chunks(per * g.in_len())).for_each(|(o, xs)| {
+        if let Some(u) = &kernel {
+            winograd_conv(xs, u, &g.tiling(), o, bias, clamp, par);
+            return;
+        }
         if g.shifted() {
             let mut shifted = Shifted::new(g);
             for (oi, xi) in o.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
@@ -366,7 +450,15 @@ fn backward_input<T: WithDType + Send + Sync>(gy: &[T], w: &[T], g: &Geometry) -
     let mut dx = vec![T::zero(); g.n * g.in_len()];
     let (chunks, par) = plan(g.n);
     let per = chunk_len(g.n, chunks);
+    // The input gradient of a 3x3 convolution with padding `pad` is a 3x3 convolution of the
+    // output gradient, padded by `2 - pad`, with the kernel rotated and transposed.
+    let kernel = g.winograd().then(|| winograd::transform_kernel(w, g.cout, g.c, true));
+    let tiling = Tiling::new(g.cout, g.oh, g.ow, 2usize.saturating_sub(g.pad), g.c);
     dx.par_chunks_mut(per * g.in_len()).zip(gy.par_chunks(per * g.out_len())).for_each(|(d, gs)| {
+        if let Some(u) = &kernel {
+            winograd_conv(gs, u, &tiling, d, None, None, par);
+            return;
+        }
         let mut cols = vec![T::zero(); if g.pointwise() { 0 } else { k * p }];
         for (di, gi) in d.chunks_mut(g.in_len()).zip(gs.chunks(g.out_len())) {
             // dcols (K x P) = W^T (K x Cout) * gy (Cout x P)
@@ -389,6 +481,9 @@ fn backward_weight<T: WithDType + Send + Sync>(x: &[T], gy: &[T], g: &Geometry) 
         .par_chunks(per * g.in_len())
         .zip(gy.par_chunks(per * g.out_len()))
         .map(|(xs, gs)| {
+            if g.winograd() {
+                return winograd_kernel_gradient(xs, gs, &g.tiling(), par);
+            }
             let mut cols = vec![T::zero(); if g.pointwise() { 0 } else { k * p }];
             let mut dw = vec![T::zero(); g.cout * k];
             for (xi, gi) in xs.chunks(g.in_len()).zip(gs.chunks(g.out_len())) {
@@ -404,13 +499,17 @@ fn backward_weight<T: WithDType + Send + Sync>(x: &[T], gy: &[T], g: &Geometry) 
             dw
         })
         .collect();
-    let mut dw = vec![T::zero(); g.cout * k];
+    let mut sum = vec![T::zero(); if g.winograd() { 16 * g.cout * g.c } else { g.cout * k }];
     for part in partial {
-        for (a, b) in dw.iter_mut().zip(part) {
+        for (a, b) in sum.iter_mut().zip(part) {
             *a += b;
         }
     }
-    dw
+    if g.winograd() {
+        winograd::kernel_gradient(&sum, g.cout, g.c)
+    } else {
+        sum
+    }
 }
 
 fn slice<'a, T>(data: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {

@@ -723,12 +723,17 @@ mod tests {
         let w3 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 6, 3, 3), &dev).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 6, &dev).unwrap()).unwrap();
         let b3 = Var::from_tensor(&Tensor::randn(0f32, 1.0, 4, &dev).unwrap()).unwrap();
+        // 16 channels, 3x3, stride 1: the Winograd transforms.
+        let x16 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 16, 9, 7), &dev).unwrap()).unwrap();
+        let w16 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 16, 3, 3), &dev).unwrap()).unwrap();
         let run = || {
             let h = depthwise_conv2d_bias(x.as_tensor(), dw.as_tensor(), b.as_tensor(), 2, (1, 2, 1, 2), Some((0.0, 6.0))).unwrap();
             let y = conv2d_bias(&h, w3.as_tensor(), b3.as_tensor(), 2, 1, Some((-1.0, 1.0))).unwrap();
-            let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-            let mut out = vec![y.flatten_all().unwrap().to_vec1::<f32>().unwrap()];
-            for v in [&x, &dw, &w3, &b, &b3] {
+            let y16 = conv2d_bias(x16.as_tensor(), w16.as_tensor(), b3.as_tensor(), 1, 1, None).unwrap();
+            let loss = (y.sqr().unwrap().sum_all().unwrap() + y16.sqr().unwrap().sum_all().unwrap()).unwrap();
+            let grads = loss.backward().unwrap();
+            let mut out = vec![y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), y16.flatten_all().unwrap().to_vec1::<f32>().unwrap()];
+            for v in [&x, &dw, &w3, &b, &b3, &x16, &w16] {
                 out.push(grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
             }
             out

@@ -34,75 +34,103 @@ fn contiguous<'a, T>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
     }
 }
 
-/// The window of output `(oy, ox)` of a plane `src` of width `w`, through `z = v*s + b`
-/// and ReLU: the index in the plane of its first maximum, the z there, and the pooled
-/// value. Written without branches on the data (selects, not jumps), since whether a
-/// value passes the ReLU is a coin flip the branch predictor cannot learn. As
-/// `max_pool2x2(relu(z))` gives it: `relu(max(z))`, the gradient to the first maximum;
-/// a NaN anywhere in the window gives NaN and no gradient.
+/// Code of a window whose maximum has `z <= 0` (or a NaN): no gradient passes.
+const MASKED: u8 = u8::MAX;
+
+/// One window `v` (row-major) through `z = v * s + b` and ReLU: its pooled value, the
+/// position of its first maximum (0..4) or [`MASKED`] where `z <= 0` there, and the input
+/// value at that maximum. Branch-free (selects), so that loops over windows vectorize; a
+/// NaN anywhere in the window gives NaN, as `max_pool2x2(relu(z))` does.
 #[inline(always)]
-fn window<T: WithDType>(src: &[T], w: usize, oy: usize, ox: usize, s: T, b: T) -> (usize, T, T) {
-    let i0 = 2 * oy * w + 2 * ox;
-    let z = [src[i0] * s + b, src[i0 + 1] * s + b, src[i0 + w] * s + b, src[i0 + w + 1] * s + b];
-    let (mut k, mut bz) = (0usize, z[0]);
-    for (j, &zj) in z.iter().enumerate().skip(1) {
-        let better = zj > bz;
-        k = if better { j } else { k };
-        bz = if better { zj } else { bz };
+fn window<T: WithDType>(v: [T; 4], s: T, b: T) -> (T, u8, T) {
+    let z = [v[0] * s + b, v[1] * s + b, v[2] * s + b, v[3] * s + b];
+    let (mut k, mut bz, mut bx) = (0u8, z[0], v[0]);
+    for j in 1..4 {
+        let better = z[j] > bz;
+        k = if better { j as u8 } else { k };
+        bz = if better { z[j] } else { bz };
+        bx = if better { v[j] } else { bx };
     }
     #[allow(clippy::eq_op)]
     let nan = (z[0] != z[0]) | (z[1] != z[1]) | (z[2] != z[2]) | (z[3] != z[3]);
-    let y = if bz > T::zero() { bz } else { T::zero() };
-    let (bz, y) = if nan { (z[0] + z[1] + z[2] + z[3], z[0] + z[1] + z[2] + z[3]) } else { (bz, y) };
-    (i0 + (k >> 1) * w + (k & 1), bz, y)
+    let pass = bz > T::zero();
+    let relu = if pass { bz } else { T::zero() };
+    (if nan { z[0] + z[1] + z[2] + z[3] } else { relu }, if pass & !nan { k } else { MASKED }, bx)
 }
 
-/// Pooled `relu(x * scale + shift)` per channel.
-fn pool_affine_relu<T: WithDType + Send + Sync>(x: &[T], scale: &[T], shift: &[T], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<T> {
+/// The four values of window `o` of a row pair `r0`, `r1`.
+#[inline(always)]
+fn at<T: Copy>(r0: &[T], r1: &[T], o: usize) -> [T; 4] {
+    [r0[2 * o], r0[2 * o + 1], r1[2 * o], r1[2 * o + 1]]
+}
+
+vectorized! {
+/// The pooled plane of `src` (`h x w`) through `z = v * s + b` and ReLU (see [`window`]).
+fn pool_plane<T: WithDType>(src: &[T], w: usize, s: T, b: T, out: &mut [T]) {
+    let ow = w / 2;
+    for (rows, out) in src.chunks_exact(2 * w).zip(out.chunks_exact_mut(ow)) {
+        let (r0, r1) = (&rows[..2 * ow], &rows[w..w + 2 * ow]);
+        for (o, y) in out.iter_mut().enumerate() {
+            *y = window(at(r0, r1, o), s, b).0;
+        }
+    }
+}
+}
+
+vectorized! {
+/// [`pool_plane`], also writing each window's code and the input value at its maximum,
+/// for the backward pass.
+fn pool_plane_saved<T: WithDType>(src: &[T], w: usize, s: T, b: T, out: &mut [T], codes: &mut [u8], maxima: &mut [T]) {
+    let ow = w / 2;
+    let rows = src.chunks_exact(2 * w).zip(out.chunks_exact_mut(ow));
+    for ((rows, out), (codes, maxima)) in rows.zip(codes.chunks_exact_mut(ow).zip(maxima.chunks_exact_mut(ow))) {
+        let (r0, r1) = (&rows[..2 * ow], &rows[w..w + 2 * ow]);
+        let (codes, maxima) = (&mut codes[..out.len()], &mut maxima[..out.len()]);
+        for o in 0..out.len() {
+            let (y, code, xm) = window(at(r0, r1, o), s, b);
+            out[o] = y;
+            codes[o] = code;
+            maxima[o] = xm;
+        }
+    }
+}
+}
+
+/// Pooled `relu(x * scale + shift)` per channel; with `saved`, also each window's code
+/// (see [`window`]) and the input value at its maximum, for the backward pass.
+fn pool_affine_relu<T: WithDType + Send + Sync>(
+    x: &[T],
+    scale: &[T],
+    shift: &[T],
+    (n, c, h, w): (usize, usize, usize, usize),
+    saved: bool,
+) -> (Vec<T>, Vec<u8>, Vec<T>) {
     let (oh, ow) = (h / 2, w / 2);
-    let mut out = vec![T::zero(); n * c * oh * ow];
+    let len = n * c * oh * ow;
+    let mut out = vec![T::zero(); len];
+    let mut codes = vec![0u8; if saved { len } else { 0 }];
+    let mut maxima = vec![T::zero(); if saved { len } else { 0 }];
+    let (codes_ptr, maxima_ptr) = (SendPtr(codes.as_mut_ptr()), SendPtr(maxima.as_mut_ptr()));
     per_channel_planes(&mut out, (n, c, oh * ow), |ch, i, plane| {
         let src = &x[(i * c + ch) * h * w..][..h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                plane[oy * ow + ox] = window(src, w, oy, ox, scale[ch], shift[ch]).2;
-            }
+        if !saved {
+            return pool_plane(src, w, scale[ch], shift[ch], plane);
         }
+        let at = (i * c + ch) * oh * ow;
+        // SAFETY: plane (i, ch) of the codes and maxima is written by this task only, like
+        // `plane`.
+        let (codes, maxima) =
+            unsafe { (std::slice::from_raw_parts_mut(codes_ptr.get().add(at), oh * ow), std::slice::from_raw_parts_mut(maxima_ptr.get().add(at), oh * ow)) };
+        pool_plane_saved(src, w, scale[ch], shift[ch], plane, codes, maxima);
     });
-    out
+    (out, codes, maxima)
 }
 
-/// Code of a window whose maximum has `z <= 0`: no gradient passes.
-const MASKED: u8 = u8::MAX;
-
-/// Like [`pool_affine_relu`], also returning per window the position of its maximum
-/// (0..4, row-major) or [`MASKED`], for the backward pass.
-fn pool_affine_relu_codes<T: WithDType + Send + Sync>(x: &[T], scale: &[T], shift: &[T], (n, c, h, w): (usize, usize, usize, usize)) -> (Vec<T>, Vec<u8>) {
-    let (oh, ow) = (h / 2, w / 2);
-    let mut out = vec![T::zero(); n * c * oh * ow];
-    let mut codes = vec![0u8; n * c * oh * ow];
-    let codes_ptr = CodesPtr(codes.as_mut_ptr());
-    per_channel_planes(&mut out, (n, c, oh * ow), |ch, i, plane| {
-        let src = &x[(i * c + ch) * h * w..][..h * w];
-        // SAFETY: plane (i, ch) of the codes is written by this task only, like `plane`.
-        let code = unsafe { std::slice::from_raw_parts_mut(codes_ptr.get().add((i * c + ch) * oh * ow), oh * ow) };
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let (j, z, y) = window(src, w, oy, ox, scale[ch], shift[ch]);
-                plane[oy * ow + ox] = y;
-                let (r, col) = (j / w - 2 * oy, j % w - 2 * ox);
-                code[oy * ow + ox] = if z > T::zero() { (2 * r + col) as u8 } else { MASKED };
-            }
-        }
-    });
-    (out, codes)
-}
-
-struct CodesPtr(*mut u8);
-unsafe impl Sync for CodesPtr {}
-unsafe impl Send for CodesPtr {}
-impl CodesPtr {
-    fn get(&self) -> *mut u8 {
+struct SendPtr<T>(*mut T);
+unsafe impl<T> Sync for SendPtr<T> {}
+unsafe impl<T> Send for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(&self) -> *mut T {
         self.0
     }
 }
@@ -126,17 +154,20 @@ pub(crate) struct BnReluPoolTrain {
 }
 
 /// What the forward pass keeps for the backward pass: batch mean, biased variance, and
-/// each window's code (see [`pool_affine_relu_codes`]).
-pub(crate) type Saved = (Vec<f64>, Vec<f64>, Vec<u8>);
+/// per window its code and the input value at its maximum (see [`pool_row`]).
+pub(crate) struct Saved {
+    pub(crate) mean: Vec<f64>,
+    pub(crate) var: Vec<f64>,
+    codes: Vec<u8>,
+    maxima: CpuStorage,
+}
 
 fn train_fwd<T: WithDType + Send + Sync>(x: &[T], gamma: &[T], beta: &[T], d: (usize, usize, usize, usize)) -> (Vec<T>, Saved) {
     let (n, c, h, w) = d;
-    let stats: Vec<(f64, f64)> = (0..c).into_par_iter().map(|ch| channel_stats(x, (n, c, h * w), ch)).collect();
-    let mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
-    let var: Vec<f64> = stats.iter().map(|s| s.1).collect();
+    let (mean, var): (Vec<f64>, Vec<f64>) = (0..c).into_par_iter().map(|ch| channel_stats(x, (n, c, h * w), ch)).unzip();
     let (scale, shift) = affine(gamma, beta, &mean, &var);
-    let (y, codes) = pool_affine_relu_codes(x, &scale, &shift, d);
-    (y, (mean, var, codes))
+    let (y, codes, maxima) = pool_affine_relu(x, &scale, &shift, d, true);
+    (y, Saved { mean, var, codes, maxima: T::to_cpu_storage_owned(maxima) })
 }
 
 impl CustomOp3 for BnReluPoolTrain {
@@ -190,22 +221,86 @@ struct BnReluPoolBackward {
     stats: Arc<Mutex<Option<Saved>>>,
 }
 
+vectorized! {
+/// Over the windows of one plane whose maximum passed the ReLU (code not [`MASKED`]):
+/// `sum(g)` and `sum(g * (x_max - mean))`, in 8 lanes of `T`.
+fn window_sums<T: WithDType>(codes: &[u8], g: &[T], maxima: &[T], mean: T) -> (f64, f64) {
+    let (mut sg, mut sgx) = ([T::zero(); 8], [T::zero(); 8]);
+    let chunks = codes.chunks_exact(8).zip(g.chunks_exact(8)).zip(maxima.chunks_exact(8));
+    for ((cc, gc), mc) in chunks {
+        for j in 0..8 {
+            let gv = if cc[j] != MASKED { gc[j] } else { T::zero() };
+            sg[j] += gv;
+            sgx[j] += gv * (mc[j] - mean);
+        }
+    }
+    let done = codes.len() / 8 * 8;
+    let (mut a, mut b) = (0.0, 0.0);
+    for ((&cv, &gv), &mv) in codes[done..].iter().zip(&g[done..]).zip(&maxima[done..]) {
+        if cv != MASKED {
+            a += gv.to_f64();
+            b += (gv * (mv - mean)).to_f64();
+        }
+    }
+    (sg.iter().fold(a, |s, v| s + v.to_f64()), sgx.iter().fold(b, |s, v| s + v.to_f64()))
+}
+}
+
+vectorized! {
+/// The input gradient of one `h x w` plane: `a * x + b` everywhere, plus `k * g` at each
+/// window's maximum (its code says where; none when [`MASKED`]).
+fn plane_gradient<T: WithDType>(x: &[T], codes: &[u8], g: &[T], h: usize, w: usize, coefficients: (T, T, T), dx: &mut [T]) {
+    let (a, b, k) = coefficients;
+    let ow = w / 2;
+    for (oy, (rows, dxs)) in x.chunks_exact(2 * w).zip(dx.chunks_exact_mut(2 * w)).enumerate() {
+        let (x0, x1) = rows.split_at(w);
+        let (d0, d1) = dxs.split_at_mut(w);
+        let windows = d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2)).zip(x0.chunks_exact(2).zip(x1.chunks_exact(2)));
+        for (((p, q), (u, v)), (&code, &gv)) in windows.zip(codes[oy * ow..][..ow].iter().zip(&g[oy * ow..][..ow])) {
+            let add = k * gv;
+            let pick = |j: u8| if code == j { add } else { T::zero() };
+            p[0] = a * u[0] + b + pick(0);
+            p[1] = a * u[1] + b + pick(1);
+            q[0] = a * v[0] + b + pick(2);
+            q[1] = a * v[1] + b + pick(3);
+        }
+        if w % 2 == 1 {
+            d0[w - 1] = a * x0[w - 1] + b;
+            d1[w - 1] = a * x1[w - 1] + b;
+        }
+    }
+    if h % 2 == 1 {
+        for (d, &v) in dx[(h - 1) * w..].iter_mut().zip(&x[(h - 1) * w..]) {
+            *d = a * v + b;
+        }
+    }
+}
+}
+
 fn train_bwd<T: WithDType + Send + Sync>(x: &[T], gp: &[T], gamma: &[T], beta: &[T], d: (usize, usize, usize, usize), saved: &Option<Saved>) -> Vec<T> {
     let (n, c, h, w) = d;
-    let (hw, oh, ow) = (h * w, h / 2, w / 2);
+    let (hw, pooled) = (h * w, (h / 2) * (w / 2));
     let m = (n * hw) as f64;
     let recomputed;
-    let (mean, var, codes) = match saved {
-        Some((mu, v, codes)) if mu.len() == c && v.len() == c && codes.len() == gp.len() => (mu, v, codes),
-        _ => {
+    let kept = saved.as_ref().and_then(|s| {
+        let maxima = T::cpu_storage_as_slice(&s.maxima).ok()?;
+        (s.mean.len() == c && s.var.len() == c && s.codes.len() == gp.len() && maxima.len() == gp.len()).then_some((
+            &s.mean[..],
+            &s.var[..],
+            &s.codes[..],
+            maxima,
+        ))
+    });
+    let (mean, var, codes, maxima) = match kept {
+        Some(k) => k,
+        None => {
             let (mu, v): (Vec<f64>, Vec<f64>) = (0..c).into_par_iter().map(|ch| channel_stats(x, (n, c, hw), ch)).unzip();
             let (scale, shift) = affine(gamma, beta, &mu, &v);
-            recomputed = (pool_affine_relu_codes(x, &scale, &shift, d).1, mu, v);
-            (&recomputed.1, &recomputed.2, &recomputed.0)
+            let (_, codes, maxima) = pool_affine_relu(x, &scale, &shift, d, true);
+            recomputed = (mu, v, codes, maxima);
+            (&recomputed.0[..], &recomputed.1[..], &recomputed.2[..], &recomputed.3[..])
         }
     };
-    // Position in the plane of the maximum of window `o` (its code is not MASKED).
-    let at = |o: usize, code: u8| (2 * (o / ow) + (code as usize >> 1)) * w + 2 * (o % ow) + (code as usize & 1);
     // Per channel: sum(dz) and sum(dz * xhat) over the window maxima where z > 0 (the only
     // places with a gradient: dz = d pooled there).
     let sums: Vec<(f64, f64)> = (0..c)
@@ -214,15 +309,10 @@ fn train_bwd<T: WithDType + Send + Sync>(x: &[T], gp: &[T], gamma: &[T], beta: &
             let inv = 1.0 / (var[ch] + EPS).sqrt();
             let (mut sdz, mut sdzx) = (0.0, 0.0);
             for i in 0..n {
-                let src = &x[(i * c + ch) * hw..][..hw];
-                let base = (i * c + ch) * oh * ow;
-                for (o, (&code, g)) in codes[base..base + oh * ow].iter().zip(&gp[base..base + oh * ow]).enumerate() {
-                    if code != MASKED {
-                        let dz = g.to_f64();
-                        sdz += dz;
-                        sdzx += dz * (src[at(o, code)].to_f64() - mean[ch]) * inv;
-                    }
-                }
+                let at = (i * c + ch) * pooled..(i * c + ch + 1) * pooled;
+                let (sg, sgx) = window_sums(&codes[at.clone()], &gp[at.clone()], &maxima[at], T::from_f64(mean[ch]));
+                sdz += sg;
+                sdzx += sgx * inv;
             }
             (sdz, sdzx)
         })
@@ -233,20 +323,11 @@ fn train_bwd<T: WithDType + Send + Sync>(x: &[T], gp: &[T], gamma: &[T], beta: &
         let inv = 1.0 / (var[ch] + EPS).sqrt();
         let (sdz, sdzx) = sums[ch];
         let k = gamma[ch].to_f64() * inv;
-        let src = &x[(i * c + ch) * hw..][..hw];
         // dx = k * (dz - sum(dz)/m - xhat * sum(dz xhat)/m), dz = 0 off the maxima.
         let a = T::from_f64(-k * sdzx / m * inv);
         let b = T::from_f64(-k * sdz / m + k * sdzx / m * inv * mean[ch]);
-        for (p, &v) in plane.iter_mut().zip(src) {
-            *p = a * v + b;
-        }
-        let kt = T::from_f64(k);
-        let base = (i * c + ch) * oh * ow;
-        for (o, (&code, &g)) in codes[base..base + oh * ow].iter().zip(&gp[base..base + oh * ow]).enumerate() {
-            if code != MASKED {
-                plane[at(o, code)] += kt * g;
-            }
-        }
+        let at = (i * c + ch) * pooled..(i * c + ch + 1) * pooled;
+        plane_gradient(&x[(i * c + ch) * hw..][..hw], &codes[at.clone()], &gp[at], h, w, (a, b, T::from_f64(k)), plane);
     });
     for ch in 0..c {
         rest[ch] = T::from_f64(sums[ch].1);
@@ -309,11 +390,11 @@ impl CustomOp1 for AffineReluPool {
         let out = match s {
             CpuStorage::F32(x) => {
                 let (sc, sh) = self.typed::<f32>();
-                CpuStorage::F32(pool_affine_relu(contiguous(x, l)?, &sc, &sh, d))
+                CpuStorage::F32(pool_affine_relu(contiguous(x, l)?, &sc, &sh, d, false).0)
             }
             CpuStorage::F64(x) => {
                 let (sc, sh) = self.typed::<f64>();
-                CpuStorage::F64(pool_affine_relu(contiguous(x, l)?, &sc, &sh, d))
+                CpuStorage::F64(pool_affine_relu(contiguous(x, l)?, &sc, &sh, d, false).0)
             }
             _ => candle_core::bail!("affine-relu-pool: only f32 and f64"),
         };
@@ -339,10 +420,11 @@ fn affine_bwd<T: WithDType + Send + Sync>(x: &[T], gp: &[T], scale: &[T], shift:
         let src = &x[(i * c + ch) * hw..][..hw];
         let g = &gp[(i * c + ch) * oh * ow..][..oh * ow];
         for oy in 0..oh {
+            let (r0, r1) = (&src[2 * oy * w..][..w], &src[(2 * oy + 1) * w..][..w]);
             for ox in 0..ow {
-                let (j, z, _) = window(src, w, oy, ox, scale[ch], shift[ch]);
-                if z > T::zero() {
-                    plane[j] = g[oy * ow + ox] * scale[ch];
+                let code = window(at(r0, r1, ox), scale[ch], shift[ch]).1;
+                if code != MASKED {
+                    plane[(2 * oy + (code as usize >> 1)) * w + 2 * ox + (code as usize & 1)] = g[oy * ow + ox] * scale[ch];
                 }
             }
         }

@@ -1,5 +1,6 @@
-//! CPU kernels with their own backward passes, as candle custom ops: im2col + GEMM
-//! convolution (with a stride, and with a bias and clamp applied in the same pass),
+//! CPU kernels with their own backward passes, as candle custom ops: convolution through
+//! GEMMs (Winograd's F(2x2, 3x3) for 3x3 kernels on 16 channels or more, im2col otherwise;
+//! with a stride, and with a bias and clamp applied in the same pass),
 //! depthwise convolution (likewise), 2x2 max-pool, BatchNorm + ReLU, BatchNorm + ReLU +
 //! max-pool fused, and a per-channel affine map with a clamp. Each is checked against
 //! candle's plain ops (values and gradients) in its tests. The hand-written loops are
@@ -16,6 +17,7 @@ mod depthwise;
 mod epilogue;
 pub(crate) mod fused;
 mod pool;
+mod winograd;
 
 pub use affine::{channel_affine, channel_affine_portable};
 pub use conv::{conv2d, conv2d_bias, conv2d_bias_portable};
