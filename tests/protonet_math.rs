@@ -172,14 +172,15 @@ fn embedding_dimensions_follow_the_paper() {
 }
 
 /// The fast CPU Conv-4 and the plain candle one compute the same embeddings from the
-/// same weights, in training and in evaluation mode, on odd sizes and batch 1.
+/// same weights, in training and in evaluation mode, on odd sizes and batch 1, with 8
+/// filters (im2col) and 16 (Winograd from the second block on).
 #[test]
 fn fast_and_plain_conv4_agree() {
     use protonet::backbone::Ops;
-    for (n, c, size) in [(1, 1, 28), (3, 3, 21), (5, 1, 16)] {
+    for (n, c, size, hidden) in [(1, 1, 28, 8), (3, 3, 21, 8), (5, 1, 16, 8), (1, 1, 28, 16), (4, 3, 19, 16)] {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-        let cfg = Conv4Config { in_channels: c, hidden: 8, depth: 4 };
+        let cfg = Conv4Config { in_channels: c, hidden, depth: 4 };
         let fast = Conv4::with_ops(&cfg, vb.clone(), Ops::Fast).unwrap();
         let plain = Conv4::with_ops(&cfg, vb, Ops::Plain).unwrap();
         let x = Tensor::randn(0f32, 1.0, (n, c, size, size), &Device::Cpu).unwrap();

@@ -54,8 +54,7 @@ impl BatchNormRelu {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let c = x.dim(1)?;
         if !train {
-            let scale = (self.weight.detach() / (self.running_var.as_tensor() + EPS)?.sqrt()?)?;
-            let shift = (self.bias.detach() - (self.running_mean.as_tensor() * &scale)?)?;
+            let (scale, shift) = self.running_affine()?;
             let shape = (1, c, 1, 1);
             let y = x.broadcast_mul(&scale.reshape(shape)?)?.broadcast_add(&shift.reshape(shape)?)?;
             return Ok(y.relu()?);
@@ -69,6 +68,27 @@ impl BatchNormRelu {
         let (mean, var) = stats.lock().expect("stats lock").clone().expect("forward ran");
         self.update_running_from(x, mean, var)?;
         Ok(y)
+    }
+
+    /// Evaluation mode's per-channel scale and shift, from the running statistics:
+    /// `relu(batchnorm(x)) = relu(x * scale + shift)`. They are constants (no gradient
+    /// reaches the BatchNorm parameters in evaluation mode), so that a convolution before
+    /// it can take the scale into its kernel.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use protonet::backbone::{BatchNormRelu, Ops};
+    /// let vm = VarMap::new();
+    /// let bn = BatchNormRelu::new(3, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), Ops::Fast)?;
+    /// let (scale, shift) = bn.running_affine()?;
+    /// assert!((scale.to_vec1::<f32>()?[0] - 1.0).abs() < 1e-4 && shift.to_vec1::<f32>()?[0] == 0.0);
+    /// # Ok::<(), protonet::Error>(())
+    /// ```
+    pub fn running_affine(&self) -> Result<(Tensor, Tensor)> {
+        let scale = (self.weight.detach() / (self.running_var.as_tensor() + EPS)?.sqrt()?)?;
+        let shift = (self.bias.detach() - (self.running_mean.as_tensor() * &scale)?)?;
+        Ok((scale, shift))
     }
 
     /// `maxpool2x2(relu(batchnorm(x)))`, the tail of a Conv-4 block, as one fused

@@ -3,7 +3,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::{Backbone, BatchNormRelu};
-use crate::ops::{conv2d, max_pool2x2_portable, Ops};
+use crate::ops::{conv2d, conv2d_bias_relu_pool, max_pool2x2_portable, Ops};
 use crate::{Error, Result};
 
 /// Hyper-parameters of [`Conv4`].
@@ -79,6 +79,12 @@ impl ConvBlock {
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self.ops.on(x.device()) {
+            // Evaluation mode: BatchNorm folded into the convolution, pooled in the same pass.
+            Ops::Fast if !train && x.dim(2)? >= 2 && x.dim(3)? >= 2 => {
+                let (scale, shift) = self.bn.running_affine()?;
+                let w = self.weight.broadcast_mul(&scale.reshape((scale.dim(0)?, 1, 1, 1))?)?;
+                conv2d_bias_relu_pool(x, &w, &shift, 1)
+            }
             Ops::Fast => {
                 let x = conv2d(x, &self.weight, 1)?;
                 self.bn.forward_pool(&x, train)

@@ -64,6 +64,46 @@ pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize, padding
     }
 }
 
+/// `maxpool2x2(relu(conv2d(x, w) + bias[c]))` with stride 1: a Conv-4 block in
+/// evaluation mode, with BatchNorm's running statistics folded into `w` and `bias`. On the
+/// CPU the convolution is pooled while it is in cache, a few images at a time, so the
+/// full-size output is never stored; its backward pass recomputes the convolution.
+/// Elsewhere, [`conv2d_bias_relu_pool_portable`].
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::randn(0f32, 1., (2, 16, 6, 7), &Device::Cpu)?;
+/// let w = Tensor::randn(0f32, 0.1, (4, 16, 3, 3), &Device::Cpu)?;
+/// let b = Tensor::new(&[0f32, 0.5, -0.5, 1.], &Device::Cpu)?;
+/// let fast = protonet::ops::conv2d_bias_relu_pool(&x, &w, &b, 1)?;
+/// let portable = protonet::ops::conv2d_bias_relu_pool_portable(&x, &w, &b, 1)?;
+/// assert_eq!(fast.dims(), &[2, 4, 3, 3]);
+/// assert!((fast - portable)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn conv2d_bias_relu_pool(x: &Tensor, w: &Tensor, bias: &Tensor, padding: usize) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, Conv2dBiasReluPool { padding })?)
+    } else {
+        conv2d_bias_relu_pool_portable(x, w, bias, padding)
+    }
+}
+
+/// [`conv2d_bias_relu_pool`] from operations that run on every device: candle's `conv2d`,
+/// a broadcast bias add, ReLU and [`super::max_pool2x2_portable`].
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::randn(0f32, 1., (1, 2, 4, 4), &Device::Cpu)?;
+/// let (w, b) = (Tensor::randn(0f32, 1., (3, 2, 3, 3), &Device::Cpu)?, Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu)?);
+/// assert_eq!(protonet::ops::conv2d_bias_relu_pool_portable(&x, &w, &b, 1)?.dims(), &[1, 3, 2, 2]);
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn conv2d_bias_relu_pool_portable(x: &Tensor, w: &Tensor, bias: &Tensor, padding: usize) -> Result<Tensor> {
+    let y = x.conv2d(w, padding, 1, 1, 1)?.broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?)?;
+    super::max_pool2x2_portable(&y.relu()?)
+}
+
 /// [`conv2d_bias`] from candle's operations (what runs off the CPU): candle's `conv2d`,
 /// a broadcast bias add and a clamp.
 ///
@@ -403,42 +443,72 @@ impl<T: WithDType> Shifted<T> {
 }
 
 fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry, bias: Option<&[T]>, clamp: Option<(T, T)>) -> Vec<T> {
-    let (k, p) = (g.k(), g.p());
     let mut out = vec![T::zero(); g.n * g.out_len()];
     let (chunks, par) = plan(g.n);
     let per = chunk_len(g.n, chunks);
-    let block = if bias.is_some() { block_columns(g.cout, p) } else { p };
     let kernel = g.winograd().then(|| winograd::transform_kernel(w, g.cout, g.c, false));
     out.par_chunks_mut(per * g.out_len()).zip(x.par_chunks(per * g.in_len())).for_each(|(o, xs)| {
-        if let Some(u) = &kernel {
-            winograd_conv(xs, u, &g.tiling(), o, bias, clamp, par);
-            return;
+        convolve(xs, w, kernel.as_deref(), g, o, bias, clamp, par);
+    });
+    out
+}
+
+/// The convolution of the images `xs` into `out`, with the bias and clamp applied; `kernel`
+/// is the Winograd-transformed kernel when the geometry takes that path.
+#[allow(clippy::too_many_arguments)]
+fn convolve<T: WithDType>(xs: &[T], w: &[T], kernel: Option<&[T]>, g: &Geometry, out: &mut [T], bias: Option<&[T]>, clamp: Option<(T, T)>, par: Parallelism) {
+    if let Some(u) = kernel {
+        return winograd_conv(xs, u, &g.tiling(), out, bias, clamp, par);
+    }
+    if g.shifted() {
+        let mut shifted = Shifted::new(g);
+        for (oi, xi) in out.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
+            shifted.forward(xi, w, g, oi, bias, clamp, par);
         }
-        if g.shifted() {
-            let mut shifted = Shifted::new(g);
-            for (oi, xi) in o.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
-                shifted.forward(xi, w, g, oi, bias, clamp, par);
-            }
-            return;
-        }
-        let mut cols = vec![T::zero(); if g.pointwise() { 0 } else { k * p }];
-        for (oi, xi) in o.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
-            let cols = if g.pointwise() {
-                xi
-            } else {
-                im2col(xi, g, &mut cols);
-                &cols
-            };
-            for start in (0..p).step_by(block) {
-                let width = block.min(p - start);
-                // out[:, block] (Cout x width) = W (Cout x K) * cols[:, block] (K x width)
-                matmul((g.cout, width, k), (&mut oi[start..], p), false, (w, k, 1), (&cols[start..], p, 1), par);
-                if let Some(b) = bias {
-                    for (co, &bv) in b.iter().enumerate() {
-                        let run = &mut oi[co * p + start..][..width];
-                        super::epilogue::apply_run(run, bv, clamp);
-                    }
+        return;
+    }
+    let (k, p) = (g.k(), g.p());
+    let block = if bias.is_some() { block_columns(g.cout, p) } else { p };
+    let mut cols = vec![T::zero(); if g.pointwise() { 0 } else { k * p }];
+    for (oi, xi) in out.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
+        let cols = if g.pointwise() {
+            xi
+        } else {
+            im2col(xi, g, &mut cols);
+            &cols
+        };
+        for start in (0..p).step_by(block) {
+            let width = block.min(p - start);
+            // out[:, block] (Cout x width) = W (Cout x K) * cols[:, block] (K x width)
+            matmul((g.cout, width, k), (&mut oi[start..], p), false, (w, k, 1), (&cols[start..], p, 1), par);
+            if let Some(b) = bias {
+                for (co, &bv) in b.iter().enumerate() {
+                    let run = &mut oi[co * p + start..][..width];
+                    super::epilogue::apply_run(run, bv, clamp);
                 }
+            }
+        }
+    }
+}
+
+/// `maxpool2x2(relu(conv(x, w) + bias))`: a few images at a time are convolved into a
+/// buffer that stays in cache, then pooled from it with the bias and ReLU, so that the
+/// full-size output is never written.
+fn forward_pooled<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry, bias: &[T]) -> Vec<T> {
+    let pooled = g.cout * (g.oh / 2) * (g.ow / 2);
+    let mut out = vec![T::zero(); g.n * pooled];
+    let (chunks, par) = plan(g.n);
+    let per = chunk_len(g.n, chunks);
+    let kernel = g.winograd().then(|| winograd::transform_kernel(w, g.cout, g.c, false));
+    // About 512 KiB of f32 convolution output per batch.
+    let batch = (131072 / g.out_len().max(1)).max(1);
+    out.par_chunks_mut(per * pooled).zip(x.par_chunks(per * g.in_len())).for_each(|(o, xs)| {
+        let mut full = vec![T::zero(); batch.min(per) * g.out_len()];
+        for (ob, xb) in o.chunks_mut(batch * pooled).zip(xs.chunks(batch * g.in_len())) {
+            let full = &mut full[..xb.len() / g.in_len() * g.out_len()];
+            convolve(xb, w, kernel.as_deref(), g, full, None, None, par);
+            for (k, (src, dst)) in full.chunks_exact(g.p()).zip(ob.chunks_exact_mut(pooled / g.cout)).enumerate() {
+                super::fused::pool_plane(src, g.ow, T::one(), bias[k % g.cout], dst);
             }
         }
     });
@@ -578,6 +648,46 @@ impl CustomOp3 for Conv2dBias {
         let (grad, db) = super::epilogue::backward(grad, y, self.clamp)?;
         let (dx, dw) = ConvGrad::both(x, w, &grad, self.padding, self.stride)?;
         Ok((dx, Some(dw), Some(db)))
+    }
+}
+
+struct Conv2dBiasReluPool {
+    padding: usize,
+}
+
+impl CustomOp3 for Conv2dBiasReluPool {
+    fn name(&self) -> &'static str {
+        "protonet-conv2d-bias-relu-pool"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1, l2, self.padding, 1)?;
+        if l3.dims() != [g.cout] {
+            candle_core::bail!("conv2d: bias {:?} must have {} values (the kernel's output channels)", l3.dims(), g.cout);
+        }
+        if g.oh < 2 || g.ow < 2 {
+            candle_core::bail!("conv2d: a {}x{} output is too small for a 2x2 pool", g.oh, g.ow);
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                CpuStorage::F32(forward_pooled(slice(x, l1, "input")?, slice(w, l2, "kernel")?, &g, slice(b, l3, "bias")?))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                CpuStorage::F64(forward_pooled(slice(x, l1, "input")?, slice(w, l2, "kernel")?, &g, slice(b, l3, "bias")?))
+            }
+            _ => candle_core::bail!("conv2d: only f32 and f64 inputs of the same dtype"),
+        };
+        Ok((out, Shape::from((g.n, g.cout, g.oh / 2, g.ow / 2))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // The convolution again, then the gradient of the pooled ReLU of `y + bias`.
+        let y = x.apply_op2_no_bwd(w, &Conv2d { padding: self.padding })?;
+        let shift = b.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+        let op = super::fused::AffineReluPoolGrad { scale: vec![1.0; shift.len()], shift };
+        let dy = y.apply_op2_no_bwd(&grad.contiguous()?, &op)?;
+        let (dx, dw) = ConvGrad::both(x, w, &dy, self.padding, 1)?;
+        Ok((dx, Some(dw), Some(dy.sum((0, 2, 3))?)))
     }
 }
 
@@ -789,6 +899,68 @@ mod tests {
                         };
                         let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
                         assert!((fd - g[i]).abs() < 1e-5 * (1.0 + fd.abs()), "bias [{i}]: {} vs {fd}", g[i]);
+                    }
+                }
+            }
+        }
+    }
+    /// [`conv2d_bias_relu_pool`] against its portable composition: values and the gradients
+    /// of input, kernel and bias, in f64 and f32, through each convolution path (im2col for
+    /// 1 channel, Winograd for 16 and 3x3, shifted GEMMs for 5x5, the image as its own
+    /// columns for 1x1), odd sides (the pool drops the last row and column), batch 1, and
+    /// batches larger than one buffer; the bias gradient also against finite differences.
+    #[test]
+    fn conv2d_bias_relu_pool_matches_the_portable_ops() {
+        use super::{conv2d_bias_relu_pool, conv2d_bias_relu_pool_portable};
+        use candle_core::DType;
+        let dev = Device::Cpu;
+        for dtype in [DType::F64, DType::F32] {
+            for &(n, c, h, w, cout, k, pad) in &[
+                (3, 1, 28, 28, 8, 3, 1),
+                (1, 1, 5, 7, 3, 3, 1),
+                (2, 16, 7, 9, 5, 3, 1),
+                (40, 16, 14, 14, 64, 3, 1),
+                (1, 17, 6, 6, 4, 3, 0),
+                (2, 16, 8, 7, 3, 5, 2),
+                (3, 4, 5, 6, 2, 1, 0),
+            ] {
+                let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, c, h, w), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                let wt = Var::from_tensor(&Tensor::randn(0f64, 0.3, (cout, c, k, k), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                let b = Var::from_tensor(&Tensor::randn(0f64, 0.5, cout, &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+                let fast = conv2d_bias_relu_pool(x.as_tensor(), wt.as_tensor(), b.as_tensor(), pad).unwrap();
+                let plain = conv2d_bias_relu_pool_portable(x.as_tensor(), wt.as_tensor(), b.as_tensor(), pad).unwrap();
+                assert_eq!(fast.dims(), plain.dims());
+                let rel = |a: &Tensor, b: &Tensor| {
+                    let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
+                    max_diff(&a, &b) / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1e-30)
+                };
+                let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+                let case = format!("{dtype:?} {n} {c} {h} {w} {cout} {k}x{k}");
+                assert!(rel(&fast, &plain) < tol, "values {case}");
+                let r = Tensor::randn(0f64, 1.0, plain.dims(), &dev).unwrap().to_dtype(dtype).unwrap();
+                let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let gp = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                for (what, v) in [("input", &x), ("kernel", &wt), ("bias", &b)] {
+                    let e = rel(gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+                    assert!(e < tol * 10.0, "{what} gradient {case}: {e}");
+                }
+                if dtype == DType::F64 && n < 10 {
+                    let g = gf.get(b.as_tensor()).unwrap().to_vec1::<f64>().unwrap();
+                    let base = b.as_tensor().to_vec1::<f64>().unwrap();
+                    for i in 0..cout.min(3) {
+                        let at = |d: f64| {
+                            let mut v = base.clone();
+                            v[i] += d;
+                            let bt = Tensor::new(v, &dev).unwrap();
+                            (conv2d_bias_relu_pool(x.as_tensor(), wt.as_tensor(), &bt, pad).unwrap() * &r)
+                                .unwrap()
+                                .sum_all()
+                                .unwrap()
+                                .to_scalar::<f64>()
+                                .unwrap()
+                        };
+                        let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+                        assert!((fd - g[i]).abs() < 1e-5 * (1.0 + fd.abs()), "bias [{i}] {case}: {} vs {fd}", g[i]);
                     }
                 }
             }

@@ -66,7 +66,7 @@ fn at<T: Copy>(r0: &[T], r1: &[T], o: usize) -> [T; 4] {
 
 vectorized! {
 /// The pooled plane of `src` (`h x w`) through `z = v * s + b` and ReLU (see [`window`]).
-fn pool_plane<T: WithDType>(src: &[T], w: usize, s: T, b: T, out: &mut [T]) {
+pub(super) fn pool_plane<T: WithDType>(src: &[T], w: usize, s: T, b: T, out: &mut [T]) {
     let ow = w / 2;
     for (rows, out) in src.chunks_exact(2 * w).zip(out.chunks_exact_mut(ow)) {
         let (r0, r1) = (&rows[..2 * ow], &rows[w..w + 2 * ow]);
@@ -408,9 +408,9 @@ impl CustomOp1 for AffineReluPool {
 }
 
 /// Gradient of [`AffineReluPool`]: `(x, d pooled) -> dx`.
-struct AffineReluPoolGrad {
-    scale: Vec<f64>,
-    shift: Vec<f64>,
+pub(super) struct AffineReluPoolGrad {
+    pub(super) scale: Vec<f64>,
+    pub(super) shift: Vec<f64>,
 }
 
 fn affine_bwd<T: WithDType + Send + Sync>(x: &[T], gp: &[T], scale: &[T], shift: &[T], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<T> {
@@ -455,5 +455,67 @@ impl CustomOp2 for AffineReluPoolGrad {
             _ => candle_core::bail!("affine-relu-pool backward: only f32 and f64"),
         };
         Ok((out, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{batchnorm::channel_stats, simd};
+    use crate::backbone::BatchNormRelu;
+    use crate::ops::Ops;
+    use candle_core::{DType, Device, Tensor, Var};
+    use candle_nn::{VarBuilder, VarMap};
+
+    /// The baseline copies of the BatchNorm + ReLU + pool kernels (statistics, pooling with
+    /// and without the saved maxima, window sums, input gradient) compute what the AVX2
+    /// copies compute, on odd sides.
+    #[test]
+    fn baseline_and_avx2_copies_agree() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0.3f32, 1.0, (3, 5, 11, 9), &dev).unwrap()).unwrap();
+        let vm = VarMap::new();
+        let bn = BatchNormRelu::new(5, VarBuilder::from_varmap(&vm, DType::F32, &dev), Ops::Fast).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (3, 5, 5, 4), &dev).unwrap();
+        let run = || {
+            let y = bn.forward_pool(x.as_tensor(), true).unwrap();
+            let eval = bn.forward_pool(x.as_tensor(), false).unwrap();
+            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![y, eval, grads.get(x.as_tensor()).unwrap().clone()];
+            for name in ["weight", "bias"] {
+                let v = vm.data().lock().unwrap()[name].clone();
+                out.push(grads.get(v.as_tensor()).unwrap().clone());
+            }
+            out.iter().map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect::<Vec<_>>()
+        };
+        let (fast, baseline) = (run(), simd::baseline_only(run));
+        for (k, (a, b)) in fast.iter().zip(&baseline).enumerate() {
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+            let d = a.iter().zip(b).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(d / scale < 1e-5, "output {k}: baseline and AVX2 copies differ by {d} (largest {scale})");
+        }
+    }
+
+    /// The one-pass statistics stay accurate in f32 when the mean is large next to the
+    /// spread (values around 1000 with standard deviation 0.5), and match a two-pass f64
+    /// computation.
+    #[test]
+    fn channel_statistics_are_accurate_with_a_large_mean() {
+        let (n, c, hw) = (7, 3, 53);
+        let x = Tensor::randn(1000f64, 0.5, (n, c, hw), &Device::Cpu).unwrap();
+        let x64 = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let x32: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..n).flat_map(|i| x32[(i * c + ch) * hw..][..hw].iter().map(|&v| v as f64)).collect();
+            let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+            let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / vals.len() as f64;
+            let (m, v) = channel_stats(&x32, (n, c, hw), ch);
+            assert!((m - mean).abs() < 1e-4, "mean {m} vs {mean}");
+            assert!((v - var).abs() < 1e-3 * var, "variance {v} vs {var}");
+            let (m, v) = channel_stats(&x64, (n, c, hw), ch);
+            let vals: Vec<f64> = (0..n).flat_map(|i| x64[(i * c + ch) * hw..][..hw].to_vec()).collect();
+            let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+            let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / vals.len() as f64;
+            assert!((m - mean).abs() < 1e-10 && (v - var).abs() < 1e-10 * var, "f64: {m} {v} vs {mean} {var}");
+        }
     }
 }

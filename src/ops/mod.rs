@@ -20,7 +20,7 @@ mod pool;
 mod winograd;
 
 pub use affine::{channel_affine, channel_affine_portable};
-pub use conv::{conv2d, conv2d_bias, conv2d_bias_portable};
+pub use conv::{conv2d, conv2d_bias, conv2d_bias_portable, conv2d_bias_relu_pool, conv2d_bias_relu_pool_portable};
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_bias, depthwise_conv2d_bias_portable, depthwise_conv2d_portable};
 pub use pool::{max_pool2x2, max_pool2x2_portable};
 
