@@ -11,6 +11,7 @@ use candle_core::{Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::ops::batchnorm::{BnReluTrain, EPS};
+use crate::ops::block::ConvBnReluPoolTrain;
 use crate::ops::fused::{AffineReluPool, BnReluPoolTrain};
 use crate::ops::{max_pool2x2, max_pool2x2_portable, Ops};
 use crate::Result;
@@ -66,7 +67,7 @@ impl BatchNormRelu {
         let op = BnReluTrain { stats: stats.clone() };
         let y = x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?;
         let (mean, var) = stats.lock().expect("stats lock").clone().expect("forward ran");
-        self.update_running_from(x, mean, var)?;
+        self.update_running_from(x.elem_count() / c, x, mean, var)?;
         Ok(y)
     }
 
@@ -121,19 +122,38 @@ impl BatchNormRelu {
             let saved = saved.as_ref().expect("forward ran");
             (saved.mean.clone(), saved.var.clone())
         };
-        self.update_running_from(&x, mean, var)?;
+        self.update_running_from(x.elem_count() / c, &x, mean, var)?;
         Ok(y)
     }
 
-    /// Updates the running statistics from the batch statistics of `x` computed by a
-    /// fused op.
-    fn update_running_from(&self, x: &Tensor, mean: Vec<f64>, var: Vec<f64>) -> Result<()> {
+    /// `maxpool2x2(relu(batchnorm(conv2d(x, w))))` with batch statistics (stride 1,
+    /// `padding`), the training-mode Conv-4 block, as one op on the CPU
+    /// (`ops::block`): the same values and gradients as [`crate::ops::conv2d`] followed by
+    /// [`BatchNormRelu::forward_pool`], without the full-size convolution output in
+    /// autograd's gradient store. Updates the running statistics.
+    pub(crate) fn conv_pool_train(&self, x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
+        let stats = Arc::new(Mutex::new(None));
+        let gb = Tensor::cat(&[&self.weight, &self.bias], 0)?;
+        let y = x.contiguous()?.apply_op3(&w.contiguous()?, &gb, ConvBnReluPoolTrain::new(padding, stats.clone()))?;
+        let (mean, var) = {
+            let saved = stats.lock().expect("stats lock");
+            let saved = saved.as_ref().expect("forward ran");
+            (saved.mean.clone(), saved.var.clone())
+        };
+        // Values per channel: the convolution's output size.
+        let (h, wd) = (x.dim(2)? + 2 * padding + 1 - w.dim(2)?, x.dim(3)? + 2 * padding + 1 - w.dim(3)?);
+        self.update_running_from(x.dim(0)? * h * wd, x, mean, var)?;
+        Ok(y)
+    }
+
+    /// Updates the running statistics from batch statistics over `count` values per
+    /// channel computed by a fused op (on `x`'s device and dtype).
+    fn update_running_from(&self, count: usize, x: &Tensor, mean: Vec<f64>, var: Vec<f64>) -> Result<()> {
         let c = mean.len();
-        let n = (x.elem_count() / c) as f64;
         let dev = x.device();
         let mean = Tensor::from_vec(mean, c, dev)?.to_dtype(x.dtype())?;
         let var = Tensor::from_vec(var, c, dev)?.to_dtype(x.dtype())?;
-        self.update_running(&mean, &var, n)
+        self.update_running(&mean, &var, count as f64)
     }
 
     fn update_running(&self, mean: &Tensor, var: &Tensor, n: f64) -> Result<()> {
@@ -319,6 +339,44 @@ mod tests {
         let rm = |vm: &VarMap| vm.data().lock().unwrap()["running_var"].as_tensor().to_vec1::<f32>().unwrap();
         for (p, q) in rm(&vm).iter().zip(rm(&vm2)) {
             assert!((p - q).abs() < 1e-5);
+        }
+    }
+    /// The training-mode block as one op (`conv_pool_train`) against the convolution
+    /// followed by the fused BatchNorm + ReLU + pool: values, the gradients of input,
+    /// kernel, weight and bias, and the running statistics, in f64, through im2col
+    /// (3 channels) and Winograd (16), on odd sides and batch 1, with padding 1 and 0.
+    #[test]
+    fn the_block_op_matches_the_convolution_then_the_fused_tail() {
+        for &(n, c, h, w, cout, pad) in &[(3, 3, 9, 7, 4, 1), (1, 16, 7, 7, 5, 1), (4, 16, 14, 14, 16, 1), (2, 3, 8, 9, 2, 0)] {
+            let dev = Device::Cpu;
+            let x = Var::from_tensor(&Tensor::randn(0.2f64, 1.0, (n, c, h, w), &dev).unwrap()).unwrap();
+            let k = Var::from_tensor(&Tensor::randn(0f64, 0.3, (cout, c, 3, 3), &dev).unwrap()).unwrap();
+            let (mut vm_b, mut vm_u) = (VarMap::new(), VarMap::new());
+            let block = BatchNormRelu::new(cout, VarBuilder::from_varmap(&vm_b, DType::F64, &dev), Ops::Fast).unwrap();
+            let tail = BatchNormRelu::new(cout, VarBuilder::from_varmap(&vm_u, DType::F64, &dev), Ops::Fast).unwrap();
+            let g = Tensor::randn(1f64, 0.3, cout, &dev).unwrap();
+            let b = Tensor::randn(0f64, 0.3, cout, &dev).unwrap();
+            for vm in [&mut vm_b, &mut vm_u] {
+                vm.set_one("weight", &g).unwrap();
+                vm.set_one("bias", &b).unwrap();
+            }
+            let yb = block.conv_pool_train(x.as_tensor(), k.as_tensor(), pad).unwrap();
+            let yu = tail.forward_pool(&crate::ops::conv2d(x.as_tensor(), k.as_tensor(), pad).unwrap(), true).unwrap();
+            let case = format!("{n} {c} {h} {w} {cout} pad {pad}");
+            assert_eq!(yb.dims(), yu.dims());
+            assert!(max_diff(&yb, &yu) < 1e-12, "values {case}");
+            let r = Tensor::randn(0f64, 1.0, yu.dims(), &dev).unwrap();
+            let gb = (&yb * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gu = (&yu * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &k] {
+                assert!(max_diff(gb.get(v.as_tensor()).unwrap(), gu.get(v.as_tensor()).unwrap()) < 1e-10, "gradient {:?} {case}", v.dims());
+            }
+            for name in ["weight", "bias"] {
+                let (vb, vu) = (vm_b.data().lock().unwrap()[name].clone(), vm_u.data().lock().unwrap()[name].clone());
+                assert!(max_diff(gb.get(vb.as_tensor()).unwrap(), gu.get(vu.as_tensor()).unwrap()) < 1e-10, "d{name} {case}");
+            }
+            assert!(max_diff(block.running_mean.as_tensor(), tail.running_mean.as_tensor()) < 1e-12, "running mean {case}");
+            assert!(max_diff(block.running_var.as_tensor(), tail.running_var.as_tensor()) < 1e-12, "running variance {case}");
         }
     }
 }

@@ -121,22 +121,22 @@ pub fn conv2d_bias_portable(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Geometry {
-    n: usize,
+pub(super) struct Geometry {
+    pub(super) n: usize,
     c: usize,
     h: usize,
     w: usize,
-    cout: usize,
+    pub(super) cout: usize,
     kh: usize,
     kw: usize,
     pad: usize,
     stride: usize,
-    oh: usize,
-    ow: usize,
+    pub(super) oh: usize,
+    pub(super) ow: usize,
 }
 
 impl Geometry {
-    fn new(x: &Layout, w: &Layout, pad: usize, stride: usize) -> candle_core::Result<Self> {
+    pub(super) fn new(x: &Layout, w: &Layout, pad: usize, stride: usize) -> candle_core::Result<Self> {
         let (n, c, h, wd) = x.shape().dims4()?;
         let (cout, c2, kh, kw) = w.shape().dims4()?;
         if c != c2 {
@@ -442,7 +442,7 @@ impl<T: WithDType> Shifted<T> {
     }
 }
 
-fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry, bias: Option<&[T]>, clamp: Option<(T, T)>) -> Vec<T> {
+pub(super) fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry, bias: Option<&[T]>, clamp: Option<(T, T)>) -> Vec<T> {
     let mut out = vec![T::zero(); g.n * g.out_len()];
     let (chunks, par) = plan(g.n);
     let per = chunk_len(g.n, chunks);
@@ -582,7 +582,7 @@ fn backward_weight<T: WithDType + Send + Sync>(x: &[T], gy: &[T], g: &Geometry) 
     }
 }
 
-fn slice<'a, T>(data: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+pub(super) fn slice<'a, T>(data: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("conv2d: {what} must be contiguous"),
@@ -693,7 +693,7 @@ impl CustomOp3 for Conv2dBiasReluPool {
 
 /// A gradient of [`Conv2d`]: `(grad of output, kernel) -> grad of input` when `input`,
 /// else `(grad of output, input) -> grad of kernel`.
-struct ConvGrad {
+pub(super) struct ConvGrad {
     padding: usize,
     stride: usize,
     input: bool,
@@ -703,7 +703,7 @@ struct ConvGrad {
 
 impl ConvGrad {
     /// The input's gradient (when `x` needs one) and the kernel's, from the output's `grad`.
-    fn both(x: &Tensor, w: &Tensor, grad: &Tensor, padding: usize, stride: usize) -> candle_core::Result<(Option<Tensor>, Tensor)> {
+    pub(super) fn both(x: &Tensor, w: &Tensor, grad: &Tensor, padding: usize, stride: usize) -> candle_core::Result<(Option<Tensor>, Tensor)> {
         let (x_dims, (_, _, kh, kw)) = (x.dims4()?, w.dims4()?);
         let op = |input| ConvGrad { padding, stride, input, x_dims, k_dims: (kh, kw) };
         let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &op(true))?) } else { None };

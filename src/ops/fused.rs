@@ -162,7 +162,7 @@ pub(crate) struct Saved {
     maxima: CpuStorage,
 }
 
-fn train_fwd<T: WithDType + Send + Sync>(x: &[T], gamma: &[T], beta: &[T], d: (usize, usize, usize, usize)) -> (Vec<T>, Saved) {
+pub(super) fn train_fwd<T: WithDType + Send + Sync>(x: &[T], gamma: &[T], beta: &[T], d: (usize, usize, usize, usize)) -> (Vec<T>, Saved) {
     let (n, c, h, w) = d;
     let (mean, var): (Vec<f64>, Vec<f64>) = (0..c).into_par_iter().map(|ch| channel_stats(x, (n, c, h * w), ch)).unzip();
     let (scale, shift) = affine(gamma, beta, &mean, &var);
@@ -217,8 +217,8 @@ impl CustomOp3 for BnReluPoolTrain {
 }
 
 /// Backward of [`BnReluPoolTrain`]: `(x, d pooled, [gamma | beta]) -> [dx | dgamma | dbeta]`.
-struct BnReluPoolBackward {
-    stats: Arc<Mutex<Option<Saved>>>,
+pub(super) struct BnReluPoolBackward {
+    pub(super) stats: Arc<Mutex<Option<Saved>>>,
 }
 
 vectorized! {
@@ -473,10 +473,11 @@ mod tests {
     fn baseline_and_avx2_copies_agree() {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::randn(0.3f32, 1.0, (3, 5, 11, 9), &dev).unwrap()).unwrap();
-        let vm = VarMap::new();
-        let bn = BatchNormRelu::new(5, VarBuilder::from_varmap(&vm, DType::F32, &dev), Ops::Fast).unwrap();
         let r = Tensor::randn(0f32, 1.0, (3, 5, 5, 4), &dev).unwrap();
         let run = || {
+            // A fresh layer each time: the training step updates the running statistics.
+            let vm = VarMap::new();
+            let bn = BatchNormRelu::new(5, VarBuilder::from_varmap(&vm, DType::F32, &dev), Ops::Fast).unwrap();
             let y = bn.forward_pool(x.as_tensor(), true).unwrap();
             let eval = bn.forward_pool(x.as_tensor(), false).unwrap();
             let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();

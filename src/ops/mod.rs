@@ -12,6 +12,7 @@
 mod simd;
 mod affine;
 pub(crate) mod batchnorm;
+pub(crate) mod block;
 mod conv;
 mod depthwise;
 mod epilogue;
