@@ -332,15 +332,48 @@ const SHIFTED_MIN_CHANNELS: usize = 16;
 /// its three passes through Winograd's F(2x2, 3x3) ([`winograd`]).
 const WINOGRAD_MIN_CHANNELS: usize = 16;
 
+/// Work buffers kept across calls by one thread's share of a batch, so that they are
+/// allocated and zero-filled once rather than for every few images.
+struct Scratch<T> {
+    a: Vec<T>,
+    b: Vec<T>,
+}
+
+impl<T: WithDType> Scratch<T> {
+    fn new() -> Self {
+        Self { a: Vec::new(), b: Vec::new() }
+    }
+
+    /// Two buffers of at least `a` and `b` values (their contents are left over from
+    /// earlier use).
+    fn two(&mut self, a: usize, b: usize) -> (&mut [T], &mut [T]) {
+        if self.a.len() < a {
+            self.a.resize(a, T::zero());
+        }
+        if self.b.len() < b {
+            self.b.resize(b, T::zero());
+        }
+        (&mut self.a[..a], &mut self.b[..b])
+    }
+}
+
 /// `out = conv(images, kernel)` through Winograd tiles, batch by batch of images: `u` is
 /// the transformed kernel ([`winograd::transform_kernel`]), `t` the tiling, and the bias and
 /// clamp are applied to each output plane once written.
 #[allow(clippy::too_many_arguments)]
-fn winograd_conv<T: WithDType>(images: &[T], u: &[T], t: &Tiling, out: &mut [T], bias: Option<&[T]>, clamp: Option<(T, T)>, par: Parallelism) {
+fn winograd_conv<T: WithDType>(
+    images: &[T],
+    u: &[T],
+    t: &Tiling,
+    out: &mut [T],
+    bias: Option<&[T]>,
+    clamp: Option<(T, T)>,
+    par: Parallelism,
+    scratch: &mut Scratch<T>,
+) {
     let (in_len, p) = (t.c * t.h * t.w, t.oh * t.ow);
     let batch = t.images_per_batch().min(images.len() / in_len.max(1)).max(1);
-    let mut v = vec![T::zero(); 16 * t.c * batch * t.per_image()];
-    let mut m = vec![T::zero(); 16 * t.rows * batch * t.per_image()];
+    let (v, m) = scratch.two(16 * t.c * batch * t.per_image(), 16 * t.rows * batch * t.per_image());
     for (xs, os) in images.chunks(batch * in_len).zip(out.chunks_mut(batch * t.rows * p)) {
         let tiles = xs.len() / in_len * t.per_image();
         let (v, m) = (&mut v[..16 * t.c * tiles], &mut m[..16 * t.rows * tiles]);
@@ -448,7 +481,7 @@ pub(super) fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry
     let per = chunk_len(g.n, chunks);
     let kernel = g.winograd().then(|| winograd::transform_kernel(w, g.cout, g.c, false));
     out.par_chunks_mut(per * g.out_len()).zip(x.par_chunks(per * g.in_len())).for_each(|(o, xs)| {
-        convolve(xs, w, kernel.as_deref(), g, o, bias, clamp, par);
+        convolve(xs, w, kernel.as_deref(), g, o, bias, clamp, par, &mut Scratch::new());
     });
     out
 }
@@ -456,9 +489,19 @@ pub(super) fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry
 /// The convolution of the images `xs` into `out`, with the bias and clamp applied; `kernel`
 /// is the Winograd-transformed kernel when the geometry takes that path.
 #[allow(clippy::too_many_arguments)]
-fn convolve<T: WithDType>(xs: &[T], w: &[T], kernel: Option<&[T]>, g: &Geometry, out: &mut [T], bias: Option<&[T]>, clamp: Option<(T, T)>, par: Parallelism) {
+fn convolve<T: WithDType>(
+    xs: &[T],
+    w: &[T],
+    kernel: Option<&[T]>,
+    g: &Geometry,
+    out: &mut [T],
+    bias: Option<&[T]>,
+    clamp: Option<(T, T)>,
+    par: Parallelism,
+    scratch: &mut Scratch<T>,
+) {
     if let Some(u) = kernel {
-        return winograd_conv(xs, u, &g.tiling(), out, bias, clamp, par);
+        return winograd_conv(xs, u, &g.tiling(), out, bias, clamp, par, scratch);
     }
     if g.shifted() {
         let mut shifted = Shifted::new(g);
@@ -504,9 +547,10 @@ fn forward_pooled<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry, bi
     let batch = (131072 / g.out_len().max(1)).max(1);
     out.par_chunks_mut(per * pooled).zip(x.par_chunks(per * g.in_len())).for_each(|(o, xs)| {
         let mut full = vec![T::zero(); batch.min(per) * g.out_len()];
+        let mut scratch = Scratch::new();
         for (ob, xb) in o.chunks_mut(batch * pooled).zip(xs.chunks(batch * g.in_len())) {
             let full = &mut full[..xb.len() / g.in_len() * g.out_len()];
-            convolve(xb, w, kernel.as_deref(), g, full, None, None, par);
+            convolve(xb, w, kernel.as_deref(), g, full, None, None, par, &mut scratch);
             for (k, (src, dst)) in full.chunks_exact(g.p()).zip(ob.chunks_exact_mut(pooled / g.cout)).enumerate() {
                 super::fused::pool_plane(src, g.ow, T::one(), bias[k % g.cout], dst);
             }
@@ -526,7 +570,7 @@ fn backward_input<T: WithDType + Send + Sync>(gy: &[T], w: &[T], g: &Geometry) -
     let tiling = Tiling::new(g.cout, g.oh, g.ow, 2usize.saturating_sub(g.pad), g.c);
     dx.par_chunks_mut(per * g.in_len()).zip(gy.par_chunks(per * g.out_len())).for_each(|(d, gs)| {
         if let Some(u) = &kernel {
-            winograd_conv(gs, u, &tiling, d, None, None, par);
+            winograd_conv(gs, u, &tiling, d, None, None, par, &mut Scratch::new());
             return;
         }
         let mut cols = vec![T::zero(); if g.pointwise() { 0 } else { k * p }];
