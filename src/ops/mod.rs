@@ -1,12 +1,13 @@
 //! CPU kernels with their own backward passes, as candle custom ops: convolution through
 //! GEMMs (Winograd's F(2x2, 3x3) for 3x3 kernels on 16 channels or more, im2col otherwise;
-//! with a stride, and with a bias and clamp applied in the same pass),
-//! depthwise convolution (likewise), 2x2 max-pool, BatchNorm + ReLU, BatchNorm + ReLU +
-//! max-pool fused, and a per-channel affine map with a clamp. Each is checked against
-//! candle's plain ops (values and gradients) in its tests. The hand-written loops are
-//! compiled twice, for any x86-64 CPU and for AVX2 + FMA, and the copy is chosen at run
-//! time. Kernels know nothing of layers: the layers in [`crate::backbone`] choose between
-//! them and candle's ops with [`Ops`].
+//! with a stride, and with a bias and clamp applied in the same pass, or with a bias,
+//! ReLU and 2x2 max-pool), depthwise convolution (likewise), 2x2 max-pool, BatchNorm +
+//! ReLU, BatchNorm + ReLU + max-pool fused, a whole Conv-4 block in training mode
+//! (convolution, BatchNorm, ReLU, pool), and a per-channel affine map with a clamp. Each
+//! is checked against candle's plain ops (values and gradients) in its tests. The
+//! hand-written loops are compiled twice, for any x86-64 CPU and for AVX2 + FMA, and the
+//! copy is chosen at run time. Kernels know nothing of layers: the layers in
+//! [`crate::backbone`] choose between them and candle's ops with [`Ops`].
 
 #[macro_use]
 mod simd;
