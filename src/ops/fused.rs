@@ -64,15 +64,44 @@ fn at<T: Copy>(r0: &[T], r1: &[T], o: usize) -> [T; 4] {
     [r0[2 * o], r0[2 * o + 1], r1[2 * o], r1[2 * o + 1]]
 }
 
+/// The windows of a plane `src` (`w` wide; the last row and column are dropped when odd)
+/// as four runs of `n` values each in `q`: the top-left, top-right, bottom-left and
+/// bottom-right value of every window, so that loops over windows run over the whole
+/// plane at once (a row has only 3 to 14 windows here).
+#[inline(always)]
+fn split_windows<T: Copy>(src: &[T], w: usize, q: &mut [T]) {
+    let (ow, n) = (w / 2, q.len() / 4);
+    let (tl, rest) = q.split_at_mut(n);
+    let (tr, rest) = rest.split_at_mut(n);
+    let (bl, br) = rest.split_at_mut(n);
+    for (oy, rows) in src.chunks_exact(2 * w).enumerate().take(n / ow.max(1)) {
+        let (r0, r1) = rows.split_at(w);
+        let o = oy * ow..(oy + 1) * ow;
+        let dst = tl[o.clone()].iter_mut().zip(&mut tr[o.clone()]).zip(bl[o.clone()].iter_mut().zip(&mut br[o]));
+        for (((a, b), (c, d)), (p, q)) in dst.zip(r0.chunks_exact(2).zip(r1.chunks_exact(2))) {
+            *a = p[0];
+            *b = p[1];
+            *c = q[0];
+            *d = q[1];
+        }
+    }
+}
+
+/// The four runs of [`split_windows`], each cut to `n`.
+#[inline(always)]
+fn runs<T>(q: &[T], n: usize) -> [&[T]; 4] {
+    [&q[..n], &q[n..2 * n], &q[2 * n..3 * n], &q[3 * n..4 * n]]
+}
+
 vectorized! {
 /// The pooled plane of `src` (`h x w`) through `z = v * s + b` and ReLU (see [`window`]).
 pub(super) fn pool_plane<T: WithDType>(src: &[T], w: usize, s: T, b: T, out: &mut [T]) {
-    let ow = w / 2;
-    for (rows, out) in src.chunks_exact(2 * w).zip(out.chunks_exact_mut(ow)) {
-        let (r0, r1) = (&rows[..2 * ow], &rows[w..w + 2 * ow]);
-        for (o, y) in out.iter_mut().enumerate() {
-            *y = window(at(r0, r1, o), s, b).0;
-        }
+    let n = out.len();
+    let mut q = vec![T::zero(); 4 * n];
+    split_windows(src, w, &mut q);
+    let [tl, tr, bl, br] = runs(&q, n);
+    for o in 0..n {
+        out[o] = window([tl[o], tr[o], bl[o], br[o]], s, b).0;
     }
 }
 }
@@ -81,17 +110,16 @@ vectorized! {
 /// [`pool_plane`], also writing each window's code and the input value at its maximum,
 /// for the backward pass.
 fn pool_plane_saved<T: WithDType>(src: &[T], w: usize, s: T, b: T, out: &mut [T], codes: &mut [u8], maxima: &mut [T]) {
-    let ow = w / 2;
-    let rows = src.chunks_exact(2 * w).zip(out.chunks_exact_mut(ow));
-    for ((rows, out), (codes, maxima)) in rows.zip(codes.chunks_exact_mut(ow).zip(maxima.chunks_exact_mut(ow))) {
-        let (r0, r1) = (&rows[..2 * ow], &rows[w..w + 2 * ow]);
-        let (codes, maxima) = (&mut codes[..out.len()], &mut maxima[..out.len()]);
-        for o in 0..out.len() {
-            let (y, code, xm) = window(at(r0, r1, o), s, b);
-            out[o] = y;
-            codes[o] = code;
-            maxima[o] = xm;
-        }
+    let n = out.len();
+    let mut q = vec![T::zero(); 4 * n];
+    split_windows(src, w, &mut q);
+    let [tl, tr, bl, br] = runs(&q, n);
+    let (codes, maxima) = (&mut codes[..n], &mut maxima[..n]);
+    for o in 0..n {
+        let (y, code, xm) = window([tl[o], tr[o], bl[o], br[o]], s, b);
+        out[o] = y;
+        codes[o] = code;
+        maxima[o] = xm;
     }
 }
 }
