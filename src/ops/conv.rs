@@ -566,11 +566,10 @@ fn backward_input<T: WithDType + Send + Sync>(gy: &[T], w: &[T], g: &Geometry) -
     let per = chunk_len(g.n, chunks);
     // The input gradient of a 3x3 convolution with padding `pad` is a 3x3 convolution of the
     // output gradient, padded by `2 - pad`, with the kernel rotated and transposed.
-    let kernel = g.winograd().then(|| winograd::transform_kernel(w, g.cout, g.c, true));
-    let tiling = Tiling::new(g.cout, g.oh, g.ow, 2usize.saturating_sub(g.pad), g.c);
+    let kernel = g.winograd().then(|| (winograd::transform_kernel(w, g.cout, g.c, true), Tiling::new(g.cout, g.oh, g.ow, 2 - g.pad, g.c)));
     dx.par_chunks_mut(per * g.in_len()).zip(gy.par_chunks(per * g.out_len())).for_each(|(d, gs)| {
-        if let Some(u) = &kernel {
-            winograd_conv(gs, u, &tiling, d, None, None, par, &mut Scratch::new());
+        if let Some((u, tiling)) = &kernel {
+            winograd_conv(gs, u, tiling, d, None, None, par, &mut Scratch::new());
             return;
         }
         let mut cols = vec![T::zero(); if g.pointwise() { 0 } else { k * p }];
