@@ -341,6 +341,7 @@ mod tests {
             assert!((p - q).abs() < 1e-5);
         }
     }
+
     /// The training-mode block as one op (`conv_pool_train`) against the convolution
     /// followed by the fused BatchNorm + ReLU + pool: values, the gradients of input,
     /// kernel, weight and bias, and the running statistics, in f64, through im2col
