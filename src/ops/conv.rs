@@ -3,8 +3,6 @@
 //! - 3x3 kernels with stride 1 and at least 16 input channels (Conv-4's inner layers) run
 //!   all three passes through Winograd's F(2x2, 3x3) ([`winograd`]): 16 multiplications
 //!   per 2x2 outputs instead of 36;
-//! - other kernels with stride 1 and at least 16 input channels run their forward pass as
-//!   one GEMM per kernel tap on zero-padded planes ([`Shifted`]);
 //! - 1x1 kernels read the image as its own column matrix; the rest use im2col per image.
 //!
 //! candle 0.11 computes the input gradient with a direct `conv_transpose2d` loop that does
@@ -160,10 +158,6 @@ impl Geometry {
     }
     fn p(&self) -> usize {
         self.oh * self.ow
-    }
-    /// Whether the forward pass runs as shifted GEMMs ([`Shifted`]).
-    fn shifted(&self) -> bool {
-        self.stride == 1 && self.kh * self.kw > 1 && self.c >= SHIFTED_MIN_CHANNELS
     }
     /// Whether all three passes run through Winograd's F(2x2, 3x3) ([`winograd`]).
     fn winograd(&self) -> bool {
@@ -324,10 +318,6 @@ fn block_columns(cout: usize, p: usize) -> usize {
     (16384 / cout.max(1)).next_multiple_of(16).clamp(64, p.max(64))
 }
 
-/// Input channels from which a stride-1 convolution with a kernel larger than 1x1 runs
-/// its forward pass as shifted GEMMs ([`Shifted`]) instead of im2col and one GEMM.
-const SHIFTED_MIN_CHANNELS: usize = 16;
-
 /// Input channels from which a 3x3 convolution with stride 1 (and padding at most 2) runs
 /// its three passes through Winograd's F(2x2, 3x3) ([`winograd`]).
 const WINOGRAD_MIN_CHANNELS: usize = 16;
@@ -426,55 +416,6 @@ fn winograd_kernel_gradient<T: WithDType>(images: &[T], grad: &[T], t: &Tiling, 
     du
 }
 
-/// A forward pass without im2col: the image is copied once into zero-padded planes stored
-/// flat (`wp` columns per row), and the output, computed flat in the same layout, is the
-/// sum over kernel taps of one GEMM each: `W[:, :, ky, kx]` (Cout x C) times the padded
-/// planes read from offset `ky * wp + kx` (C x OH*wp). The `wp - ow` extra columns per row
-/// are computed and dropped. Each GEMM is as deep as the input has channels.
-struct Shifted<T> {
-    padded: Vec<T>,
-    acc: Vec<T>,
-    wp: usize,
-    plane: usize,
-}
-
-impl<T: WithDType> Shifted<T> {
-    fn new(g: &Geometry) -> Self {
-        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-        // Room for the last tap's reads past the last row.
-        let plane = hp * wp + g.kw - 1;
-        Self { padded: vec![T::zero(); g.c * plane], acc: vec![T::zero(); g.cout * g.oh * wp], wp, plane }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn forward(&mut self, img: &[T], w: &[T], g: &Geometry, out: &mut [T], bias: Option<&[T]>, clamp: Option<(T, T)>, par: Parallelism) {
-        let (wp, plane, flat) = (self.wp, self.plane, g.oh * self.wp);
-        // The borders stay zero: only the interior is written, image after image.
-        for (c, src) in img.chunks_exact(g.h * g.w).enumerate() {
-            for (y, row) in src.chunks_exact(g.w).enumerate() {
-                self.padded[c * plane + (y + g.pad) * wp + g.pad..][..g.w].copy_from_slice(row);
-            }
-        }
-        let k = g.k();
-        for t in 0..g.kh * g.kw {
-            let off = (t / g.kw) * wp + t % g.kw;
-            // acc (Cout x flat) [+]= W[:, :, t] (Cout x C, strides k and kh*kw) * padded[:, off..] (C x flat);
-            // the padded view ends within the planes (see `new`).
-            matmul((g.cout, flat, g.c), (&mut self.acc, flat), t > 0, (&w[t..], k, g.kh * g.kw), (&self.padded[off..], plane, 1), par);
-        }
-        let p = g.p();
-        for co in 0..g.cout {
-            for oy in 0..g.oh {
-                let dst = &mut out[co * p + oy * g.ow..][..g.ow];
-                dst.copy_from_slice(&self.acc[co * flat + oy * wp..][..g.ow]);
-            }
-            if let Some(b) = bias {
-                super::epilogue::apply_run(&mut out[co * p..][..p], b[co], clamp);
-            }
-        }
-    }
-}
-
 pub(super) fn forward<T: WithDType + Send + Sync>(x: &[T], w: &[T], g: &Geometry, bias: Option<&[T]>, clamp: Option<(T, T)>) -> Vec<T> {
     let mut out = vec![T::zero(); g.n * g.out_len()];
     let (chunks, par) = plan(g.n);
@@ -502,13 +443,6 @@ fn convolve<T: WithDType>(
 ) {
     if let Some(u) = kernel {
         return winograd_conv(xs, u, &g.tiling(), out, bias, clamp, par, scratch);
-    }
-    if g.shifted() {
-        let mut shifted = Shifted::new(g);
-        for (oi, xi) in out.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
-            shifted.forward(xi, w, g, oi, bias, clamp, par);
-        }
-        return;
     }
     let (k, p) = (g.k(), g.p());
     let block = if bias.is_some() { block_columns(g.cout, p) } else { p };
@@ -797,12 +731,9 @@ impl CustomOp2 for ConvGrad {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{max_diff, relative_diff as rel};
     use super::conv2d;
     use candle_core::{Device, Tensor, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     /// Values and both gradients against candle's plain conv2d, on odd sizes too.
     #[test]
@@ -815,7 +746,7 @@ mod tests {
             (1, 2, 5, 5, 3, 1, 0),
             (7, 5, 4, 6, 3, 1, 0),
             (9, 3, 28, 28, 8, 3, 1),
-            // 16 channels or more: the shifted-GEMM forward pass.
+            // 16 channels or more: Winograd for 3x3, im2col for 5x5.
             (3, 16, 7, 9, 5, 3, 1),
             (1, 20, 5, 5, 3, 3, 0),
             (2, 16, 6, 6, 4, 5, 2),
@@ -860,7 +791,7 @@ mod tests {
                 let cases = [1, 2 * threads + 1]
                     .into_iter()
                     .flat_map(|n| [DType::F32, DType::F64].into_iter().flat_map(move |d| [(3, 1), (1, 0)].map(|kp| (n, d, kp))));
-                // 3 channels (im2col) and 16 (shifted GEMMs for 3x3).
+                // 3 channels (im2col) and 16 (Winograd for 3x3).
                 for ((n, dtype, (k, pad)), c) in cases.flat_map(|case| [(case, 3), (case, 16)]) {
                     let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, c, 9, 7), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
                     let wt = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, c, k, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
@@ -871,10 +802,6 @@ mod tests {
                     let gp = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
                     // Relative to the largest value: 1e-5 in f32 (a real bug is O(1)), 1e-12 in f64.
                     let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
-                    let rel = |a: &Tensor, b: &Tensor| {
-                        let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
-                        max_diff(&a, &b) / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1e-30)
-                    };
                     assert!(rel(&fast, &plain) < tol, "values, {threads} threads, n={n}, {dtype:?}, {k}x{k}");
                     for (what, v) in [("input", &x), ("weight", &wt)] {
                         let e = rel(gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
@@ -912,10 +839,6 @@ mod tests {
                 let fast = conv2d_bias(x.as_tensor(), wt.as_tensor(), b.as_tensor(), stride, pad, clamp).unwrap();
                 // The path off the CPU is the reference: candle's conv2d, bias add and clamp.
                 let plain = super::conv2d_bias_portable(x.as_tensor(), wt.as_tensor(), b.as_tensor(), stride, pad, clamp).unwrap();
-                let rel = |a: &Tensor, b: &Tensor| {
-                    let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
-                    max_diff(&a, &b) / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1e-30)
-                };
                 let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
                 assert!(rel(&fast, &plain) < tol, "values {dtype:?} {n} {c} {h} {w} {cout} {k}");
                 let r = Tensor::randn(0f64, 1.0, plain.dims(), &dev).unwrap().to_dtype(dtype).unwrap();
@@ -949,7 +872,7 @@ mod tests {
     }
     /// [`conv2d_bias_relu_pool`] against its portable composition: values and the gradients
     /// of input, kernel and bias, in f64 and f32, through each convolution path (im2col for
-    /// 1 channel, Winograd for 16 and 3x3, shifted GEMMs for 5x5, the image as its own
+    /// 1 channel, Winograd for 16 and 3x3, im2col for 5x5, the image as its own
     /// columns for 1x1), odd sides (the pool drops the last row and column), batch 1, and
     /// batches larger than one buffer; the bias gradient also against finite differences.
     #[test]
@@ -973,10 +896,6 @@ mod tests {
                 let fast = conv2d_bias_relu_pool(x.as_tensor(), wt.as_tensor(), b.as_tensor(), pad).unwrap();
                 let plain = conv2d_bias_relu_pool_portable(x.as_tensor(), wt.as_tensor(), b.as_tensor(), pad).unwrap();
                 assert_eq!(fast.dims(), plain.dims());
-                let rel = |a: &Tensor, b: &Tensor| {
-                    let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
-                    max_diff(&a, &b) / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1e-30)
-                };
                 let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
                 let case = format!("{dtype:?} {n} {c} {h} {w} {cout} {k}x{k}");
                 assert!(rel(&fast, &plain) < tol, "values {case}");

@@ -554,6 +554,7 @@ impl CustomOp3 for Depthwise {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::relative_diff as rel;
     use super::depthwise_conv2d;
     use candle_core::{Device, Tensor, Var};
 
@@ -692,11 +693,6 @@ mod tests {
                 let fast = depthwise_conv2d_bias(x.as_tensor(), wt.as_tensor(), b.as_tensor(), s, pad, clamp).unwrap();
                 // The path off the CPU is the reference: shifted views, bias add, clamp.
                 let plain = depthwise_conv2d_bias_portable(x.as_tensor(), wt.as_tensor(), b.as_tensor(), s, pad, clamp).unwrap();
-                let rel = |a: &Tensor, b: &Tensor| {
-                    let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
-                    let m = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
-                    m(&(&a - &b).unwrap()) / m(&b).max(1e-30)
-                };
                 let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
                 assert!(rel(&fast, &plain) < tol, "values {dtype:?} {n} {c} {h} {w} {k} {s}");
                 let r = Tensor::randn(0f64, 1.0, plain.dims(), &dev).unwrap().to_dtype(dtype).unwrap();

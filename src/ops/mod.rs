@@ -19,6 +19,8 @@ mod depthwise;
 mod epilogue;
 pub(crate) mod fused;
 mod pool;
+#[cfg(test)]
+mod testing;
 mod winograd;
 
 pub use affine::{channel_affine, channel_affine_portable};

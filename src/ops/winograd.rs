@@ -297,13 +297,10 @@ pub(super) fn gradient_tiles<T: WithDType>(grad: &[T], g: &Tiling, dm: &mut [T])
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{max_diff, relative_diff as rel};
     use super::super::{conv2d, conv2d_bias};
     use super::Tiling;
-    use candle_core::{DType, Device, Tensor, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
+    use candle_core::{Device, Tensor, Var};
 
     /// The Winograd path of [`conv2d`] (3x3, stride 1, at least 16 input channels) against
     /// candle's convolution: values and both gradients, paddings 0, 1 and 2, odd sides,
@@ -359,10 +356,6 @@ mod tests {
         let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 64, &dev).unwrap()).unwrap();
         let fast = conv2d_bias(x.as_tensor(), k.as_tensor(), b.as_tensor(), 1, 1, Some((0.0, 6.0))).unwrap();
         let plain = super::super::conv2d_bias_portable(x.as_tensor(), k.as_tensor(), b.as_tensor(), 1, 1, Some((0.0, 6.0))).unwrap();
-        let rel = |a: &Tensor, b: &Tensor| {
-            let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
-            max_diff(&a, &b) / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1e-30)
-        };
         assert!(rel(&fast, &plain) < 1e-5, "values: {}", rel(&fast, &plain));
         let r = Tensor::randn(0f32, 1.0, plain.dims(), &dev).unwrap();
         let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
