@@ -7,7 +7,7 @@
 #
 # Columns (COLUMNS, default "conv4 frozen finetuned"):
 #   conv4      Conv-4 trained episodically with rotation augmentation at 48x48 RGB
-#   frozen     EfficientNet-Lite0 (ImageNet) frozen, support centring + L2 normalisation
+#   frozen     EfficientNet-Lite0 (ImageNet) frozen, support centring + L2 normalization
 #   finetuned  EfficientNet-Lite0 with its head fine-tuned episodically on the training currencies
 # Environment: EPISODES (1000), TRAIN_EPISODES (400, Conv-4), FINETUNE_EPISODES (300), SEED (7).
 set -euo pipefail

@@ -4,7 +4,7 @@
 # added to training, then 4-shot episodes on the other currency's denominations (never
 # seen in training), 1000 episodes, 4 rotations averaged at test time. Backbones: Conv-4
 # trained with rotation augmentation at 48x48 RGB; EfficientNet-Lite0 (ImageNet) frozen,
-# with support centring + L2 normalisation; EfficientNet-Lite0 with its head fine-tuned
+# with support centring + L2 normalization; EfficientNet-Lite0 with its head fine-tuned
 # (224x224, 4 rotations cached, cosine with a learnable temperature, 300 episodes).
 # Prints a Markdown table.
 #   scripts/coins-protocol.sh            (EPISODES, TRAIN_EPISODES, RENDERED, SEED override;

@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The shape of an episode: `way` classes, `shot` support and `query` query images each.
 ///

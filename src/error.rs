@@ -4,12 +4,16 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong in `protonet`, with enough context to act on.
 ///
+/// Its `Debug` form is its message (as `anyhow`'s is), so that `fn main() -> Result<(),
+/// protonet::Error>` prints `Error: dataset my_coins: ...` rather than the variant's fields.
+///
 /// ```
 /// use protonet::Error;
 /// let e = Error::InvalidParameter { name: "way".into(), reason: "must be at least 2, got 1".into() };
 /// assert!(e.to_string().contains("way"));
+/// assert_eq!(format!("{e:?}"), e.to_string());
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     /// A file or folder could not be read or written.
     #[error("{path}: {source}")]
@@ -92,7 +96,7 @@ pub enum Error {
     },
     /// An output directory already holds a model, a classifier or a training run, and the
     /// caller did not say to resume or overwrite it. Nothing was written.
-    #[error("{path} already holds {holds}; nothing was written. Resume its run or overwrite it explicitly")]
+    #[error("{path} already holds {holds}; nothing was written. Resume its run or replace it: OutputMode::Resume or OutputMode::Overwrite (for example `save_with(dir, OutputMode::Overwrite)`; on the command line --resume or --overwrite)")]
     OutputExists {
         /// The directory.
         path: PathBuf,
@@ -123,6 +127,12 @@ impl From<Error> for candle_core::Error {
     }
 }
 
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 /// Shorthand for `Result<T, protonet::Error>`.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -130,6 +140,12 @@ impl Error {
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+
+    /// An [`Error::Checkpoint`]: the model directory, classifier or checkpoint file at
+    /// `path` is missing, damaged or does not match, for `reason`.
+    pub fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Checkpoint { path: path.into(), reason: reason.into() }
     }
 
     /// An [`Error::InvalidParameter`].

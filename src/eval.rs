@@ -1,13 +1,19 @@
 //! Evaluation: mean accuracy over many episodes with a 95% confidence interval.
+//!
+//! [`evaluate`] measures a model as it classifies (its own rotations and normalization);
+//! [`evaluate_net`] is the same measurement with the embedding settings given, which is
+//! what `protonet eval` runs, so the library and the command line agree.
 
 use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
-use crate::episode::{EpisodeSampler, EpisodeSpec};
+use crate::embed::Embedder;
+use crate::episode::{Episode, EpisodeSampler, EpisodeSpec};
+use crate::error::{Error, Result};
+use crate::model::Model;
 use crate::observer::Observer;
-use crate::protonet::{FeatureNorm, ProtoNet};
-use crate::Result;
+use crate::protonet::{logits, FeatureNorm, ProtoNet};
 
 /// The result of [`evaluate`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,19 +41,27 @@ pub struct EvalReport {
 
 impl EvalReport {
     /// The confusion matrix as a text table: one row per true class, the share of its
-    /// queries predicted as each class (in %), and its recall.
+    /// queries predicted as each class (in %), and its recall. Columns are as wide as the
+    /// longest class name, so names are never cut.
+    ///
+    /// ```
+    /// let mut r = protonet::EvalReport { way: 2, shot: 1, query: 1, episodes: 1, accuracy: 1.0, ci95: 0.0, std: 0.0, seed: 0, confusion: vec![vec![3, 1], vec![0, 4]] };
+    /// let table = r.confusion_table(&["test-1000-eur".into(), "b".into()]);
+    /// assert!(table.contains("test-1000-eur") && table.contains("75.0"));
+    /// ```
     pub fn confusion_table(&self, names: &[String]) -> String {
-        let short: Vec<String> = names.iter().map(|n| n.chars().take(10).collect()).collect();
-        let mut out = format!("{:>12} |", "true \\ pred");
-        for n in &short {
-            out += &format!(" {n:>10}");
+        let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(6);
+        let first = width.max(11);
+        let mut out = format!("{:>first$} |", "true \\ pred");
+        for n in names {
+            out += &format!(" {n:>width$}");
         }
         out += " |   recall\n";
         for (i, row) in self.confusion.iter().enumerate() {
             let total: u64 = row.iter().sum();
-            out += &format!("{:>12} |", short.get(i).map(String::as_str).unwrap_or("?"));
+            out += &format!("{:>first$} |", names.get(i).map(String::as_str).unwrap_or("?"));
             for &c in row {
-                out += &format!(" {:>10.1}", 100.0 * c as f64 / total.max(1) as f64);
+                out += &format!(" {:>width$.1}", 100.0 * c as f64 / total.max(1) as f64);
             }
             out += &format!(" | {:>7.1}%\n", 100.0 * row.get(i).copied().unwrap_or(0) as f64 / total.max(1) as f64);
         }
@@ -120,17 +134,19 @@ impl EvalConfig {
     pub fn validate(&self) -> Result<()> {
         self.spec.validate()?;
         if self.episodes == 0 {
-            return Err(crate::Error::param("episodes", "must be at least 1"));
+            return Err(Error::param("episodes", "must be at least 1"));
         }
         Ok(())
     }
 }
 
-/// Evaluates `net` on the episodes `config` describes, drawn from `set` (BatchNorm in
-/// evaluation mode), reporting progress to `observer`.
+/// Evaluates `model` on the episodes `config` describes, drawn from `set`, as the model
+/// classifies: BatchNorm in evaluation mode, embeddings averaged over the model's
+/// `rotations` and normalized as its `normalization` says (what `protonet eval --model`
+/// measures). Progress goes to `observer`.
 ///
 /// ```
-/// use candle_core::{Device, Tensor, D};
+/// use candle_core::Device;
 /// use protonet::{backbone::{BackboneConfig, Conv4Config}, data::{ImageConfig, ImageSet}, eval::EvalConfig, observer::Silent, EpisodeSpec, Model, ModelConfig};
 /// let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { hidden: 8, depth: 2, ..Default::default() }), ImageConfig::grey(8));
 /// let model = Model::new(cfg, 1, &Device::Cpu)?;
@@ -139,26 +155,45 @@ impl EvalConfig {
 ///     set.push_class(format!("{c}"), (0..4).map(|i| vec![(c * 4 + i) as f32; 64]).collect())?;
 /// }
 /// let config = EvalConfig::new(EpisodeSpec::new(3, 1, 2)?, 5, 0);
-/// let r = protonet::evaluate(model.net(), &set, &config, &Device::Cpu, &Silent)?;
+/// let r = protonet::evaluate(&model, &set, &config, &Silent)?;
 /// assert_eq!(r.episodes, 5);
 /// # Ok::<(), protonet::Error>(())
 /// ```
+pub fn evaluate(model: &Model, set: &ImageSet, config: &EvalConfig, observer: &dyn Observer) -> Result<EvalReport> {
+    let c = model.config();
+    evaluate_net(model.net(), &c.embedder(), &c.normalization, set, config, model.device(), observer)
+}
+
+/// Evaluates `net` on the episodes `config` describes, drawn from `set`, embedding
+/// through `embedder` and normalizing as `norm` says (BatchNorm in evaluation mode).
 ///
 /// When the episodes would embed more images than the set holds, every image is embedded
 /// once ([`Embedder::embed_set`]) and the episodes are drawn from the embeddings
 /// ([`evaluate_embedded`]): the same episodes and, BatchNorm being per-image in
 /// evaluation mode, the same result, much faster.
-pub fn evaluate(net: &ProtoNet, set: &ImageSet, config: &EvalConfig, device: &Device, observer: &dyn Observer) -> Result<EvalReport> {
+pub fn evaluate_net(
+    net: &ProtoNet,
+    embedder: &Embedder,
+    norm: &FeatureNorm,
+    set: &ImageSet,
+    config: &EvalConfig,
+    device: &Device,
+    observer: &dyn Observer,
+) -> Result<EvalReport> {
     config.validate()?;
     let spec = config.spec;
     spec.check_dataset(set)?;
     if config.episodes * (spec.num_support() + spec.num_query()) > set.num_images() {
-        let embedded = Embedder::default().embed_set(net, set, device, observer)?;
-        return evaluate_embedded(&embedded, config, &FeatureNorm::None, device, observer);
+        let embedded = embedder.embed_set(net, set, device, observer)?;
+        return evaluate_embedded(&embedded, config, norm, device, observer);
     }
     run_episodes(set, config, observer, |ep| {
         let (images, labels) = ep.tensors(set, device)?;
-        Ok((net.forward_episode(&images.detach(), spec, &labels, false)?.logits, labels))
+        let emb = embedder.embed_tensor(net, &images.detach())?;
+        let support = emb.narrow(0, 0, spec.num_support())?;
+        let query = emb.narrow(0, spec.num_support(), spec.num_query())?;
+        let (support, query) = norm.apply(&support, &query)?;
+        Ok((logits(&support, &query, spec.way, spec.shot)?, labels))
     })
 }
 
@@ -168,7 +203,7 @@ fn run_episodes(
     set: &ImageSet,
     config: &EvalConfig,
     observer: &dyn Observer,
-    mut logits_of: impl FnMut(&crate::Episode) -> Result<(Tensor, Tensor)>,
+    mut logits_of: impl FnMut(&Episode) -> Result<(Tensor, Tensor)>,
 ) -> Result<EvalReport> {
     let EvalConfig { spec, episodes, seed } = *config;
     let mut sampler = EpisodeSampler::new(set, spec, seed)?;
@@ -194,7 +229,7 @@ fn run_episodes(
 }
 
 /// Adds an episode's predictions (argmax of `logits`) to `confusion`, by dataset class.
-fn count_predictions(confusion: &mut [Vec<u64>], ep: &crate::Episode, logits: &Tensor) -> Result<()> {
+fn count_predictions(confusion: &mut [Vec<u64>], ep: &Episode, logits: &Tensor) -> Result<()> {
     let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
     for (q, p) in ep.query.iter().zip(pred) {
         confusion[q.0][ep.classes[p as usize]] += 1;
@@ -202,108 +237,8 @@ fn count_predictions(confusion: &mut [Vec<u64>], ep: &crate::Episode, logits: &T
     Ok(())
 }
 
-/// Embeds images in batches, in evaluation mode, optionally averaging each embedding over
-/// rotations by multiples of 90 degrees (for subjects whose class does not depend on
-/// their angle, such as coins). The one place where images become embeddings.
-///
-/// ```
-/// use candle_core::Device;
-/// use protonet::{backbone::{BackboneConfig, Conv4Config}, data::ImageConfig, eval::Embedder, Model, ModelConfig};
-/// let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { hidden: 8, depth: 2, ..Default::default() }), ImageConfig::grey(8));
-/// let model = Model::new(cfg, 1, &Device::Cpu)?;
-/// let embedder = Embedder { rotations: 4, ..Default::default() };
-/// let e = embedder.embed_images(model.net(), &[vec![0.5; 64]], (1, 8, 8), &Device::Cpu)?;
-/// assert_eq!((e.len(), e[0].len()), (1, 8 * 2 * 2));
-/// # Ok::<(), protonet::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Embedder {
-    /// Images per forward pass.
-    pub batch: usize,
-    /// Rotations averaged over: 1 (none) to 4 (0, 90, 180 and 270 degrees).
-    pub rotations: usize,
-}
-
-impl Default for Embedder {
-    fn default() -> Self {
-        Self { batch: 64, rotations: 1 }
-    }
-}
-
-impl Embedder {
-    /// Checks the settings.
-    pub fn validate(&self) -> Result<()> {
-        if !(1..=4).contains(&self.rotations) {
-            return Err(crate::Error::param("rotations", format!("must be 1 to 4, got {}", self.rotations)));
-        }
-        if self.batch == 0 {
-            return Err(crate::Error::param("batch", "must be at least 1"));
-        }
-        Ok(())
-    }
-
-    /// Embeds `images` of shape `(c, h, w)` (flat, one `Vec` each) into one `Vec` each.
-    pub fn embed_images(&self, net: &ProtoNet, images: &[Vec<f32>], (c, h, w): (usize, usize, usize), device: &Device) -> Result<Vec<Vec<f32>>> {
-        self.validate()?;
-        if let Some((i, im)) = images.iter().enumerate().find(|(_, im)| im.len() != c * h * w) {
-            return Err(crate::Error::param("image", format!("image {i} has {} values, the model takes {c}x{h}x{w} = {}", im.len(), c * h * w)));
-        }
-        let mut out: Vec<Vec<f32>> = Vec::with_capacity(images.len());
-        for chunk in images.chunks(self.batch) {
-            let flat: Vec<f32> = chunk.iter().flatten().copied().collect();
-            let mut sum = self.embed_rotations(net, flat, (chunk.len(), c, h, w), device)?;
-            out.append(&mut sum);
-        }
-        Ok(out)
-    }
-
-    /// Embeds every image of `set` into a set with the same classes whose samples are
-    /// `(D, 1, 1)` embeddings, reporting progress to `observer`.
-    pub fn embed_set(&self, net: &ProtoNet, set: &ImageSet, device: &Device, observer: &dyn Observer) -> Result<ImageSet> {
-        self.validate()?;
-        let (c, h, w) = set.image_dims();
-        let items: Vec<(usize, usize)> = (0..set.num_classes()).flat_map(|k| (0..set.class_len(k)).map(move |i| (k, i))).collect();
-        observer.start("embed", items.len() as u64);
-        let mut values = Vec::new();
-        let mut dim = 0;
-        let mut done = 0;
-        for chunk in items.chunks(self.batch) {
-            let e = self.embed_rotations(net, set.gather(chunk), (chunk.len(), c, h, w), device)?;
-            dim = e.first().map_or(dim, Vec::len);
-            values.extend(e.into_iter().flatten());
-            done += chunk.len();
-            observer.progress(done as u64, "");
-        }
-        observer.finish();
-        set.with_images(dim, 1, 1, values)
-    }
-
-    /// One batch `(n, c, h, w)`, embedded at each rotation and averaged.
-    fn embed_rotations(&self, net: &ProtoNet, flat: Vec<f32>, (n, c, h, w): (usize, usize, usize, usize), device: &Device) -> Result<Vec<Vec<f32>>> {
-        if self.rotations > 1 && h != w {
-            return Err(crate::Error::param("rotations", format!("rotating needs square images, these are {h}x{w}")));
-        }
-        let embed = |data: Vec<f32>| -> Result<Vec<Vec<f32>>> {
-            let x = Tensor::from_vec(data, (n, c, h, w), device)?;
-            Ok(net.embed(&x, false)?.detach().to_vec2::<f32>()?)
-        };
-        let mut sum = embed(flat.clone())?;
-        for turns in 1..self.rotations {
-            let rotated: Vec<f32> = flat.chunks(c * h * w).flat_map(|im| crate::data::rotate_square_ccw(im, c, w, turns)).collect();
-            for (s, e) in sum.iter_mut().zip(embed(rotated)?) {
-                s.iter_mut().zip(e).for_each(|(a, b)| *a += b);
-            }
-        }
-        if self.rotations > 1 {
-            let k = self.rotations as f32;
-            sum.iter_mut().flatten().for_each(|a| *a /= k);
-        }
-        Ok(sum)
-    }
-}
-
 /// Evaluates nearest-prototype classification on a set of embeddings (as made by
-/// [`Embedder::embed_set`]) on the episodes `config` describes, embeddings normalised as
+/// [`Embedder::embed_set`]) on the episodes `config` describes, embeddings normalized as
 /// `norm` says.
 pub fn evaluate_embedded(embedded: &ImageSet, config: &EvalConfig, norm: &FeatureNorm, device: &Device, observer: &dyn Observer) -> Result<EvalReport> {
     config.validate()?;
@@ -314,6 +249,6 @@ pub fn evaluate_embedded(embedded: &ImageSet, config: &EvalConfig, norm: &Featur
         let query = Tensor::from_vec(embedded.gather(&ep.query), (ep.query.len(), dim), device)?;
         let (support, query) = norm.apply(&support, &query)?;
         let labels = Tensor::new(ep.query_labels(), device)?;
-        Ok((crate::protonet::logits(&support, &query, spec.way, spec.shot)?, labels))
+        Ok((logits(&support, &query, spec.way, spec.shot)?, labels))
     })
 }

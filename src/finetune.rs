@@ -2,7 +2,7 @@
 //!
 //! The ImageNet trunk (stem and MBConv blocks) stays frozen, so its feature maps are
 //! computed once per image (and per rotation, the augmentation) and cached; the head (1x1
-//! convolution to 1280 channels, BatchNorm, pooling, L2 normalisation and a learnable
+//! convolution to 1280 channels, BatchNorm, pooling, L2 normalization and a learnable
 //! temperature: [`TunedHead`](crate::backbone::TunedHead)) is then trained on the cached
 //! maps by the same episodic trainer as Conv-4 ([`crate::train()`]), with its checkpoints,
 //! validation and early stopping. The model written at the end works on images: its
@@ -14,13 +14,15 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::backbone::{trunk_side, BackboneConfig, EfficientNetLite0, HeadConfig, PretrainedWeights, EFFICIENTNET_LITE0_TRUNK_CHANNELS};
-use crate::data::{ImageConfig, ImageSet};
-use crate::model::WEIGHTS_FILE;
+use crate::backbone::{trunk_side, BackboneConfig, EfficientNetLite0, HeadConfig, EFFICIENTNET_LITE0_TRUNK_CHANNELS};
+use crate::data::{validate_rotations, ImageConfig, ImageSet};
+use crate::error::{Error, Result};
+use crate::model::{Model, ModelConfig};
 use crate::observer::Observer;
-use crate::output::OutputMode;
-use crate::train::{FineTuneRecord, Trainer};
-use crate::{Error, Model, ModelConfig, Result, TrainConfig, TrainOptions, TrainReport};
+use crate::output::{prepare, OutputMode, WEIGHTS_FILE};
+use crate::pretrained::PretrainedWeights;
+use crate::record::{FineTuneRecord, TrainConfig};
+use crate::train::{TrainOptions, TrainReport, Trainer};
 
 /// Sub-folder of the output directory where the head is trained (its checkpoint, best
 /// head-only model and curves); the image model is written to the output directory itself.
@@ -89,11 +91,9 @@ impl FineTuneConfig {
             return Err(Error::param("channels", "EfficientNet-Lite0 takes RGB images"));
         }
         if self.train.rotation_augment {
-            return Err(Error::param("rotation_augment", "rotate the images before caching (rotations) instead: feature maps cannot be rotated"));
+            return Err(Error::param("rotate", "rotate the images before caching (rotations) instead: feature maps cannot be rotated"));
         }
-        if !(1..=4).contains(&self.rotations) {
-            return Err(Error::param("rotations", format!("must be 1 to 4, got {}", self.rotations)));
-        }
+        validate_rotations(self.rotations)?;
         if self.batch == 0 {
             return Err(Error::param("batch", "must be at least 1"));
         }
@@ -105,9 +105,7 @@ impl FineTuneConfig {
 /// turns: a set with the same classes, where image `i` of a class becomes samples
 /// `i * rotations .. (i + 1) * rotations`, each `320 x s x s` (`s = size / 32` rounded up).
 pub fn trunk_features(net: &EfficientNetLite0, set: &ImageSet, rotations: usize, batch: usize, device: &Device, observer: &dyn Observer) -> Result<ImageSet> {
-    if !(1..=4).contains(&rotations) {
-        return Err(Error::param("rotations", format!("must be 1 to 4, got {rotations}")));
-    }
+    validate_rotations(rotations)?;
     let (c, h, w) = set.image_dims();
     if c != 3 {
         return Err(Error::param("channels", format!("EfficientNet-Lite0 takes RGB images, these have {c} channels")));
@@ -168,7 +166,7 @@ pub fn head_model(net: &EfficientNetLite0, head: &HeadConfig, side: usize, devic
 /// episodically on `train_set` (images prepared as `config.image`), validating on
 /// `val_set` if given, and writes the image model to `out_dir` (see the module
 /// documentation). Returns it with the training report. Resumable through
-/// `options.mode` like [`crate::train()`]; progress goes to `observer`.
+/// `options.mode` like [`crate::train()`]; runs on `device`; progress goes to `observer`.
 ///
 /// ```no_run
 /// use protonet::data::{load_image_folder, FolderOptions};
@@ -176,7 +174,7 @@ pub fn head_model(net: &EfficientNetLite0, head: &HeadConfig, side: usize, devic
 /// use protonet::observer::Silent;
 /// let config = FineTuneConfig::default();
 /// let base = load_image_folder("my-base-classes".as_ref(), &config.image, &FolderOptions::default())?;
-/// let (model, report) = fine_tune_efficientnet(&config, &base, None, "coin-model".as_ref(), &Default::default(), &Silent)?;
+/// let (model, report) = fine_tune_efficientnet(&config, &base, None, "coin-model".as_ref(), &Default::default(), &protonet::Device::Cpu, &Silent)?;
 /// println!("{} episodes, temperature in config.json", report.episodes);
 /// # Ok::<(), protonet::Error>(())
 /// ```
@@ -186,25 +184,25 @@ pub fn fine_tune_efficientnet(
     val_set: Option<&ImageSet>,
     out_dir: &Path,
     options: &TrainOptions,
+    device: &Device,
     observer: &dyn Observer,
 ) -> Result<(Model, TrainReport)> {
     config.validate()?;
-    crate::output::prepare(out_dir, options.mode)?;
+    prepare(out_dir, options.mode)?;
     let (weights, image) = (&config.weights, &config.image);
-    let device = Device::Cpu;
     // The image model's configuration: checked (and the weights located) before any work.
     let mut full_config = ModelConfig::new(BackboneConfig::EfficientNetLite0 { weights: weights.clone(), head: Some(config.head.clone()) }, image.clone());
     full_config.description = config.description.clone();
-    let mut full = Model::new(full_config, config.train.seed, &device)?;
-    let net = EfficientNetLite0::from_reference(weights, &device)?;
+    let mut full = Model::new(full_config, config.train.seed, device)?;
+    let net = EfficientNetLite0::from_reference(weights, device)?;
 
     observer.note(&format!("caching trunk features: {} training images x {} rotations", train_set.num_images(), config.rotations));
-    let train_features = trunk_features(&net, train_set, config.rotations, config.batch, &device, observer)?;
+    let train_features = trunk_features(&net, train_set, config.rotations, config.batch, device, observer)?;
     let val_features = match val_set {
-        Some(v) => Some(trunk_features(&net, v, 1, config.batch, &device, observer)?),
+        Some(v) => Some(trunk_features(&net, v, 1, config.batch, device, observer)?),
         None => None,
     };
-    let mut head = head_model(&net, &config.head, trunk_side(image.size), &device)?;
+    let mut head = head_model(&net, &config.head, trunk_side(image.size), device)?;
     let head_dir = out_dir.join(HEAD_TRAINING_DIR);
     let report = Trainer::new(&mut head, &train_features, val_features.as_ref(), &config.train)?.run(&head_dir, options, observer)?;
 

@@ -19,7 +19,9 @@
 //! A support folder holds one sub-folder of photos per class (4 photos each is enough to
 //! start); the classifier answers for new photos and can be saved and loaded back. For real
 //! photos use the pretrained backbone, `FewShotClassifier::efficientnet_lite0(224,
-//! &Device::Cpu)?` (weights: `protonet fetch-weights`); this example uses a small
+//! &Device::Cpu)?` (its weights: `bash scripts/fetch-pretrained.sh` in the protonet
+//! checkout, found from any project that uses the crate by path; or, with the crate's
+//! `fetch` feature, [`pretrained::fetch_efficientnet_lite0`]); this example uses a small
 //! untrained Conv-4 so that it runs anywhere.
 //!
 //! ```
@@ -45,12 +47,14 @@
 //! let photos = list_images(&[dir.join("new")])?;
 //! let answers = clf.predict_files(&photos)?;
 //! for (photo, answer) in photos.iter().zip(&answers) {
-//!     println!("{}: {:?} ({:.2})", photo.display(), answer.class, answer.confidence);
+//!     let answer = answer.answer.as_ref().map_err(|e| e.to_string())?;
+//!     println!("{}: {} ({:.2})", photo.display(), answer.label(), answer.confidence);
 //! }
 //!
 //! clf.save(dir.join("my-classifier"))?;
 //! let loaded = FewShotClassifier::load(dir.join("my-classifier"), &Device::Cpu)?;
-//! assert_eq!(loaded.predict_files(&photos)?, answers);
+//! let again = loaded.predict_files(&photos)?;
+//! assert!(again.iter().zip(&answers).all(|(a, b)| a.answer.as_ref().ok() == b.answer.as_ref().ok()));
 //! # std::fs::remove_dir_all(&dir).ok();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -80,7 +84,7 @@
 //!
 //! // Load it and measure 3-way 1-shot accuracy with a 95% confidence interval.
 //! let loaded = Model::load(&dir, &Device::Cpu)?;
-//! let report = evaluate(loaded.net(), &set, &EvalConfig::new(EpisodeSpec::new(3, 1, 2)?, 20, 0), &Device::Cpu, &Silent)?;
+//! let report = evaluate(&loaded, &set, &EvalConfig::new(EpisodeSpec::new(3, 1, 2)?, 20, 0), &Silent)?;
 //! println!("{report}");
 //!
 //! // Deploy: a classifier with a few examples per class, then predictions.
@@ -89,7 +93,7 @@
 //! classifier.add_class("light", &[image(5, 0), image(5, 1)])?;
 //! classifier.add_class("dark", &[image(0, 2)])?; // more examples: the prototype is updated
 //! let prediction = classifier.predict(&image(5, 3))?;
-//! println!("{:?} with confidence {:.2}", prediction.class, prediction.confidence);
+//! println!("{} with confidence {:.2}", prediction.label(), prediction.confidence);
 //! assert_eq!(prediction.ranked.len(), 2);
 //!
 //! // Save the classifier (model + prototypes) and predict again without the examples.
@@ -120,22 +124,36 @@
 //! `MIMALLOC_PURGE_DELAY=-1 MIMALLOC_ARENA_EAGER_COMMIT=1` (the `protonet` binary sets
 //! these options itself).
 //!
+//! ## Errors
+//!
+//! Every fallible call returns [`Result`], whose [`Error`] names the file or parameter
+//! concerned. Its `Debug` form is its message, so `fn main() -> Result<(), protonet::Error>`
+//! prints a readable line; `eprintln!("error: {e}")` does the same.
+//!
 //! ## Layout
 //!
-//! - [`model`]: [`ModelConfig`] and [`Model`], built through candle's `VarBuilder`;
-//!   [`io`]: atomic writes and safetensors; [`pretrained`]: the one door to third-party weights.
-//! - [`backbone`]: Conv-4 and EfficientNet-Lite0 (layers); [`ops`]: the CPU kernels under them.
-//! - [`protonet`]: prototypes, distances, loss, accuracy and [`FeatureNorm`], on tensors.
-//! - [`data`]: labelled sets in memory and their loaders; [`episode`]: seeded episode sampling.
+//! From the bottom up (each module uses only those above it in this list):
+//! - [`ops`]: the CPU kernels; [`backbone`]: Conv-4 and EfficientNet-Lite0 (layers);
+//!   [`pretrained`]: the one door to third-party weights.
+//! - [`data`]: labelled sets in memory, their loaders, rendered coins; [`episode`]: seeded
+//!   episode sampling; [`io`]: atomic writes and safetensors; [`output`]: the layout of
+//!   output directories.
+//! - [`protonet`]: prototypes, distances, loss, accuracy and [`FeatureNorm`], on tensors;
+//!   [`embed`]: images to embeddings ([`embed::Embedder`]).
+//! - [`record`]: what `config.json` records of training; [`model`]: [`ModelConfig`] and
+//!   [`Model`], built through candle's `VarBuilder`; [`observer`]: progress.
+//! - [`eval`]: accuracy over episodes; [`openset`]: rejection, measured; [`mod@bench`]: timing
+//!   N-way K-shot episodes.
 //! - [`mod@train`]: the episodic [`train::Trainer`], early stopping and the resumable run state;
 //!   [`finetune`]: fine-tuning the pretrained head on cached features.
-//! - [`eval`]: accuracy over episodes and the [`eval::Embedder`]; [`openset`]: rejection, measured.
 //! - [`classifier`]: the deployable [`FewShotClassifier`].
 #![warn(missing_docs)]
 
 pub mod backbone;
+pub mod bench;
 pub mod classifier;
 pub mod data;
+pub mod embed;
 pub mod episode;
 mod error;
 pub mod eval;
@@ -149,10 +167,11 @@ pub mod optim;
 pub mod output;
 pub mod pretrained;
 pub mod protonet;
+pub mod record;
 pub mod train;
 
 pub use candle_core::Device;
-pub use classifier::{ClassScore, FewShotClassifier, Prediction, PrototypeStore};
+pub use classifier::{ClassScore, FewShotClassifier, FilePrediction, Prediction, PrototypeStore};
 pub use episode::{Episode, EpisodeSampler, EpisodeSpec};
 pub use error::{Error, Result};
 pub use eval::{evaluate, EvalConfig, EvalReport};
@@ -160,4 +179,5 @@ pub use model::{Model, ModelConfig};
 pub use observer::{Observer, Silent};
 pub use output::OutputMode;
 pub use protonet::{accuracy, episode_loss, prototypes, squared_distances, EpisodeOutput, FeatureNorm, ProtoNet};
-pub use train::{train, TrainConfig, TrainOptions, TrainReport, Trainer};
+pub use record::TrainConfig;
+pub use train::{train, TrainOptions, TrainReport, Trainer};

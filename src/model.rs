@@ -12,17 +12,14 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::BackboneConfig;
-use crate::data::ImageConfig;
+use crate::data::{validate_rotations, ImageConfig};
+use crate::embed::Embedder;
+use crate::error::{Error, Result};
 use crate::io::{read_safetensors, write_atomic, write_safetensors};
-use crate::output::OutputMode;
+use crate::output::{check, OutputMode, CONFIG_FILE, WEIGHTS_FILE};
+use crate::pretrained::PretrainedWeights;
 use crate::protonet::{FeatureNorm, ProtoNet};
-use crate::train::TrainingRecord;
-use crate::{Error, Result};
-
-/// File name of the weights inside a model directory.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// File name of the configuration inside a model directory.
-pub const CONFIG_FILE: &str = "config.json";
+use crate::record::TrainingRecord;
 const FORMAT: &str = "protonet-model";
 const VERSION: u32 = 1;
 
@@ -54,7 +51,7 @@ pub struct ModelConfig {
     /// (1: none; 4 for subjects whose class does not depend on their angle, such as coins).
     #[serde(default = "one_rotation", skip_serializing_if = "is_one_rotation")]
     pub rotations: usize,
-    /// How embeddings are normalised before prototypes are formed when the model classifies
+    /// How embeddings are normalized before prototypes are formed when the model classifies
     /// (none by default; support centring + L2 suits the frozen pretrained network).
     #[serde(default, skip_serializing_if = "is_no_normalization")]
     pub normalization: FeatureNorm,
@@ -87,6 +84,45 @@ impl ModelConfig {
         }
     }
 
+    /// The frozen ImageNet EfficientNet-Lite0 with the settings that suit photos: RGB at
+    /// `image_size` pixels (224 is what it was trained at), support centring + L2
+    /// normalization, embeddings averaged over 4 rotations (for subjects such as coins
+    /// whose class does not depend on their angle; set `rotations` to 1 otherwise). The
+    /// one place these defaults are written (`FewShotClassifier::efficientnet_lite0`,
+    /// `protonet predict --backbone` and `protonet eval --backbone` use them).
+    ///
+    /// ```
+    /// let c = protonet::ModelConfig::efficientnet_lite0(224);
+    /// assert_eq!((c.rotations, c.normalization.clone()), (4, protonet::FeatureNorm::CenterSupportL2));
+    /// assert_eq!(c.embedding_dim(), 1280);
+    /// ```
+    pub fn efficientnet_lite0(image_size: usize) -> Self {
+        let backbone = BackboneConfig::EfficientNetLite0 { weights: PretrainedWeights::efficientnet_lite0(), head: None };
+        Self { rotations: 4, normalization: FeatureNorm::CenterSupportL2, ..Self::new(backbone, ImageConfig::rgb(image_size)) }
+    }
+
+    /// Reads and checks the `config.json` of the model directory `dir` (without building
+    /// the model or touching its weights). Errors name the file.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(CONFIG_FILE);
+        if !path.is_file() {
+            return Err(Error::checkpoint(
+                dir,
+                format!("not a model directory (no {CONFIG_FILE}): a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}, as training writes them"),
+            ));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let config: ModelConfig = serde_json::from_str(&text).map_err(|e| Error::checkpoint(&path, format!("invalid config: {e}")))?;
+        config.validate().map_err(|e| Error::checkpoint(&path, e.to_string()))?;
+        Ok(config)
+    }
+
+    /// How this model's images become embeddings when it classifies: averaged over its
+    /// `rotations`.
+    pub fn embedder(&self) -> Embedder {
+        Embedder { rotations: self.rotations, ..Embedder::default() }
+    }
+
     /// Checks that the backbone and the image settings fit together.
     pub fn validate(&self) -> Result<()> {
         if self.format != FORMAT {
@@ -96,12 +132,10 @@ impl ModelConfig {
             return Err(Error::param("version", format!("this build reads version {VERSION}, found {}", self.version)));
         }
         self.backbone.validate()?;
-        if !(1..=4).contains(&self.rotations) {
-            return Err(Error::param("rotations", format!("must be 1 to 4, got {}", self.rotations)));
-        }
+        validate_rotations(self.rotations)?;
         if let FeatureNorm::CenterL2(centre) = &self.normalization {
             if centre.len() != self.embedding_dim() {
-                return Err(Error::param("normalization", format!("the centre has {} values, embeddings have {}", centre.len(), self.embedding_dim())));
+                return Err(Error::param("normalize", format!("the centre has {} values, embeddings have {}", centre.len(), self.embedding_dim())));
             }
         }
         if let BackboneConfig::EfficientNetLite0Head { .. } = self.backbone {
@@ -155,7 +189,7 @@ pub struct Model {
 }
 
 /// Is this parameter a BatchNorm running statistic (kept out of the optimiser)?
-pub fn is_running_stat(name: &str) -> bool {
+pub(crate) fn is_running_stat(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var")
 }
 
@@ -189,18 +223,7 @@ impl Model {
     /// Loads a model directory written by [`Model::save`]. Errors name the file and say
     /// what does not match (missing or extra tensors, shapes, a damaged file).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let config_path = dir.join(CONFIG_FILE);
-        if !config_path.is_file() {
-            return Err(Error::Checkpoint {
-                path: dir.to_path_buf(),
-                reason: format!("not a model directory (no {CONFIG_FILE}): a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}, as training writes them"),
-            });
-        }
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config: ModelConfig =
-            serde_json::from_str(&text).map_err(|e| Error::Checkpoint { path: config_path.clone(), reason: format!("invalid config: {e}") })?;
-        config.validate().map_err(|e| Error::Checkpoint { path: config_path.clone(), reason: e.to_string() })?;
-        let model = Self::build(config, device)?;
+        let model = Self::build(ModelConfig::read(dir)?, device)?;
         let weights = dir.join(WEIGHTS_FILE);
         let (tensors, _) = read_safetensors(&weights, device)?;
         model.set_tensors(&tensors, &weights)?;
@@ -212,10 +235,10 @@ impl Model {
     pub fn load_for_images(dir: &Path, device: &Device) -> Result<Self> {
         let model = Self::load(dir, device)?;
         if let BackboneConfig::EfficientNetLite0Head { .. } = model.config.backbone {
-            return Err(Error::Checkpoint {
-                path: dir.to_path_buf(),
-                reason: "holds an EfficientNet-Lite0 head trained on cached trunk features, not a model for images; use the model directory above it".into(),
-            });
+            return Err(Error::checkpoint(
+                dir,
+                "holds an EfficientNet-Lite0 head trained on cached trunk features, not a model for images; use the model directory above it",
+            ));
         }
         Ok(model)
     }
@@ -232,7 +255,7 @@ impl Model {
     /// [`OutputMode::Resume`] and [`OutputMode::Overwrite`] replace the model's two files
     /// and leave the rest of the directory (a training run's state) as it is.
     pub fn save_with(&self, dir: &Path, mode: OutputMode) -> Result<()> {
-        crate::output::check(dir, mode)?;
+        check(dir, mode)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         write_safetensors(&dir.join(WEIGHTS_FILE), &self.tensors(), None)?;
         let json = serde_json::to_vec_pretty(&self.config).expect("config serialises");
@@ -252,6 +275,11 @@ impl Model {
     /// The network.
     pub fn net(&self) -> &ProtoNet {
         &self.net
+    }
+
+    /// The network, giving up the rest (configuration and parameter names).
+    pub fn into_net(self) -> ProtoNet {
+        self.net
     }
 
     /// The device the parameters live on.
@@ -281,18 +309,19 @@ impl Model {
     /// and shapes; `source` names the file in errors.
     pub fn set_tensors(&self, tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
         let vars = self.named_vars();
-        let bad = |reason: String| Error::Checkpoint { path: source.to_path_buf(), reason };
         for (name, var) in &vars {
-            let t = tensors.get(name).ok_or_else(|| bad(format!("tensor `{name}` is missing (weights from another backbone or configuration?)")))?;
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| Error::checkpoint(source, format!("tensor `{name}` is missing (weights from another backbone or configuration?)")))?;
             if t.dims() != var.dims() {
-                return Err(bad(format!("tensor `{name}` has shape {:?}, the configuration needs {:?}", t.dims(), var.dims())));
+                return Err(Error::checkpoint(source, format!("tensor `{name}` has shape {:?}, the configuration needs {:?}", t.dims(), var.dims())));
             }
             if t.dtype() != DType::F32 {
-                return Err(bad(format!("tensor `{name}` is {:?}, expected F32", t.dtype())));
+                return Err(Error::checkpoint(source, format!("tensor `{name}` is {:?}, expected F32", t.dtype())));
             }
         }
         if let Some(extra) = tensors.keys().find(|k| !vars.iter().any(|(n, _)| n == *k)) {
-            return Err(bad(format!("unexpected tensor `{extra}` (weights from another backbone or configuration?)")));
+            return Err(Error::checkpoint(source, format!("unexpected tensor `{extra}` (weights from another backbone or configuration?)")));
         }
         for (name, var) in &vars {
             var.set(&tensors[name].to_device(&self.device)?)?;

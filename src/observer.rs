@@ -2,7 +2,7 @@
 //! nothing itself. The command line's observer draws progress bars and training curves;
 //! a program that wants silence passes [`Silent`].
 
-use crate::train::HistoryPoint;
+use crate::record::HistoryPoint;
 
 /// Receives the progress of training, evaluation and embedding. Every method has an
 /// empty default, so an observer implements only what it shows.

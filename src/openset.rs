@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classifier::PrototypeStore;
 use crate::data::ImageSet;
-use crate::Result;
+use crate::error::Result;
 
 /// The result of [`evaluate_open_set`]: how well a calibrated rejection threshold keeps
 /// known classes and turns away classes that were never added.
@@ -50,7 +50,7 @@ impl std::fmt::Display for OpenSetReport {
 }
 
 /// Measures open-set rejection on a set of embeddings (as made by
-/// [`crate::eval::Embedder::embed_set`]): each
+/// [`crate::embed::Embedder::embed_set`]): each
 /// trial draws `known_way` known and `unknown_way` unknown classes, builds a
 /// [`crate::PrototypeStore`] from `shot` random images of each known class, calibrates
 /// its threshold at `quantile`, and classifies the other images of the known classes
@@ -79,13 +79,13 @@ pub fn evaluate_open_set(
     use rand::seq::{IndexedRandom, SliceRandom};
     use rand::SeedableRng;
     if known_way == 0 || shot < 2 || unknown_way == 0 || trials == 0 {
-        return Err(crate::Error::param("open-set", "needs known_way >= 1, shot >= 2 (for calibration), unknown_way >= 1 and trials >= 1"));
+        return Err(crate::error::Error::param("open-set", "needs known_way >= 1, shot >= 2 (for calibration), unknown_way >= 1 and trials >= 1"));
     }
     if known_way + unknown_way > embedded.num_classes() {
-        return Err(crate::Error::NotEnoughClasses { way: known_way + unknown_way, available: embedded.num_classes() });
+        return Err(crate::error::Error::NotEnoughClasses { way: known_way + unknown_way, available: embedded.num_classes() });
     }
     if let Some(c) = (0..embedded.num_classes()).find(|&c| embedded.class_len(c) <= shot) {
-        return Err(crate::Error::NotEnoughImages { class: embedded.class_name(c).into(), have: embedded.class_len(c), shot, query: 1, need: shot + 1 });
+        return Err(crate::error::Error::NotEnoughImages { class: embedded.class_name(c).into(), have: embedded.class_len(c), shot, query: 1, need: shot + 1 });
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let all: Vec<usize> = (0..embedded.num_classes()).collect();

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{backprop::GradStore, Tensor, Var};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Adam without weight decay, matching `torch.optim.Adam`:
 /// `p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.

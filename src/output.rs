@@ -1,15 +1,23 @@
-//! Output directories and the rule that protects them: nothing trained is replaced unless
-//! the caller says so. A directory "holds something" when it has a model
-//! (`config.json`), a classifier (`classifier.json`) or a training run's state
-//! (`checkpoint.safetensors`); writing into it needs [`OutputMode::Resume`] (continue the
-//! run) or [`OutputMode::Overwrite`] (replace it).
+//! The layout of output directories and the rule that protects them: nothing trained is
+//! replaced unless the caller says so.
+//!
+//! This module owns the five file names. A directory "holds something" when it has a
+//! model ([`CONFIG_FILE`]), a classifier ([`CLASSIFIER_FILE`]) or a training run's state
+//! ([`CHECKPOINT_FILE`]); writing into it needs [`OutputMode::Resume`] (continue the run)
+//! or [`OutputMode::Overwrite`] (replace it). Only the presence of files is checked here;
+//! the richer words of a refusal ("a model trained for 9500 episodes") come from
+//! [`crate::train::describe`], which reads the configuration and the checkpoint's header.
 
 use std::path::Path;
 
-use crate::model::{ModelConfig, CONFIG_FILE, WEIGHTS_FILE};
-use crate::train::CHECKPOINT_FILE;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
+/// File name of the configuration inside a model directory.
+pub const CONFIG_FILE: &str = "config.json";
+/// File name of the weights inside a model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of the resumable training state inside an output directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 /// File of a classifier directory holding class names, counts and the threshold.
 pub const CLASSIFIER_FILE: &str = "classifier.json";
 /// File of a classifier directory holding the support embeddings.
@@ -18,7 +26,7 @@ pub const EMBEDDINGS_FILE: &str = "prototypes.safetensors";
 /// What to do with an output directory that already holds a model, a classifier or a run.
 ///
 /// ```
-/// assert_eq!(protonet::output::OutputMode::default(), protonet::output::OutputMode::New);
+/// assert_eq!(protonet::OutputMode::default(), protonet::OutputMode::New);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputMode {
@@ -31,43 +39,21 @@ pub enum OutputMode {
     Overwrite,
 }
 
-/// What `dir` holds, in words ("a model trained for 9500 episodes, best validation
-/// 98.95%"), or `None` when it holds no model, classifier or run state.
-///
-/// ```
-/// let dir = std::env::temp_dir().join(format!("protonet-describe-doc-{}", std::process::id()));
-/// assert_eq!(protonet::output::describe(&dir), None);
-/// ```
-pub fn describe(dir: &Path) -> Option<String> {
-    let mut parts = Vec::new();
-    if dir.join(CLASSIFIER_FILE).is_file() {
-        parts.push("a saved classifier".to_string());
-    }
-    if dir.join(CONFIG_FILE).is_file() {
-        let model = std::fs::read_to_string(dir.join(CONFIG_FILE)).ok().and_then(|t| serde_json::from_str::<ModelConfig>(&t).ok());
-        parts.push(match model.as_ref().and_then(|m| m.training.as_ref()) {
-            Some(t) => format!(
-                "a model trained for {} episodes{}",
-                t.episode,
-                t.val_accuracy.map(|v| format!(", best validation {:.2}%", 100.0 * v)).unwrap_or_default()
-            ),
-            None if model.is_some() => "a model".to_string(),
-            None => format!("a {CONFIG_FILE} that is not a readable model configuration"),
-        });
-    }
-    if dir.join(CHECKPOINT_FILE).is_file() {
-        parts.push(match crate::train::state::read_state(&dir.join(CHECKPOINT_FILE)) {
-            Ok(s) => format!("a training run's state at episode {} of {}", s.episode, s.config.episodes),
-            Err(_) => "a training run's state".to_string(),
-        });
-    }
-    (!parts.is_empty()).then(|| parts.join(" and "))
+/// The kinds of things `dir` holds, in words ("a model and a training run's state"), by
+/// the files present; `None` when it holds no model, classifier or run state.
+pub(crate) fn holdings(dir: &Path) -> Option<String> {
+    let kinds: Vec<&str> = [(CLASSIFIER_FILE, "a saved classifier"), (CONFIG_FILE, "a model"), (CHECKPOINT_FILE, "a training run's state")]
+        .into_iter()
+        .filter(|(file, _)| dir.join(file).is_file())
+        .map(|(_, kind)| kind)
+        .collect();
+    (!kinds.is_empty()).then(|| kinds.join(" and "))
 }
 
 /// Refuses (with [`Error::OutputExists`]) to write into `dir` with [`OutputMode::New`]
-/// when it holds something; other modes pass.
-pub fn check(dir: &Path, mode: OutputMode) -> Result<()> {
-    match (mode, describe(dir)) {
+/// when it holds something; other modes pass. Looks only at which files are present.
+pub(crate) fn check(dir: &Path, mode: OutputMode) -> Result<()> {
+    match (mode, holdings(dir)) {
         (OutputMode::New, Some(holds)) => Err(Error::OutputExists { path: dir.to_path_buf(), holds }),
         _ => Ok(()),
     }
@@ -77,7 +63,7 @@ pub fn check(dir: &Path, mode: OutputMode) -> Result<()> {
 /// (with [`Error::OutputExists`]) when `dir` holds something; with
 /// [`OutputMode::Overwrite`], removes what it holds; with [`OutputMode::Resume`], leaves
 /// it. A missing or empty directory is fine in every mode.
-pub fn prepare(dir: &Path, mode: OutputMode) -> Result<()> {
+pub(crate) fn prepare(dir: &Path, mode: OutputMode) -> Result<()> {
     match mode {
         OutputMode::Resume => Ok(()),
         OutputMode::New => check(dir, mode),

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backbone::Backbone;
 use crate::episode::EpisodeSpec;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Class prototypes: the mean of each class's support embeddings.
 ///
@@ -47,44 +47,6 @@ pub fn squared_distances(query: &Tensor, protos: &Tensor) -> Result<Tensor> {
     }
     let diff = query.reshape((q, 1, d))?.broadcast_sub(&protos.reshape((1, n, d))?)?;
     Ok(diff.sqr()?.sum(D::Minus1)?)
-}
-
-/// Transductive refinement of prototypes with the unlabelled queries (soft k-means, Ren
-/// et al. 2018): each iteration gives every query a soft assignment to the classes
-/// (softmax of negative squared distances over `temperature`) and moves each prototype to
-/// the weighted mean of its support embeddings (weight 1 each, `counts[k]` of them) and
-/// the queries (their assignment weights). Zero iterations return `protos` unchanged.
-///
-/// ```
-/// use candle_core::{Device, Tensor};
-/// use protonet::protonet::refine_prototypes;
-/// let protos = Tensor::new(&[[0f32, 0.], [10., 0.]], &Device::Cpu)?;
-/// let queries = Tensor::new(&[[2f32, 0.], [2., 0.]], &Device::Cpu)?;
-/// let same = refine_prototypes(&protos, &[1, 1], &queries, 0, 1.0)?;
-/// assert_eq!(same.to_vec2::<f32>()?, protos.to_vec2::<f32>()?);
-/// let moved = refine_prototypes(&protos, &[1, 1], &queries, 1, 1.0)?.to_vec2::<f32>()?;
-/// assert!(moved[0][0] > 1.0 && moved[1][0] == 10.0); // the queries pull the first prototype
-/// # Ok::<(), protonet::Error>(())
-/// ```
-pub fn refine_prototypes(protos: &Tensor, counts: &[usize], queries: &Tensor, iterations: usize, temperature: f64) -> Result<Tensor> {
-    let (k, _) = protos.dims2()?;
-    if counts.len() != k || counts.contains(&0) {
-        return Err(Error::param("support", format!("class sizes {counts:?} for {k} prototypes")));
-    }
-    if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(Error::param("temperature", format!("must be positive, got {temperature}")));
-    }
-    let n = Tensor::from_vec(counts.iter().map(|&c| c as f32).collect::<Vec<_>>(), (k, 1), protos.device())?.to_dtype(protos.dtype())?;
-    // Sums of the support embeddings per class, from their means.
-    let support_sum = protos.broadcast_mul(&n)?;
-    let mut current = protos.clone();
-    for _ in 0..iterations {
-        let weights = candle_nn::ops::softmax_last_dim(&(squared_distances(queries, &current)?.neg()? / temperature)?)?; // (Q, K)
-        let pulled = weights.t()?.matmul(queries)?; // (K, D)
-        let mass = weights.sum(0)?.reshape((k, 1))?; // (K, 1)
-        current = (support_sum.clone() + pulled)?.broadcast_div(&(&n + mass)?)?;
-    }
-    Ok(current)
 }
 
 /// Logits `(Q, N)`: negative squared distances from query embeddings `(Q, D)` to the
@@ -131,7 +93,7 @@ pub fn class_means(embeddings: &Tensor, counts: &[usize]) -> Result<Tensor> {
     Ok(Tensor::cat(&means, 0)?)
 }
 
-/// How embeddings are normalised before prototypes are formed (SimpleShot, Wang et al. 2019).
+/// How embeddings are normalized before prototypes are formed (SimpleShot, Wang et al. 2019).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FeatureNorm {
@@ -147,7 +109,7 @@ pub enum FeatureNorm {
 }
 
 impl FeatureNorm {
-    /// Applies the normalisation to support `(S, D)` and query `(Q, D)` embeddings.
+    /// Applies the normalization to support `(S, D)` and query `(Q, D)` embeddings.
     ///
     /// ```
     /// use candle_core::{Device, Tensor};

@@ -116,7 +116,7 @@ fn interrupted_then_resumed_training_equals_an_uninterrupted_run() {
     let r2 = train(&mut second, &set, Some(&val), &cfg, resumed_dir.path(), &resume).unwrap();
     assert_eq!(r2.episodes, 10);
     // The same history, timings aside.
-    let strip = |h: &[protonet::train::HistoryPoint]| h.iter().map(|p| (p.episode, p.train_loss, p.val_accuracy)).collect::<Vec<_>>();
+    let strip = |h: &[protonet::record::HistoryPoint]| h.iter().map(|p| (p.episode, p.train_loss, p.val_accuracy)).collect::<Vec<_>>();
     assert_eq!(strip(&r1.history), strip(&r2.history));
     let a = straight.tensors();
     let b = second.tensors();

@@ -97,7 +97,7 @@ fn save_then_load_gives_identical_predictions() {
     assert_eq!(loaded.predict_batch(&queries).unwrap(), before);
 
     // A damaged store is an error naming its file, not a panic.
-    let emb = dir.path().join(protonet::classifier::EMBEDDINGS_FILE);
+    let emb = dir.path().join(protonet::output::EMBEDDINGS_FILE);
     let bytes = std::fs::read(&emb).unwrap();
     std::fs::write(&emb, &bytes[..bytes.len() / 2]).unwrap();
     let err = FewShotClassifier::load(dir.path(), &Device::Cpu).err().expect("truncated store must fail").to_string();
@@ -157,7 +157,7 @@ fn calibrated_rejection_on_omniglot_separates_seen_and_unseen_characters_needs_d
     let test = load_omniglot(&root, OmniglotSplit::Test).unwrap();
     // Every 4th class: one rotation of 423 characters, embedded once.
     let subset = test.subset(&(0..test.num_classes()).step_by(4).collect::<Vec<_>>());
-    let embedded = protonet::eval::Embedder { batch: 256, rotations: 1 }.embed_set(model.net(), &subset, &Device::Cpu, &protonet::Silent).unwrap();
+    let embedded = protonet::embed::Embedder { batch: 256, rotations: 1 }.embed_set(model.net(), &subset, &Device::Cpu, &protonet::Silent).unwrap();
     let r = evaluate_open_set(&embedded, 20, 5, 20, 60, 0.95, 7).unwrap();
     eprintln!("{r}");
     assert!(r.known_accepted > 0.85, "{r}");
@@ -168,11 +168,11 @@ fn calibrated_rejection_on_omniglot_separates_seen_and_unseen_characters_needs_d
     assert!(tight.known_accepted < r.known_accepted && tight.unknown_rejected > r.unknown_rejected, "{tight}");
 }
 
-/// With centring on the support mean and L2 normalisation (SimpleShot), predictions do
+/// With centring on the support mean and L2 normalization (SimpleShot), predictions do
 /// not change when every embedding is shifted by one vector or scaled by one factor, and
 /// the setting survives save and load.
 #[test]
-fn normalisation_makes_predictions_shift_and_scale_invariant() {
+fn normalization_makes_predictions_shift_and_scale_invariant() {
     use protonet::FeatureNorm;
     use protonet::PrototypeStore;
     let set = common::glyph_set(3, 6, 28, 13);
@@ -197,7 +197,7 @@ fn normalisation_makes_predictions_shift_and_scale_invariant() {
     for c in 0..3 {
         clf.add_class(&format!("c{c}"), &images(&set, c, 0..3)).unwrap();
     }
-    clf.store_mut().set_normalization(FeatureNorm::CenterSupportL2).unwrap();
+    clf.set_normalization(FeatureNorm::CenterSupportL2).unwrap();
     let dir = tempfile::tempdir().unwrap();
     clf.save(dir.path()).unwrap();
     let loaded = FewShotClassifier::load(dir.path(), &Device::Cpu).unwrap();
@@ -287,7 +287,7 @@ fn fitted_confidence_matches_the_share_of_right_answers() {
         (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
     };
     // Class centres at spread 0.15, images at noise 0.18 around them: about 80% right, on a
-    // distance scale as small as that of L2-normalised embeddings.
+    // distance scale as small as that of L2-normalized embeddings.
     let centres: Vec<Vec<f32>> = (0..classes).map(|_| (0..dim).map(|_| 0.15 * normal()).collect()).collect();
     let mut draw = |c: usize| -> Vec<f32> { centres[c].iter().map(|m| m + 0.18 * normal()).collect() };
     let mut store = PrototypeStore::new(dim);
@@ -348,12 +348,13 @@ fn classifier_from_a_model_directory_and_a_support_folder_saves_and_predicts_the
     clf.add_support_folder(&support).unwrap();
     assert_eq!(clf.class_names(), ["glyph000", "glyph001", "glyph002", "glyph003"]);
     let files = protonet::data::list_images(std::slice::from_ref(&support)).unwrap();
-    let answers = clf.predict_files(&files).unwrap();
+    let answers: Vec<_> = clf.predict_files(&files).unwrap().into_iter().map(|p| p.answer.unwrap()).collect();
     // Its own support images: each is nearest its own class.
     for (f, a) in files.iter().zip(&answers) {
         assert_eq!(a.class.as_deref(), f.parent().unwrap().file_name().unwrap().to_str(), "{}", f.display());
     }
     clf.save(dir.path().join("saved")).unwrap();
     let loaded = FewShotClassifier::load(dir.path().join("saved"), &Device::Cpu).unwrap();
-    assert_eq!(loaded.predict_files(&files).unwrap(), answers);
+    let again: Vec<_> = loaded.predict_files(&files).unwrap().into_iter().map(|p| p.answer.unwrap()).collect();
+    assert_eq!(again, answers);
 }

@@ -26,7 +26,7 @@ fn the_shipped_coin_model_loads_and_predicts_needs_data() {
     }
     let files: Vec<_> = queries.iter().map(|q| q.1.clone()).collect();
     let predictions = clf.predict_files(&files).unwrap();
-    let right = predictions.iter().zip(&queries).filter(|(p, q)| p.class.as_deref() == Some(q.0.as_str())).count();
+    let right = predictions.iter().zip(&queries).filter(|(p, q)| p.prediction().and_then(|a| a.class.as_deref()) == Some(q.0.as_str())).count();
     let accuracy = right as f64 / queries.len() as f64;
     println!("4-way 4-shot on won photos: {accuracy:.3} over {} queries", queries.len());
     // About 0.49 over 1000 episodes (docs/RESULTS.md); one support draw of 47 queries varies.

@@ -73,8 +73,9 @@ fn missing_weights_say_how_to_fetch_them() {
 /// and refuses weights with another SHA-256.
 #[test]
 fn model_directory_references_the_pretrained_weights_needs_data() {
-    use protonet::backbone::{BackboneConfig, PretrainedWeights};
+    use protonet::backbone::BackboneConfig;
     use protonet::data::ImageConfig;
+    use protonet::pretrained::PretrainedWeights;
     use protonet::{FewShotClassifier, Model, ModelConfig};
     let path = weights();
     let cfg = ModelConfig::new(BackboneConfig::EfficientNetLite0 { weights: PretrainedWeights::efficientnet_lite0(), head: None }, ImageConfig::rgb(96));
@@ -118,13 +119,14 @@ fn pretrained_classifier_from_a_support_folder_saves_and_predicts_the_same_needs
     clf.add_support_folder(&support).unwrap();
     assert_eq!(clf.class_names(), ["glyph000", "glyph001", "glyph002"]);
     let queries = protonet::data::list_images(std::slice::from_ref(&support)).unwrap();
-    let before = clf.predict_files(&queries).unwrap();
+    let before: Vec<_> = clf.predict_files(&queries).unwrap().into_iter().map(|p| p.answer.unwrap()).collect();
     let right = before.iter().zip(&queries).filter(|(p, q)| q.to_string_lossy().contains(p.class.as_deref().unwrap())).count();
     assert!(right >= 7, "support images should mostly be classified as their own class ({right} of 9)");
     let saved = dir.path().join("clf");
     clf.save_with(&saved, OutputMode::New).unwrap();
     let loaded = FewShotClassifier::load(&saved, &Device::Cpu).unwrap();
-    assert_eq!(loaded.predict_files(&queries).unwrap(), before);
+    let after: Vec<_> = loaded.predict_files(&queries).unwrap().into_iter().map(|p| p.answer.unwrap()).collect();
+    assert_eq!(after, before);
     let err = FewShotClassifier::load(&support, &Device::Cpu).err().expect("a support folder is not a classifier").to_string();
     assert!(err.contains("not a model directory (no config.json)"), "{err}");
 }
@@ -135,7 +137,7 @@ fn pretrained_classifier_from_a_support_folder_saves_and_predicts_the_same_needs
 #[test]
 fn legacy_pth_converts_to_the_same_tensors_as_the_python_converter_needs_data() {
     let converted = weights();
-    let pth = protonet::backbone::PretrainedWeights::efficientnet_lite0().locate().unwrap();
+    let pth = protonet::pretrained::PretrainedWeights::efficientnet_lite0().locate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("converted.safetensors");
     let n = protonet::pretrained::convert_legacy_pth(&pth, &out).unwrap();

@@ -23,7 +23,7 @@ fn trains_on_generated_glyphs_and_recognises_unseen_ones() {
     let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 32, depth: 4 });
     let mut model = Model::new(ModelConfig::new(backbone, image), 7, &Device::Cpu).unwrap();
     let spec = EpisodeSpec::new(5, 1, 9).unwrap();
-    let before = evaluate(model.net(), &test_set, &protonet::EvalConfig::new(spec, 100, 1), &Device::Cpu, &protonet::Silent).unwrap();
+    let before = evaluate(&model, &test_set, &protonet::EvalConfig::new(spec, 100, 1), &protonet::Silent).unwrap();
 
     let cfg = TrainConfig {
         way: 10,
@@ -43,7 +43,7 @@ fn trains_on_generated_glyphs_and_recognises_unseen_ones() {
     assert_eq!(report.episodes, 150);
 
     let loaded = Model::load(&out, &Device::Cpu).unwrap();
-    let after = evaluate(loaded.net(), &test_set, &protonet::EvalConfig::new(spec, 300, 2), &Device::Cpu, &protonet::Silent).unwrap();
+    let after = evaluate(&loaded, &test_set, &protonet::EvalConfig::new(spec, 300, 2), &protonet::Silent).unwrap();
     println!("5-way 1-shot on unseen glyphs: before training {before}, after {after}; {:.1}s", started.elapsed().as_secs_f64());
     assert!(after.accuracy > 0.9, "after training: {after}");
     assert!(after.accuracy > before.accuracy + 0.05, "training helped: {before} -> {after}");

@@ -1,4 +1,4 @@
-//! Evaluation: the embed-once path agrees with the per-episode path; normalisations.
+//! Evaluation: the embed-once path agrees with the per-episode path; normalizations.
 
 mod common;
 
@@ -16,8 +16,8 @@ fn embedding_once_gives_the_same_episodes_and_accuracy() {
     let model = Model::new(cfg, 2, &Device::Cpu).unwrap();
     let spec = EpisodeSpec::new(4, 2, 3).unwrap();
     // 2 episodes x 20 images <= 48 images: the per-episode path.
-    let direct = evaluate(model.net(), &set, &protonet::EvalConfig::new(spec, 2, 9), &Device::Cpu, &protonet::Silent).unwrap();
-    let embedded = protonet::eval::Embedder { batch: 5, rotations: 1 }.embed_set(model.net(), &set, &Device::Cpu, &protonet::Silent).unwrap();
+    let direct = evaluate(&model, &set, &protonet::EvalConfig::new(spec, 2, 9), &protonet::Silent).unwrap();
+    let embedded = protonet::embed::Embedder { batch: 5, rotations: 1 }.embed_set(model.net(), &set, &Device::Cpu, &protonet::Silent).unwrap();
     assert_eq!(embedded.image_dims(), (16, 1, 1));
     assert_eq!(embedded.class_names(), set.class_names());
     let once = evaluate_embedded(&embedded, &protonet::EvalConfig::new(spec, 2, 9), &FeatureNorm::None, &Device::Cpu, &protonet::Silent).unwrap();
@@ -25,7 +25,7 @@ fn embedding_once_gives_the_same_episodes_and_accuracy() {
     // Many episodes take the embed-once path inside `evaluate`; each of its episodes is
     // checked against a different path: that episode's images through the network
     // (`forward_episode`), the accuracy computed here from its logits.
-    let many = evaluate(model.net(), &set, &protonet::EvalConfig::new(spec, 40, 9), &Device::Cpu, &protonet::Silent).unwrap();
+    let many = evaluate(&model, &set, &protonet::EvalConfig::new(spec, 40, 9), &protonet::Silent).unwrap();
     let mut sampler = protonet::EpisodeSampler::new(&set, spec, 9).unwrap();
     let mut accuracies = Vec::new();
     for _ in 0..40 {
@@ -42,7 +42,7 @@ fn embedding_once_gives_the_same_episodes_and_accuracy() {
 }
 
 #[test]
-fn feature_normalisations_have_unit_norm_and_centre() {
+fn feature_normalizations_have_unit_norm_and_centre() {
     let s = Tensor::new(&[[3f32, 4.0], [1.0, 0.0]], &Device::Cpu).unwrap();
     let q = Tensor::new(&[[0f32, 2.0]], &Device::Cpu).unwrap();
     let (a, b) = FeatureNorm::L2.apply(&s, &q).unwrap();

@@ -11,7 +11,7 @@ fn rgb_pixel(x: u32, y: u32) -> [u8; 3] {
 }
 
 #[test]
-fn rgb_values_are_normalised_per_channel_in_chw_order() {
+fn rgb_values_are_normalized_per_channel_in_chw_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rgb.png");
     image::RgbImage::from_fn(8, 8, |x, y| image::Rgb(rgb_pixel(x, y))).save(&path).unwrap();

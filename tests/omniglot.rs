@@ -49,7 +49,7 @@ fn shipped_model_recognises_unseen_characters_needs_data() {
     assert_eq!(model.config().image, protonet::data::ImageConfig::omniglot());
     let test = load_omniglot(&root, OmniglotSplit::Test).unwrap();
     let spec = protonet::EpisodeSpec::new(5, 1, 15).unwrap();
-    let report = protonet::evaluate(model.net(), &test, &protonet::EvalConfig::new(spec, 200, 3), &candle_core::Device::Cpu, &protonet::Silent).unwrap();
+    let report = protonet::evaluate(&model, &test, &protonet::EvalConfig::new(spec, 200, 3), &protonet::Silent).unwrap();
     println!("shipped model, 5-way 1-shot on Omniglot test: {report}");
     assert!(report.accuracy > 0.95, "{report}");
 }
@@ -64,7 +64,7 @@ fn shipped_trainval_model_is_near_the_paper_on_20_way_1_shot_needs_data() {
     let model = protonet::Model::load(&dir, &candle_core::Device::Cpu).unwrap();
     let test = load_omniglot(&root, OmniglotSplit::Test).unwrap();
     let spec = protonet::EpisodeSpec::new(20, 1, 15).unwrap();
-    let report = protonet::evaluate(model.net(), &test, &protonet::EvalConfig::new(spec, 200, 11), &candle_core::Device::Cpu, &protonet::Silent).unwrap();
+    let report = protonet::evaluate(&model, &test, &protonet::EvalConfig::new(spec, 200, 11), &protonet::Silent).unwrap();
     println!("train+val 1-shot model, 20-way 1-shot on Omniglot test: {report}");
     assert!(report.accuracy > 0.95, "{report}");
 }

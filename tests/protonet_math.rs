@@ -176,7 +176,7 @@ fn embedding_dimensions_follow_the_paper() {
 /// filters (im2col) and 16 (Winograd from the second block on).
 #[test]
 fn fast_and_plain_conv4_agree() {
-    use protonet::backbone::Ops;
+    use protonet::ops::Ops;
     for (n, c, size, hidden) in [(1, 1, 28, 8), (3, 3, 21, 8), (5, 1, 16, 8), (1, 1, 28, 16), (4, 3, 19, 16)] {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
@@ -200,7 +200,7 @@ fn fast_and_plain_conv4_agree() {
 /// the GPU path had.
 #[test]
 fn the_gpu_path_gives_the_cpu_gradients() {
-    use protonet::backbone::Ops;
+    use protonet::ops::Ops;
     let dev = Device::Cpu;
     let spec = EpisodeSpec::new(3, 2, 2).unwrap();
     let labels = Tensor::new(&[0u32, 0, 1, 1, 2, 2], &dev).unwrap();

@@ -7,7 +7,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use protonet::backbone::{BatchNormRelu, Ops};
+use protonet::backbone::BatchNormRelu;
+use protonet::ops::Ops;
 use protonet::ops::{depthwise_conv2d, max_pool2x2};
 
 /// An operation of an input and a parameter.

@@ -8,7 +8,8 @@ mod common;
 use candle_core::Device;
 use protonet::backbone::{BackboneConfig, Conv4Config};
 use protonet::data::ImageConfig;
-use protonet::train::{EarlyStopping, HistoryPoint};
+use protonet::record::HistoryPoint;
+use protonet::train::EarlyStopping;
 use protonet::{train, Model, ModelConfig, TrainConfig, TrainOptions};
 
 fn model() -> Model {

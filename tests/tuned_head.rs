@@ -1,5 +1,5 @@
 //! The fine-tunable EfficientNet-Lite0 head (1x1 convolution, BatchNorm in training mode,
-//! ReLU6, pooling, L2 normalisation with its clamp, learnable temperature): the gradient of
+//! ReLU6, pooling, L2 normalization with its clamp, learnable temperature): the gradient of
 //! the prototypical loss through it, in f64, against central finite differences.
 
 use candle_core::{DType, Device, Tensor, Var};

@@ -1,8 +1,8 @@
 //! `protonet bench`.
 
 use clap::Args;
+use protonet::bench::{time_workload, Workload, WorkloadKind};
 use protonet::{EpisodeSpec, Result};
-use protonet_cli::workload::{time_workload, Workload, WorkloadKind};
 
 use crate::common::device;
 
@@ -42,7 +42,7 @@ pub struct BenchArgs {
     /// Time the pretrained backbone instead of a Conv-4 (RGB): frozen for inference and
     /// --embed-batch; with --train, trained end to end (BatchNorm on its running statistics).
     #[arg(long, value_enum)]
-    backbone: Option<crate::eval::PretrainedBackbone>,
+    backbone: Option<crate::common::PretrainedBackbone>,
     /// Weights file of the pretrained backbone (default: the published weights, found as `eval` finds them).
     #[arg(long)]
     weights: Option<std::path::PathBuf>,
@@ -65,7 +65,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     };
     let (mut w, channels) = match a.backbone {
-        Some(crate::eval::PretrainedBackbone::EfficientnetLite0) => match kind {
+        Some(crate::common::PretrainedBackbone::EfficientnetLite0) => match kind {
             WorkloadKind::TrainStep(spec) => {
                 let weights = crate::common::efficientnet_lite0_weights(a.weights.as_deref())?;
                 (Workload::efficientnet_training(&weights, spec, a.image_size, &dev)?, 3)

@@ -4,10 +4,43 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use clap::{Args, ValueEnum};
-use protonet::backbone::{EfficientNetLite0, PretrainedWeights, CONVERTED_WEIGHTS};
+use protonet::backbone::EfficientNetLite0;
 use protonet::data::{load_image_folder_report, load_omniglot, FolderOptions, ImageConfig, ImageSet, OmniglotSplit};
-use protonet::{Error, OutputMode, Result};
-use protonet_cli::default_data_root;
+use protonet::pretrained::{PretrainedWeights, CONVERTED_WEIGHTS};
+use protonet::{Error, FeatureNorm, OutputMode, Result};
+
+use crate::support::default_data_root;
+
+/// A pretrained backbone used frozen, instead of a trained model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PretrainedBackbone {
+    /// EfficientNet-Lite0 with ImageNet weights (scripts/fetch-pretrained.sh), 1280-d
+    /// embeddings; by default with support centring + L2 and 4 rotations, as
+    /// `ModelConfig::efficientnet_lite0` (--normalize and --rotations change them).
+    EfficientnetLite0,
+}
+
+/// How embeddings are normalized before prototypes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Normalize {
+    /// Raw embeddings, as in the paper.
+    None,
+    /// L2-normalized embeddings.
+    L2,
+    /// Centred on the episode's support mean, then L2-normalized (SimpleShot).
+    CenterL2,
+}
+
+impl Normalize {
+    /// The library's normalization (centring on the support set's mean).
+    pub fn feature_norm(self) -> FeatureNorm {
+        match self {
+            Normalize::None => FeatureNorm::None,
+            Normalize::L2 => FeatureNorm::L2,
+            Normalize::CenterL2 => FeatureNorm::CenterSupportL2,
+        }
+    }
+}
 
 /// Which kind of data set `--data` points to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

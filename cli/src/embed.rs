@@ -42,7 +42,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     let mut embeddings = Vec::new();
     let mut labels = Vec::new();
     let mut files = Vec::new();
-    let bar = protonet_cli::progress::bar(classes.iter().map(|c| c.1.len() as u64).sum(), true, "embed");
+    let bar = crate::support::progress::bar(classes.iter().map(|c| c.1.len() as u64).sum(), true, "embed");
     for (k, (_, class_files)) in classes.iter().enumerate() {
         for chunk in class_files.chunks(64) {
             let images = clf.load_images(chunk)?;

@@ -2,44 +2,12 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
-use protonet::data::ImageConfig;
-use protonet::eval::{evaluate_embedded, Embedder, EvalConfig};
-use protonet::FeatureNorm;
-use protonet::{EpisodeSpec, Error, Model, ProtoNet, Result};
+use clap::Args;
+use protonet::eval::{evaluate_net, EvalConfig};
+use protonet::{EpisodeSpec, Error, Model, ModelConfig, ProtoNet, Result};
 
-use protonet_cli::progress::Bars;
-
-use crate::common::{device, DataArgs};
-
-/// A pretrained backbone used frozen, instead of a trained model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PretrainedBackbone {
-    /// EfficientNet-Lite0 with ImageNet weights (scripts/fetch-pretrained.sh), 1280-d embeddings.
-    EfficientnetLite0,
-}
-
-/// How embeddings are normalised before prototypes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Normalize {
-    /// Raw embeddings, as in the paper.
-    None,
-    /// L2-normalised embeddings.
-    L2,
-    /// Centred on the episode's support mean, then L2-normalised (SimpleShot).
-    CenterL2,
-}
-
-impl Normalize {
-    /// The library's normalisation (centring on the support set's mean).
-    pub fn feature_norm(self) -> FeatureNorm {
-        match self {
-            Normalize::None => FeatureNorm::None,
-            Normalize::L2 => FeatureNorm::L2,
-            Normalize::CenterL2 => FeatureNorm::CenterSupportL2,
-        }
-    }
-}
+use crate::common::{device, DataArgs, Normalize, PretrainedBackbone};
+use crate::support::progress::Bars;
 
 /// Arguments of `protonet eval`.
 #[derive(Args, Debug)]
@@ -54,14 +22,15 @@ pub struct EvalArgs {
     /// published weights, looked for in $PROTONET_PRETRAINED, ./data/pretrained and ~/.cache/protonet.
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// Image side for the pretrained backbone (RGB, ImageNet normalisation).
+    /// Image side for the pretrained backbone (RGB, ImageNet normalization).
     #[arg(long, default_value_t = 224)]
     image_size: usize,
-    /// Embedding normalisation before prototypes. Default: the model's own setting, else none.
+    /// Embedding normalization before prototypes. Default: the model's own setting (for
+    /// --backbone: center-l2).
     #[arg(long, value_enum)]
     normalize: Option<Normalize>,
     /// Average each image's embedding over this many rotations by 90 degrees (1 to 4).
-    /// Default: the model's own setting (4 for models trained with --rotate), else 1.
+    /// Default: the model's own setting (4 for models trained with --rotate; for --backbone: 4).
     #[arg(long)]
     rotations: Option<usize>,
     #[command(flatten)]
@@ -101,32 +70,21 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> Result<()> {
     let dev = device(&a.device)?;
     let spec = EpisodeSpec::new(a.way, a.shot, a.query)?;
-    if a.episodes == 0 {
-        return Err(Error::param("episodes", "must be at least 1"));
-    }
     let quiet = a.quiet || a.json;
-    let model;
-    let pretrained;
-    let (net, image, rotations, own_norm): (&ProtoNet, ImageConfig, usize, FeatureNorm) = match (&a.model, a.backbone) {
-        (Some(dir), _) => {
-            model = Model::load_for_images(dir, &dev)?;
-            let c = model.config();
-            (model.net(), c.image.clone(), c.rotations, c.normalization.clone())
-        }
-        (None, Some(PretrainedBackbone::EfficientnetLite0)) => {
-            pretrained = ProtoNet::new(Box::new(crate::common::efficientnet_lite0(a.weights.as_deref(), &dev)?));
-            (&pretrained, ImageConfig::rgb(a.image_size), 1, FeatureNorm::None)
-        }
-        (None, None) => return Err(Error::param("model", "give --model DIR or --backbone")),
-    };
-    let set = a.data.load(&a.split, &image, quiet)?;
-    spec.check_dataset(&set)?;
+    let (net, mut config) = network(&a, &dev)?;
+    // The model's own embedding settings, unless the flags say otherwise.
+    if let Some(r) = a.rotations {
+        config.rotations = r;
+    }
+    if let Some(n) = a.normalize {
+        config.normalization = n.feature_norm();
+    }
+    let set = a.data.load(&a.split, &config.image, quiet)?;
     let bars = Bars::new(!quiet);
-    let embedded = Embedder { rotations: a.rotations.unwrap_or(rotations), ..Default::default() }.embed_set(net, &set, &dev, &bars)?;
-    let norm = a.normalize.map(|n| n.feature_norm()).unwrap_or(own_norm);
-    let report = evaluate_embedded(&embedded, &EvalConfig::new(spec, a.episodes, a.seed), &norm, &dev, &bars)?;
+    let eval = EvalConfig::new(spec, a.episodes, a.seed);
+    let report = evaluate_net(&net, &config.embedder(), &config.normalization, &set, &eval, &dev, &bars)?;
     if let Some(path) = &a.confusion_png {
-        protonet_cli::pictures::confusion_matrix(&report.confusion, set.class_names(), path)?;
+        crate::support::pictures::confusion_matrix(&report.confusion, set.class_names(), path)?;
         if !quiet {
             eprintln!("wrote {}", path.display());
         }
@@ -137,4 +95,21 @@ pub fn run(a: EvalArgs) -> Result<()> {
         outln!("{report}");
     }
     Ok(())
+}
+
+/// The network to evaluate and its configuration: the `--model` directory, or the
+/// pretrained backbone with its defaults ([`ModelConfig::efficientnet_lite0`]).
+fn network(a: &EvalArgs, dev: &protonet::Device) -> Result<(ProtoNet, ModelConfig)> {
+    match (&a.model, a.backbone) {
+        (Some(dir), _) => {
+            let model = Model::load_for_images(dir, dev)?;
+            let config = model.config().clone();
+            Ok((model.into_net(), config))
+        }
+        (None, Some(PretrainedBackbone::EfficientnetLite0)) => {
+            let net = ProtoNet::new(Box::new(crate::common::efficientnet_lite0(a.weights.as_deref(), dev)?));
+            Ok((net, ModelConfig::efficientnet_lite0(a.image_size)))
+        }
+        (None, None) => Err(Error::param("model", "give --model DIR or --backbone")),
+    }
 }

@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 
+use crate::support::progress::{Bars, CURVES_FILE};
 use clap::Args;
-use protonet::backbone::{HeadConfig, PretrainedWeights};
+use protonet::backbone::HeadConfig;
 use protonet::data::{ImageConfig, ImageSet};
 use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig, HEAD_TRAINING_DIR};
+use protonet::pretrained::PretrainedWeights;
 use protonet::{Error, Result, TrainConfig, TrainOptions};
-use protonet_cli::progress::{Bars, CURVES_FILE};
 
 use crate::common::output_mode;
 
@@ -62,7 +63,7 @@ pub struct FineTuneArgs {
     /// Stop after this many validations without improvement (0: never).
     #[arg(long, default_value_t = 0)]
     patience: usize,
-    /// Plain squared Euclidean distances instead of L2-normalised embeddings (cosine).
+    /// Plain squared Euclidean distances instead of L2-normalized embeddings (cosine).
     #[arg(long)]
     no_normalize: bool,
     /// Free text for config.json.
@@ -105,10 +106,10 @@ pub fn run(a: FineTuneArgs) -> Result<()> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed ^ 0xc01);
         let mut designs = Vec::new();
         while designs.len() < a.rendered {
-            designs.extend(protonet_cli::coins::currency(6, &mut rng));
+            designs.extend(protonet::data::rendered_coins::currency(6, &mut rng));
         }
         designs.truncate(a.rendered);
-        train_set.append_classes(&protonet_cli::coins::render_set(&designs, 20, &image, a.seed ^ 0xc01, "rendered-")?)?;
+        train_set.append_classes(&protonet::data::rendered_coins::render_set(&designs, 20, &image, a.seed ^ 0xc01, "rendered-")?)?;
     }
     let val_set = a.val_data.as_ref().map(|d| load(std::slice::from_ref(d), &image, a.skip_bad_images)).transpose()?;
     if !a.quiet {
@@ -146,7 +147,7 @@ pub fn run(a: FineTuneArgs) -> Result<()> {
     };
     let options = TrainOptions { mode: output_mode(a.resume, a.overwrite), stop_after: None };
     let bars = Bars::new(!a.quiet).with_curves(a.out.join(HEAD_TRAINING_DIR).join(CURVES_FILE));
-    let (_, report) = fine_tune_efficientnet(&config, &train_set, val_set.as_ref(), &a.out, &options, &bars)?;
+    let (_, report) = fine_tune_efficientnet(&config, &train_set, val_set.as_ref(), &a.out, &options, &protonet::Device::Cpu, &bars)?;
     outln!(
         "fine-tuned {} episodes in {:.0}s{}; model saved to {}",
         report.episodes,

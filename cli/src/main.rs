@@ -15,6 +15,10 @@ mod plot;
 mod predict;
 mod train;
 
+/// Progress bars, pictures and the allocator settings, shared with the examples.
+#[path = "../../examples/support/mod.rs"]
+mod support;
+
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
@@ -51,7 +55,7 @@ enum Command {
 }
 
 fn main() {
-    protonet_cli::alloc::keep_freed_memory();
+    support::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train::run(a),
@@ -66,7 +70,10 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
-        if let protonet::Error::OutputExists { .. } = e {
+        if let protonet::Error::OutputExists { path, .. } = &e {
+            if let Some(holds) = protonet::train::describe(path) {
+                eprintln!("note: {} holds {holds}", path.display());
+            }
             eprintln!("hint: --resume continues its training run; --overwrite replaces it (for predict --save: --overwrite)");
         }
         std::process::exit(1);

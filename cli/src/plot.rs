@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use protonet::data::list_image_folder;
-use protonet::{Error, FewShotClassifier, Model, Result};
+use protonet::{Error, FewShotClassifier, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -56,7 +56,7 @@ pub fn run_embeddings(a: PlotEmbeddingsArgs) -> Result<()> {
     let prototypes: Vec<Vec<f32>> = names.iter().map(|n| clf.prototype(n).expect("added").to_vec()).collect();
     let predictions = clf.store().predict(&queries.iter().map(|q| q.0.clone()).collect::<Vec<_>>())?;
     let correct = predictions.iter().zip(&queries).filter(|(p, q)| p.class.as_deref() == Some(names[q.1].as_str())).count();
-    protonet_cli::pictures::embeddings(&queries, &prototypes, &names, &a.out)?;
+    crate::support::pictures::embeddings(&queries, &prototypes, &names, &a.out)?;
     outln!(
         "wrote {} ({} classes, {} queries; nearest-prototype accuracy {:.1}% with {}-shot prototypes)",
         a.out.display(),
@@ -80,16 +80,15 @@ pub struct PlotCurvesArgs {
 }
 
 pub fn run_curves(a: PlotCurvesArgs) -> Result<()> {
-    let model = Model::load_for_images(&a.model, &candle_core::Device::Cpu)?;
-    let history = model
-        .config()
+    let config = protonet::ModelConfig::read(&a.model)?;
+    let history = config
         .training
         .as_ref()
         .map(|t| t.history.clone())
         .filter(|h| !h.is_empty())
         .ok_or_else(|| Error::param("model", format!("{} has no training history in its config.json", a.model.display())))?;
-    let out = a.out.unwrap_or_else(|| a.model.join(protonet_cli::progress::CURVES_FILE));
-    protonet_cli::pictures::training_curves(&history, &out)?;
+    let out = a.out.unwrap_or_else(|| a.model.join(crate::support::progress::CURVES_FILE));
+    crate::support::pictures::training_curves(&history, &out)?;
     outln!("wrote {} ({} validation points)", out.display(), history.len());
     Ok(())
 }

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use protonet::data::{list_images, load_image};
-use protonet::{Error, FewShotClassifier, OutputMode, Result};
+use protonet::data::list_images;
+use protonet::{Error, FewShotClassifier, FilePrediction, OutputMode, Prediction, Result};
 
-use crate::common::device;
+use crate::common::{device, Normalize, PretrainedBackbone};
 
 /// Arguments of `protonet predict`.
 #[derive(Args, Debug)]
@@ -18,14 +18,14 @@ pub struct PredictArgs {
     /// Use a frozen pretrained backbone instead of a trained model (its weights are
     /// referenced by name and SHA-256 in a saved classifier, not copied).
     #[arg(long, value_enum)]
-    backbone: Option<crate::eval::PretrainedBackbone>,
-    /// Image side for the pretrained backbone (RGB, ImageNet normalisation).
+    backbone: Option<PretrainedBackbone>,
+    /// Image side for the pretrained backbone (RGB, ImageNet normalization).
     #[arg(long, default_value_t = 224)]
     image_size: usize,
-    /// Embedding normalisation before prototypes (center-l2: centred on the mean of all
-    /// support embeddings, then L2; SimpleShot). Default: as saved, else none.
+    /// Embedding normalization before prototypes (center-l2: centred on the mean of all
+    /// support embeddings, then L2; SimpleShot). Default: as saved (for --backbone: center-l2).
     #[arg(long, value_enum)]
-    normalize: Option<crate::eval::Normalize>,
+    normalize: Option<Normalize>,
     /// Support folder: one sub-folder of images per class; the sub-folder's name is the class.
     #[arg(long)]
     support: Option<PathBuf>,
@@ -45,7 +45,7 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = 0.95)]
     quantile: f32,
     /// Average embeddings over this many rotations by 90 degrees (1 to 4; for subjects such
-    /// as coins whose class does not depend on the angle). Default: as saved, else 1.
+    /// as coins whose class does not depend on the angle). Default: as saved (for --backbone: 4).
     #[arg(long)]
     rotations: Option<usize>,
     /// Save the classifier (model, prototypes, class names, threshold) to this directory.
@@ -72,21 +72,30 @@ pub struct PredictArgs {
 
 pub fn run(a: PredictArgs) -> Result<()> {
     let dev = device(&a.device)?;
-    let mut clf = match (&a.model, a.backbone) {
-        (Some(dir), _) => FewShotClassifier::load(dir, &dev)?,
-        (None, Some(crate::eval::PretrainedBackbone::EfficientnetLite0)) => {
-            let weights = protonet::backbone::PretrainedWeights::efficientnet_lite0();
-            let config = protonet::ModelConfig::new(
-                protonet::backbone::BackboneConfig::EfficientNetLite0 { weights, head: None },
-                protonet::data::ImageConfig::rgb(a.image_size),
-            );
-            FewShotClassifier::new(protonet::Model::new(config, 0, &dev)?)
-        }
-        (None, None) => return Err(Error::param("model", "give --model DIR or --backbone")),
-    };
+    let mut clf = open(&a, &dev)?;
+    configure(&mut clf, &a)?;
+    if let Some(dir) = &a.save {
+        save(&clf, &a, dir)?;
+    }
+    answer(&clf, &a)
+}
+
+/// The classifier `--model` names (a model or a saved classifier), or the pretrained
+/// backbone with the library's defaults for it.
+fn open(a: &PredictArgs, dev: &protonet::Device) -> Result<FewShotClassifier> {
+    match (&a.model, a.backbone) {
+        (Some(dir), _) => FewShotClassifier::load(dir, dev),
+        (None, Some(PretrainedBackbone::EfficientnetLite0)) => FewShotClassifier::efficientnet_lite0(a.image_size, dev),
+        (None, None) => Err(Error::param("model", "give --model DIR or --backbone")),
+    }
+}
+
+/// Applies the flags: normalization, rotations, the support folder, the threshold policy.
+/// Refuses (before any query) a classifier that cannot answer.
+fn configure(clf: &mut FewShotClassifier, a: &PredictArgs) -> Result<()> {
     let model_name = a.model.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "the pretrained backbone".into());
     if let Some(n) = a.normalize {
-        clf.store_mut().set_normalization(n.feature_norm())?;
+        clf.set_normalization(n.feature_norm())?;
     }
     if let Some(r) = a.rotations {
         if r != clf.rotations() && !clf.class_names().is_empty() {
@@ -95,12 +104,15 @@ pub fn run(a: PredictArgs) -> Result<()> {
         clf.set_rotations(r)?;
     }
     if let Some(support) = &a.support {
-        clf.add_support_folder(support).map_err(|e| match e {
+        let added = clf.add_support_folder(support).map_err(|e| match e {
             Error::Dataset { path, reason } => {
                 Error::param("support", format!("{}: {reason} (--support takes a folder with one sub-folder of images per class)", path.display()))
             }
             other => other,
         })?;
+        if let Some(imbalance) = added.imbalance() {
+            eprintln!("warning: {imbalance}");
+        }
     }
     if clf.class_names().is_empty() {
         return Err(Error::param("support", format!("{model_name} holds no classes: give --support DIR (one sub-folder per class)")));
@@ -120,22 +132,29 @@ pub fn run(a: PredictArgs) -> Result<()> {
         "{} class{} ({}{}){}",
         names.len(),
         if names.len() == 1 { "" } else { "es" },
-        names.iter().take(8).cloned().collect::<Vec<_>>().join(", "),
+        names.iter().take(8).map(|n| escape_tsv(n)).collect::<Vec<_>>().join(", "),
         if names.len() > 8 { ", ..." } else { "" },
         clf.threshold().map(|t| format!("; rejecting queries farther than {t:.4} (squared distance)")).unwrap_or_default()
     );
-    if let Some(dir) = &a.save {
-        if let Some(model) = &a.model {
-            if same_dir(model, dir) {
-                return Err(Error::param(
-                    "save",
-                    format!("{} is the --model directory; save the classifier to another directory (it holds its own copy of the model)", dir.display()),
-                ));
-            }
-        }
-        clf.save_with(dir, if a.overwrite { OutputMode::Overwrite } else { OutputMode::New })?;
-        eprintln!("saved the classifier to {}", dir.display());
+    Ok(())
+}
+
+/// `--save`: never into the `--model` directory itself.
+fn save(clf: &FewShotClassifier, a: &PredictArgs, dir: &std::path::Path) -> Result<()> {
+    if a.model.as_ref().is_some_and(|model| same_dir(model, dir)) {
+        return Err(Error::param(
+            "save",
+            format!("{} is the --model directory; save the classifier to another directory (it holds its own copy of the model)", dir.display()),
+        ));
     }
+    clf.save_with(dir, if a.overwrite { OutputMode::Overwrite } else { OutputMode::New })?;
+    eprintln!("saved the classifier to {}", dir.display());
+    Ok(())
+}
+
+/// Classifies the queries and prints a line each (errors and warnings included), then
+/// the accuracy on queries whose folder names a class. Fails when a query could not be read.
+fn answer(clf: &FewShotClassifier, a: &PredictArgs) -> Result<()> {
     // Paths that do not exist are reported like unreadable files: one line each, and the
     // other queries are still answered.
     let (present, missing): (Vec<PathBuf>, Vec<PathBuf>) = a.query.iter().cloned().partition(|p| p.exists());
@@ -143,53 +162,29 @@ pub fn run(a: PredictArgs) -> Result<()> {
     if files.is_empty() && missing.is_empty() {
         return Err(Error::param("query", "no PNG or JPEG images found in the query paths"));
     }
-    let report_error = |file: &std::path::Path, e: &dyn std::fmt::Display| {
-        if a.json {
-            outln!("{}", serde_json::json!({"file": file.to_string_lossy(), "class": null, "error": e.to_string()}));
-        } else {
-            eprintln!("error: {e}");
-        }
-    };
-    for p in &missing {
-        report_error(p, &format!("--query {}: no such file or folder", p.display()));
-    }
-    let image_cfg = clf.model().config().image.clone();
-    let mut failed = missing.len();
+    let missing: Vec<FilePrediction> = missing
+        .into_iter()
+        .map(|p| FilePrediction { answer: Err(Error::param("query", format!("--query {}: no such file or folder", p.display()))), file: p, warning: None })
+        .collect();
+    let total = files.len() + missing.len();
+    let names = clf.class_names();
     let mut labelled = LabelledResults::default();
-    // Decode in chunks so that a large query folder does not sit in memory at once.
-    for chunk in files.chunks(256) {
-        let mut good = Vec::new();
-        let mut images = Vec::new();
-        for f in chunk {
-            match load_image(f, &image_cfg) {
-                Ok(im) => {
-                    good.push(f);
-                    images.push(im);
-                }
-                Err(e) => {
-                    failed += 1;
-                    report_error(f, &e);
-                }
-            }
+    let mut failed = 0;
+    for p in missing.into_iter().chain(clf.predict_files(&files)?) {
+        let expected = folder_label(&p.file, &names);
+        if let Some(w) = &p.warning {
+            eprintln!("warning: {w}");
         }
-        if images.is_empty() {
-            continue;
-        }
-        for (f, p) in good.iter().zip(clf.predict_batch(&images)?) {
-            let file = f.to_string_lossy();
-            let expected = folder_label(f, &names);
-            if let Some(label) = expected {
-                labelled.push(p.class.as_deref() == Some(label), p.confidence);
-            }
-            if a.json {
-                let top: Vec<_> = p.ranked.iter().take(a.top.max(1)).collect();
-                let mut v = serde_json::json!({"file": file, "class": p.class, "confidence": p.confidence, "distance": p.distance, "top": top});
+        match &p.answer {
+            Ok(answer) => {
                 if let Some(label) = expected {
-                    v["expected"] = serde_json::Value::String(label.to_string());
+                    labelled.push(answer.class.as_deref() == Some(label), answer.confidence);
                 }
-                outln!("{v}");
-            } else {
-                outln!("{file}\t{}\t{:.3}", p.class.as_deref().unwrap_or("unknown"), p.confidence);
+                print_answer(&p.file, answer, expected, p.warning.as_deref(), a);
+            }
+            Err(e) => {
+                failed += 1;
+                print_error(&p.file, e, a.json);
             }
         }
     }
@@ -197,9 +192,52 @@ pub fn run(a: PredictArgs) -> Result<()> {
         eprintln!("{summary}");
     }
     if failed > 0 {
-        return Err(Error::param("query", format!("{failed} of {} queries could not be read (see above)", files.len() + missing.len())));
+        return Err(Error::param("query", format!("{failed} of {total} queries could not be read (see above)")));
     }
     Ok(())
+}
+
+/// One query's answer: a JSON object, or `file<TAB>class<TAB>confidence` with tabs and
+/// newlines in names escaped.
+fn print_answer(file: &std::path::Path, p: &Prediction, expected: Option<&str>, warning: Option<&str>, a: &PredictArgs) {
+    if a.json {
+        let top: Vec<_> = p.ranked.iter().take(a.top.max(1)).collect();
+        let mut v = serde_json::json!({"file": file.to_string_lossy(), "class": p.class, "confidence": p.confidence, "distance": p.distance, "top": top});
+        if let Some(label) = expected {
+            v["expected"] = serde_json::Value::String(label.to_string());
+        }
+        if let Some(w) = warning {
+            v["warning"] = serde_json::Value::String(w.to_string());
+        }
+        outln!("{v}");
+    } else {
+        outln!("{}\t{}\t{:.3}", escape_tsv(&file.to_string_lossy()), escape_tsv(p.label()), p.confidence);
+    }
+}
+
+/// A query that could not be read: a JSON object with `error`, or a line on stderr.
+fn print_error(file: &std::path::Path, e: &Error, json: bool) {
+    if json {
+        outln!("{}", serde_json::json!({"file": file.to_string_lossy(), "class": null, "error": e.to_string()}));
+    } else {
+        eprintln!("error: {e}");
+    }
+}
+
+/// A field of tab-separated output: backslash, tab, newline and carriage return written
+/// as `\\`, `\t`, `\n` and `\r`, so that every answer stays one line of three fields.
+fn escape_tsv(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    for c in field.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The class a query is known to belong to: the name of the folder that holds it, when
@@ -248,5 +286,16 @@ fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_tsv;
+
+    #[test]
+    fn tsv_fields_stay_on_one_line() {
+        assert_eq!(escape_tsv("two\neuro\tcoin\\x\r"), "two\\neuro\\tcoin\\\\x\\r");
+        assert_eq!(escape_tsv("chf_10rappen"), "chf_10rappen");
     }
 }

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
+use crate::support::progress::{Bars, CURVES_FILE};
 use clap::Args;
 use protonet::backbone::{BackboneConfig, Conv4Config};
 use protonet::data::ImageConfig;
 use protonet::{Model, ModelConfig, Result, TrainConfig, TrainOptions, Trainer};
-use protonet_cli::progress::{Bars, CURVES_FILE};
 
 use crate::common::{device, output_mode, DataArgs, DatasetKind};
 
@@ -28,46 +28,46 @@ pub struct TrainArgs {
     #[arg(long)]
     out: PathBuf,
     /// Classes per training episode.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = TrainConfig::default().way)]
     way: usize,
     /// Support images per class.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = TrainConfig::default().shot)]
     shot: usize,
     /// Query images per class.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = TrainConfig::default().query)]
     query: usize,
     /// Training episodes in total.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = TrainConfig::default().episodes)]
     episodes: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
     lr: f64,
     /// Halve the learning rate every this many episodes (0: never).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = TrainConfig::default().lr_halve_every)]
     lr_halve_every: usize,
     /// Classes per validation episode.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = TrainConfig::default().val_way)]
     val_way: usize,
     /// Support images per class in validation (default: --shot).
     #[arg(long)]
     val_shot: Option<usize>,
     /// Query images per class in validation.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = TrainConfig::default().val_query)]
     val_query: usize,
     /// Validate every this many episodes.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = TrainConfig::default().val_every)]
     val_every: usize,
     /// Episodes per validation.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = TrainConfig::default().val_episodes)]
     val_episodes: usize,
     /// Stop after this many validations without improvement (0: never stop early).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = TrainConfig::default().patience.unwrap_or(0))]
     patience: usize,
     /// Write the resumable checkpoint every this many episodes.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = TrainConfig::default().checkpoint_every)]
     checkpoint_every: usize,
     /// Seed for weight initialisation and episode sampling.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
     /// Rotate training images by random multiples of 90 degrees (for angle-free subjects such as coins).
     #[arg(long)]
@@ -86,10 +86,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     channels: usize,
     /// Filters per Conv-4 block.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = Conv4Config::default().hidden)]
     hidden: usize,
     /// Conv-4 blocks.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = Conv4Config::default().depth)]
     depth: usize,
     /// cpu, cuda or metal (the latter two need the crate's `cuda`/`metal` features).
     #[arg(long, default_value = "cpu")]

@@ -238,7 +238,7 @@ fn bad_folders_and_parameters_are_clear_errors() {
     let err = list_image_folder(&empty).unwrap_err().to_string();
     assert!(err.contains("no class sub-folders"), "{err}");
     let (ok, _, e) = protonet(&["predict", "--model", m, "--support", dir.path().join("missing").to_str().unwrap(), "--query", d]);
-    assert!(!ok && e.contains("missing") && e.contains("is not a folder") && e.contains("`support`") && e.contains("--support takes a folder"), "{e}");
+    assert!(!ok && e.contains("missing") && e.contains("does not exist") && e.contains("`support`") && e.contains("--support takes a folder"), "{e}");
     // A missing query path is reported like an unreadable file: the other queries are answered.
     let (ok, out, e) = protonet(&["predict", "--model", m, "--support", d, "--query", dir.path().join("nope.png").to_str().unwrap(), d]);
     assert!(!ok && e.contains("--query") && e.contains("nope.png") && e.contains("no such file") && e.contains("1 of 19 queries"), "{e}");

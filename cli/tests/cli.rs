@@ -64,7 +64,7 @@ fn bad_arguments_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["train", "--dataset", "folder", "--data", missing.to_str().unwrap(), "--out", "x"], "is not a folder"),
+        (vec!["train", "--dataset", "folder", "--data", missing.to_str().unwrap(), "--out", "x"], "does not exist"),
         (vec!["train", "--dataset", "folder", "--out", "x"], "--data"),
         (vec!["eval", "--model", missing.to_str().unwrap()], "config.json"),
         (vec!["bench", "--way", "1"], "way"),
@@ -129,4 +129,75 @@ fn help_explains_every_subcommand() {
         let (ok, stdout, _) = protonet(&[sub, "--help"]);
         assert!(ok && stdout.contains(flag) && stdout.contains("--help"), "{sub} --help does not explain {flag}:\n{stdout}");
     }
+}
+
+/// `protonet eval --model` and the library's `evaluate` give the same report for a model
+/// trained with `--rotate` (whose embeddings are averaged over 4 quarter turns), for both
+/// of evaluation's roads: episode by episode (few episodes) and embed-once (many).
+#[test]
+fn library_and_eval_agree_on_a_rotate_model() {
+    use protonet::data::{load_image_folder, FolderOptions};
+    use protonet::eval::{evaluate_net, EvalConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("glyphs");
+    common::write_glyph_folder(&data, 6, 8, 16, 9);
+    let model = dir.path().join("model");
+    let (d, m) = (data.to_str().unwrap(), model.to_str().unwrap());
+    let train = [
+        "train",
+        "--dataset",
+        "folder",
+        "--data",
+        d,
+        "--out",
+        m,
+        "--channels",
+        "1",
+        "--image-size",
+        "16",
+        "--hidden",
+        "8",
+        "--way",
+        "4",
+        "--shot",
+        "1",
+        "--query",
+        "2",
+        "--episodes",
+        "5",
+        "--rotate",
+        "--quiet",
+    ];
+    let (ok, _, stderr) = protonet(&train);
+    assert!(ok, "train failed: {stderr}");
+    let loaded = protonet::Model::load(&model, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(loaded.config().rotations, 4, "--rotate models classify over 4 quarter turns");
+    let set = load_image_folder(&data, &loaded.config().image, &FolderOptions::default()).unwrap();
+    let spec = protonet::EpisodeSpec::new(3, 1, 2).unwrap();
+    for episodes in [4, 200] {
+        let e = episodes.to_string();
+        let args =
+            ["eval", "--model", m, "--dataset", "folder", "--data", d, "--way", "3", "--shot", "1", "--query", "2", "--episodes", &e, "--seed", "5", "--json"];
+        let (ok, stdout, stderr) = protonet(&args);
+        assert!(ok, "eval failed: {stderr}");
+        let cli: protonet::EvalReport = serde_json::from_str(stdout.trim()).expect("one JSON report");
+        let config = EvalConfig::new(spec, episodes, 5);
+        let lib = protonet::evaluate(&loaded, &set, &config, &protonet::Silent).unwrap();
+        assert_eq!((cli.accuracy, cli.ci95), (lib.accuracy, lib.ci95), "{episodes} episodes");
+        let by_hand = evaluate_net(
+            loaded.net(),
+            &loaded.config().embedder(),
+            &loaded.config().normalization,
+            &set,
+            &config,
+            &candle_core::Device::Cpu,
+            &protonet::Silent,
+        );
+        assert_eq!(by_hand.unwrap().accuracy, lib.accuracy);
+    }
+    // The test can tell: without the model's rotations the embeddings are others.
+    let x = candle_core::Tensor::from_vec(set.image(0, 0).to_vec(), (1, 1, 16, 16), &candle_core::Device::Cpu).unwrap();
+    let rotated = loaded.config().embedder().embed_tensor(loaded.net(), &x).unwrap();
+    let plain = protonet::embed::Embedder::default().embed_tensor(loaded.net(), &x).unwrap();
+    assert!((rotated - plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 1e-4);
 }

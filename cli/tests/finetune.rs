@@ -8,11 +8,12 @@ mod common;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use protonet::backbone::{trunk_side, Backbone, BackboneConfig, EfficientNetLite0, HeadConfig, PretrainedWeights};
+use protonet::backbone::{trunk_side, Backbone, BackboneConfig, EfficientNetLite0, HeadConfig};
+use protonet::data::rendered_coins as coins;
 use protonet::data::ImageConfig;
 use protonet::finetune::{fine_tune_efficientnet, head_model, trunk_features, FineTuneConfig, HEAD_TRAINING_DIR};
+use protonet::pretrained::PretrainedWeights;
 use protonet::{Model, Silent, TrainConfig, TrainOptions};
-use protonet_cli::coins;
 use rand::SeedableRng;
 
 fn weights() -> PathBuf {
@@ -40,7 +41,7 @@ fn head_model_starts_at_the_imagenet_head_needs_data() {
     let trunk = net.trunk(&x).unwrap();
     assert_eq!(trunk.dims(), &[3, 320, trunk_side(96), trunk_side(96)]);
 
-    // Without normalisation the head is the ImageNet head at temperature 1.
+    // Without normalization the head is the ImageNet head at temperature 1.
     let plain = head_model(&net, &HeadConfig { normalize: false }, trunk_side(96), &dev).unwrap();
     assert!(max_diff(&plain.net().embed(&trunk, false).unwrap(), &frozen) < 1e-5);
     // With it, unit vectors scaled by sqrt(5) (cosine temperature 10).
@@ -88,7 +89,7 @@ fn fine_tuning_trains_the_head_and_saves_only_it_needs_data() {
         weights: PretrainedWeights::efficientnet_lite0(),
     };
     let dir = tempfile::tempdir().unwrap();
-    let (model, report) = fine_tune_efficientnet(&config, &set, None, dir.path(), &TrainOptions::default(), &Silent).unwrap();
+    let (model, report) = fine_tune_efficientnet(&config, &set, None, dir.path(), &TrainOptions::default(), &Device::Cpu, &Silent).unwrap();
     assert_eq!(report.episodes, 60);
     let first = report.history.first().unwrap().train_loss;
     let last = report.history.last().unwrap().train_loss;
@@ -134,7 +135,8 @@ fn fine_tuning_settings_are_checked() {
     let set = protonet::data::ImageSet::new(1, 96, 96);
     let dir = tempfile::tempdir().unwrap();
     let config = FineTuneConfig { image: grey, ..FineTuneConfig::default() };
-    let err = fine_tune_efficientnet(&config, &set, None, dir.path(), &TrainOptions::default(), &Silent).err().expect("grey images must be refused");
+    let err =
+        fine_tune_efficientnet(&config, &set, None, dir.path(), &TrainOptions::default(), &Device::Cpu, &Silent).err().expect("grey images must be refused");
     assert!(err.to_string().contains("RGB"), "{err}");
 }
 

@@ -210,3 +210,50 @@ fn pictures_and_embeddings_are_written() {
     assert_eq!(std::fs::read_to_string(out.join("classes.txt")).unwrap().lines().count(), 8);
     assert_eq!(std::fs::read_to_string(out.join("files.txt")).unwrap().lines().count(), 64);
 }
+
+/// What a new user meets on the way to an answer: a JPEG cut off after 3 kB is answered
+/// with a warning (its missing part decoded as grey), a class folder whose name holds a
+/// newline keeps the tab-separated output one line per query, and a class with fewer
+/// support photos than the others is pointed out.
+#[test]
+fn cut_off_photos_odd_names_and_small_classes_are_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let support = dir.path().join("support");
+    common::write_glyph_folder(&support, 3, 4, 28, 3);
+    std::fs::rename(support.join("glyph002"), support.join("two\neuro")).unwrap();
+    // A fourth class of one photo.
+    std::fs::create_dir_all(support.join("single")).unwrap();
+    std::fs::copy(support.join("glyph000").join("00.png"), support.join("single").join("00.png")).unwrap();
+    // A noisy 96x96 photo as JPEG, whole and cut off after 3 kB.
+    let photo = image::RgbImage::from_fn(96, 96, |x, y| image::Rgb([((x * 7 + y * 13) % 251) as u8, ((x * x + y) % 253) as u8, ((x ^ y) * 3 % 256) as u8]));
+    let whole = dir.path().join("whole.jpg");
+    photo.save(&whole).unwrap();
+    let bytes = std::fs::read(&whole).unwrap();
+    assert!(bytes.len() > 4000, "the test photo must be larger than the cut ({} bytes)", bytes.len());
+    let cut = dir.path().join("cut.jpg");
+    std::fs::write(&cut, &bytes[..3000]).unwrap();
+    let m = shipped_model();
+    let args = ["predict", "--model", m.to_str().unwrap(), "--support", support.to_str().unwrap(), "--query", whole.to_str().unwrap(), cut.to_str().unwrap()];
+    let (ok, stdout, stderr) = protonet(&args);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("cut.jpg") && stderr.contains("cut off"), "a warning for the cut-off photo: {stderr}");
+    assert!(!stderr.contains("whole.jpg"), "no warning for the whole photo: {stderr}");
+    assert!(stderr.contains("`single` has 1") && stderr.contains("4 support images"), "the small class is pointed out: {stderr}");
+    assert!(stderr.contains("two\\neuro"), "class names escaped in the summary: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per query: {stdout:?}");
+    assert!(lines.iter().all(|l| l.split('\t').count() == 3), "{stdout:?}");
+
+    // The newline is in the answer when that class wins: query with its own photo.
+    let own = support.join("two\neuro").join("00.png");
+    let (ok, stdout, stderr) = protonet(&["predict", "--model", m.to_str().unwrap(), "--support", support.to_str().unwrap(), "--query", own.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
+    assert!(stdout.contains("two\\neuro"), "{stdout:?}");
+    // JSON keeps the name as it is, and carries the warning.
+    let (ok, stdout, _) = protonet(&[&args[..], &["--json"]].concat());
+    assert!(ok);
+    let cut_line: serde_json::Value =
+        stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|v| v["file"].as_str().unwrap().ends_with("cut.jpg")).unwrap();
+    assert!(cut_line["warning"].as_str().unwrap().contains("cut off"), "{cut_line}");
+}

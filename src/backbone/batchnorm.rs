@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
+use crate::error::Result;
 use crate::ops::batchnorm::{BnReluTrain, EPS};
 use crate::ops::block::ConvBnReluPoolTrain;
 use crate::ops::fused::{AffineReluPool, BnReluPoolTrain};
 use crate::ops::{max_pool2x2, max_pool2x2_portable, Ops};
-use crate::Result;
 
 const MOMENTUM: f64 = 0.1;
 
@@ -23,7 +23,8 @@ const MOMENTUM: f64 = 0.1;
 /// ```
 /// use candle_core::{DType, Device, Tensor};
 /// use candle_nn::{VarBuilder, VarMap};
-/// use protonet::backbone::{BatchNormRelu, Ops};
+/// use protonet::backbone::BatchNormRelu;
+/// use protonet::ops::Ops;
 /// let vm = VarMap::new();
 /// let bn = BatchNormRelu::new(3, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), Ops::Fast)?;
 /// let x = Tensor::randn(0f32, 1., (4, 3, 5, 5), &Device::Cpu)?;
@@ -79,7 +80,8 @@ impl BatchNormRelu {
     /// ```
     /// use candle_core::{DType, Device};
     /// use candle_nn::{VarBuilder, VarMap};
-    /// use protonet::backbone::{BatchNormRelu, Ops};
+    /// use protonet::backbone::BatchNormRelu;
+    /// use protonet::ops::Ops;
     /// let vm = VarMap::new();
     /// let bn = BatchNormRelu::new(3, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), Ops::Fast)?;
     /// let (scale, shift) = bn.running_affine()?;

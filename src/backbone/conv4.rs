@@ -3,8 +3,8 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::{Backbone, BatchNormRelu};
+use crate::error::{Error, Result};
 use crate::ops::{conv2d, conv2d_bias_relu_pool, max_pool2x2_portable, Ops};
-use crate::{Error, Result};
 
 /// Hyper-parameters of [`Conv4`].
 ///
@@ -42,7 +42,7 @@ impl Conv4Config {
     /// Checks the hyper-parameters.
     pub fn validate(&self) -> Result<()> {
         if self.in_channels == 0 {
-            return Err(Error::param("in_channels", "must be at least 1"));
+            return Err(Error::param("channels", "must be at least 1"));
         }
         if self.hidden == 0 {
             return Err(Error::param("hidden", "must be at least 1"));

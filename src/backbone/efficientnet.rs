@@ -9,7 +9,7 @@
 //! shift into a bias that [`conv2d_bias`] and [`depthwise_conv2d_bias`] add, with ReLU6, in
 //! the convolution's own pass; gradients still reach every BatchNorm parameter). Its
 //! head (the 1x1 convolution to 1280 channels and its BatchNorm) can be fine-tuned as a
-//! [`TunedHead`] on the frozen trunk's feature maps, with L2-normalised embeddings and a
+//! [`TunedHead`] on the frozen trunk's feature maps, with L2-normalized embeddings and a
 //! learnable temperature; [`FineTunedEfficientNet`] puts the two together for images.
 
 use std::path::Path;
@@ -18,9 +18,10 @@ use candle_core::{Device, Tensor, D};
 use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, Init, Linear, ModuleT, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{Backbone, PretrainedWeights};
+use super::Backbone;
+use crate::error::{Error, Result};
 use crate::ops::{conv2d, conv2d_bias, depthwise_conv2d_bias};
-use crate::{Error, Result};
+use crate::pretrained::{PretrainedWeights, CONVERTED_WEIGHTS};
 
 /// Embedding size (channels of the head convolution).
 pub const EFFICIENTNET_LITE0_DIM: usize = 1280;
@@ -140,16 +141,12 @@ impl MbConv {
     }
 }
 
-/// The file name that `scripts/fetch-pretrained.sh` gives the ImageNet EfficientNet-Lite0
-/// weights converted to safetensors, beside the published `.pth`.
-pub const CONVERTED_WEIGHTS: &str = "efficientnet-lite0.safetensors";
-
 /// EfficientNet-Lite0 with ImageNet weights, used as a frozen feature extractor.
 ///
 /// ```no_run
 /// use candle_core::{Device, Tensor};
 /// use protonet::backbone::{Backbone, EfficientNetLite0};
-/// use protonet::backbone::PretrainedWeights;
+/// use protonet::pretrained::PretrainedWeights;
 /// let net = EfficientNetLite0::from_reference(&PretrainedWeights::efficientnet_lite0(), &Device::Cpu)?;
 /// let x = Tensor::zeros((1, 3, 224, 224), candle_core::DType::F32, &Device::Cpu)?;
 /// assert_eq!(net.embed(&x, false)?.dims(), &[1, 1280]);
@@ -252,7 +249,7 @@ impl Backbone for EfficientNetLite0 {}
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadConfig {
-    /// L2-normalise the pooled embedding, so that squared distances are `2 - 2 cos` (the
+    /// L2-normalize the pooled embedding, so that squared distances are `2 - 2 cos` (the
     /// cosine classifier of Meta-Baseline).
     pub normalize: bool,
 }
@@ -265,7 +262,7 @@ impl Default for HeadConfig {
 
 impl HeadConfig {
     /// The starting `ln t` of the temperature on squared distances: `ln 5` when
-    /// normalising (Meta-Baseline's cosine temperature 10, as `|a - b|^2 = 2 - 2 cos`),
+    /// normalizing (Meta-Baseline's cosine temperature 10, as `|a - b|^2 = 2 - 2 cos`),
     /// else 0.
     pub fn initial_log_temperature(&self) -> f64 {
         if self.normalize {
@@ -278,11 +275,11 @@ impl HeadConfig {
 
 /// The EfficientNet-Lite0 head as a trainable module on the frozen trunk's feature maps
 /// `(N, 320, h, w)`: 1x1 convolution to 1280 channels, BatchNorm, ReLU6, global average
-/// pooling, optional L2 normalisation, then a learnable temperature `t` on the distances
+/// pooling, optional L2 normalization, then a learnable temperature `t` on the distances
 /// (embeddings are scaled by `sqrt(t)`, so squared distances are scaled by `t`).
 ///
 /// Parameters (through `vb`): `conv.weight`, `bn.{weight,bias,running_mean,running_var}`,
-/// `log_temperature` (initialised at `ln 5` when normalising, which is Meta-Baseline's
+/// `log_temperature` (initialised at `ln 5` when normalizing, which is Meta-Baseline's
 /// cosine temperature 10, else 0).
 ///
 /// ```

@@ -7,20 +7,19 @@ mod batchnorm;
 mod conv4;
 mod efficientnet;
 
-pub use crate::ops::Ops;
-pub use crate::pretrained::PretrainedWeights;
 pub use batchnorm::BatchNormRelu;
 pub use conv4::{Conv4, Conv4Config};
 pub use efficientnet::{
-    same_padding, trunk_side, EfficientNetLite0, FineTunedEfficientNet, HeadConfig, TunedHead, CONVERTED_WEIGHTS, EFFICIENTNET_LITE0_BLOCKS,
-    EFFICIENTNET_LITE0_DIM, EFFICIENTNET_LITE0_TRUNK_CHANNELS,
+    same_padding, trunk_side, EfficientNetLite0, FineTunedEfficientNet, HeadConfig, TunedHead, EFFICIENTNET_LITE0_BLOCKS, EFFICIENTNET_LITE0_DIM,
+    EFFICIENTNET_LITE0_TRUNK_CHANNELS,
 };
 
 use candle_core::Tensor;
 use candle_nn::{ModuleT, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
+use crate::error::Result;
+use crate::pretrained::PretrainedWeights;
 
 /// An embedding network: a candle [`ModuleT`] from `(N, C, H, W)` images to `(N, D)`
 /// embeddings.

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::{load_image, ImageConfig, ImageSet};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Options for [`load_image_folder`].
 #[derive(Debug, Clone, Default)]
@@ -50,6 +50,9 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 /// # Ok::<(), protonet::Error>(())
 /// ```
 pub fn list_image_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
+    if !root.exists() {
+        return Err(Error::Dataset { path: root.to_path_buf(), reason: "does not exist".into() });
+    }
     if !root.is_dir() {
         return Err(Error::Dataset { path: root.to_path_buf(), reason: "is not a folder".into() });
     }
@@ -106,7 +109,7 @@ pub fn list_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Loads an image folder: one sub-folder per class, PNG and JPEG files inside, decoded
-/// in parallel, resized and normalised as `config` says, and kept in memory. Files
+/// in parallel, resized and normalized as `config` says, and kept in memory. Files
 /// skipped under [`FolderOptions::skip_bad_images`] are left out without a word:
 /// [`load_image_folder_report`] says which.
 ///

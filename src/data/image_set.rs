@@ -1,4 +1,4 @@
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Images grouped by class, stored contiguously as `f32` in CHW order.
 ///

@@ -1,16 +1,18 @@
 //! Labelled image sets held in memory, and the loaders that fill them.
 //!
 //! An [`ImageSet`] stores every image of every class as `f32` in one buffer, already
-//! resized and normalised as its [`ImageConfig`] says, so episodes are assembled without
+//! resized and normalized as its [`ImageConfig`] says, so episodes are assembled without
 //! touching the disk. Loaders: [`load_image_folder`] (one sub-folder per class) and
-//! [`load_omniglot`] (Omniglot with the Vinyals split).
+//! [`load_omniglot`] (Omniglot with the Vinyals split). Made-up data for demonstrations and
+//! tests: [`rendered_coins`] (coins of procedurally drawn currencies).
 
 mod folder;
 mod image_set;
 mod omniglot;
+pub mod rendered_coins;
 mod transform;
 
 pub use folder::{list_image_folder, list_images, load_image_folder, load_image_folder_report, FolderOptions, SkippedImage};
 pub use image_set::ImageSet;
 pub use omniglot::{load_omniglot, OmniglotSplit};
-pub use transform::{load_image, rotate_square_ccw, ImageConfig, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};
+pub use transform::{load_image, load_image_with_warning, rotate_square_ccw, validate_rotations, ImageConfig, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};

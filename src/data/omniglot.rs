@@ -5,7 +5,7 @@ use std::str::FromStr;
 use rayon::prelude::*;
 
 use super::{load_image, rotate_square_ccw, ImageConfig, ImageSet};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// A split of Omniglot as listed in `splits/vinyals/<name>.txt`.
 ///

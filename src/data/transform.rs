@@ -3,9 +3,9 @@ use std::path::Path;
 use image::{imageops::FilterType, DynamicImage};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
-/// How images are turned into network input: size, colour, normalisation.
+/// How images are turned into network input: size, colour, normalization.
 ///
 /// It is stored in every model's `config.json`, so evaluation and prediction prepare
 /// images exactly as training did.
@@ -33,12 +33,12 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    /// Omniglot as in the paper's code: 28x28 grey, inverted, no further normalisation.
+    /// Omniglot as in the paper's code: 28x28 grey, inverted, no further normalization.
     pub fn omniglot() -> Self {
         Self { size: 28, channels: 1, mean: vec![0.0], std: vec![1.0], invert: true }
     }
 
-    /// RGB at `size x size`, normalised with the ImageNet channel statistics.
+    /// RGB at `size x size`, normalized with the ImageNet channel statistics.
     pub fn rgb(size: usize) -> Self {
         Self { size, channels: 3, mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225], invert: false }
     }
@@ -65,7 +65,7 @@ impl ImageConfig {
         Ok(())
     }
 
-    /// Resizes, converts and normalises a decoded image into CHW `f32` values.
+    /// Resizes, converts and normalizes a decoded image into CHW `f32` values.
     pub fn prepare(&self, img: &DynamicImage) -> Vec<f32> {
         let n = self.size as u32;
         let plane = self.size * self.size;
@@ -152,6 +152,56 @@ pub fn load_image(path: &Path, config: &ImageConfig) -> Result<Vec<f32>> {
     Ok(config.prepare(&img))
 }
 
+/// Like [`load_image`], with a warning when the file decodes but looks damaged: a JPEG
+/// that ends before its end-of-image marker (a cut-off download or copy, whose missing
+/// part the decoder fills with grey), or a PNG without its closing `IEND` chunk.
+///
+/// ```no_run
+/// use protonet::data::{load_image_with_warning, ImageConfig};
+/// let (pixels, warning) = load_image_with_warning("coin.jpg".as_ref(), &ImageConfig::rgb(84))?;
+/// if let Some(w) = warning {
+///     eprintln!("warning: {w}");
+/// }
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn load_image_with_warning(path: &Path, config: &ImageConfig) -> Result<(Vec<f32>, Option<String>)> {
+    let pixels = load_image(path, config)?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok((pixels, damage_warning(&bytes).map(|w| format!("{}: {w}", path.display()))))
+}
+
+/// Why an image file that decoded looks damaged, if it does (see [`load_image_with_warning`]).
+fn damage_warning(bytes: &[u8]) -> Option<String> {
+    let last = |marker: [u8; 2]| bytes.windows(2).rposition(|w| w == marker);
+    match image::guess_format(bytes) {
+        // Inside entropy-coded data every 0xFF is followed by 0x00 or a restart marker, so
+        // the last start-of-scan (FFDA) must be followed by an end-of-image (FFD9).
+        Ok(image::ImageFormat::Jpeg) => match (last([0xFF, 0xDA]), last([0xFF, 0xD9])) {
+            (Some(sos), Some(eoi)) if eoi > sos => None,
+            _ => Some(format!(
+                "the JPEG data ends early ({} bytes, no end-of-image marker): the file looks cut off, and its missing part was decoded as grey",
+                bytes.len()
+            )),
+        },
+        Ok(image::ImageFormat::Png) if !bytes.windows(4).rev().take(64).any(|w| w == b"IEND") => {
+            Some(format!("the PNG has no closing IEND chunk ({} bytes): the file looks cut off", bytes.len()))
+        }
+        _ => None,
+    }
+}
+
+/// Checks a number of quarter turns to average embeddings over: 1 (none) to 4.
+///
+/// ```
+/// assert!(protonet::data::validate_rotations(4).is_ok() && protonet::data::validate_rotations(5).is_err());
+/// ```
+pub fn validate_rotations(rotations: usize) -> Result<()> {
+    if !(1..=4).contains(&rotations) {
+        return Err(Error::param("rotations", format!("must be 1 to 4, got {rotations}")));
+    }
+    Ok(())
+}
+
 /// Rotates a square CHW image (`channels` planes of `n x n`) counter-clockwise by
 /// `quarter_turns * 90` degrees.
 ///
@@ -180,7 +230,23 @@ pub fn rotate_square_ccw(img: &[f32], channels: usize, n: usize, quarter_turns: 
 
 #[cfg(test)]
 mod tests {
-    use super::rotate_square_ccw;
+    use super::{damage_warning, rotate_square_ccw};
+
+    #[test]
+    fn cut_off_jpegs_and_pngs_are_told_apart_from_whole_ones() {
+        let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x + y) * 2) as u8]));
+        let mut jpeg = Vec::new();
+        image::DynamicImage::ImageRgb8(img.clone()).write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        assert_eq!(damage_warning(&jpeg), None);
+        assert_eq!(damage_warning(&png), None);
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(b"camera trailer");
+        assert_eq!(damage_warning(&trailing), None, "data after the end-of-image marker is not damage");
+        assert!(damage_warning(&jpeg[..jpeg.len() * 2 / 3]).is_some_and(|w| w.contains("cut off")));
+        assert!(damage_warning(&png[..png.len() - 12]).is_some_and(|w| w.contains("IEND")));
+    }
 
     #[test]
     fn rotation_is_cyclic_and_per_channel() {

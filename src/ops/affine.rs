@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::Result;
+use crate::error::Result;
 
 /// `clamp(x * scale[c] + shift[c], lo, hi)` over channel `c` of `x` `(N, C, ...)`, with
 /// `scale` and `shift` of `C` values; no clamp with `clamp = None`. On the CPU a custom op

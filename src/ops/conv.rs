@@ -15,7 +15,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::winograd::{self, Tiling};
-use crate::Result;
+use crate::error::Result;
 
 /// `conv2d(x, w)` with stride 1 and `padding` zeros on every side, no bias.
 /// `x` is `(N, C, H, W)`, `w` is `(Cout, C, KH, KW)`. On the CPU it runs the custom op

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::Result;
+use crate::error::Result;
 
 /// Depthwise convolution of `x` `(N, C, H, W)` with `w` `(C, 1, KH, KW)`, stride
 /// `stride`, after padding `x` with `pad = (top, bottom, left, right)` zeros. On other

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::Result;
+use crate::error::Result;
 
 /// The clamp's bounds in the storage type.
 #[inline(always)]

@@ -2,7 +2,7 @@
 //! block. The unfused chain writes and reads the full-size activation several times
 //! (BatchNorm output, pool input, pool gradient, BatchNorm gradient); here the forward
 //! pass reads the convolution's output once and writes only the pooled map, and the
-//! backward pass recomputes the normalised values and each window's maximum from the
+//! backward pass recomputes the normalized values and each window's maximum from the
 //! input instead of storing them.
 //!
 //! Semantics are those of BatchNorm + ReLU (`crate::backbone::BatchNormRelu`) followed by [`super::max_pool2x2`]

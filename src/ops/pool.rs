@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::Result;
+use crate::error::Result;
 
 /// 2x2 max-pooling with stride 2 over `(N, C, H, W)`; odd trailing rows and columns are
 /// dropped (floor), as in candle and PyTorch.

@@ -4,142 +4,34 @@
 //! A [`Trainer`] takes one episode at a time ([`Trainer::step`]) and validates on fixed
 //! episodes ([`Trainer::validate`]); [`Trainer::run`] loops them with
 //! [`EarlyStopping`], keeps the best model in an output directory and writes the
-//! resumable run state ([`state`]) from which a run continues exactly. Progress goes to an
-//! [`Observer`]; [`train`] is the whole run, silent.
+//! resumable run state ([`RunState`]) from which a run continues exactly. Progress goes to an
+//! [`Observer`]; [`train`] is the whole run, silent. The settings and the records kept in
+//! `config.json` are in [`crate::record`].
 //!
 //! An output directory holds the best model so far (`config.json`, `model.safetensors`,
 //! see [`crate::Model`]) and `checkpoint.safetensors`, the full state of the run (weights,
 //! optimiser moments, episode, sampler state, history).
 
-pub mod state;
+mod state;
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::data::ImageSet;
+use crate::data::{rotate_square_ccw, ImageSet};
 use crate::episode::{Episode, EpisodeSampler, EpisodeSpec};
+use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalConfig};
-use crate::model::{Model, WEIGHTS_FILE};
+use crate::model::Model;
 use crate::observer::{Observer, Silent};
 use crate::optim::Adam;
-use crate::output::OutputMode;
-use crate::{Error, Result};
+use crate::output::{prepare, OutputMode, CHECKPOINT_FILE, WEIGHTS_FILE};
+use crate::record::{HistoryPoint, TrainConfig, TrainingRecord};
 
-pub use state::{RunState, CHECKPOINT_FILE};
-
-/// Training settings. The defaults are the paper's Omniglot protocol: 60-way 5-shot
-/// 5-query episodes, Adam at 1e-3 halved every 2000 episodes, 5-way validation.
-///
-/// ```
-/// let cfg = protonet::TrainConfig::default();
-/// assert_eq!((cfg.way, cfg.shot, cfg.query), (60, 5, 5));
-/// assert_eq!(cfg.learning_rate_at(0), 1e-3);
-/// assert_eq!(cfg.learning_rate_at(2000), 5e-4);
-/// cfg.validate().unwrap();
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TrainConfig {
-    /// Classes per training episode.
-    pub way: usize,
-    /// Support images per class in training episodes.
-    pub shot: usize,
-    /// Query images per class in training episodes.
-    pub query: usize,
-    /// Training episodes in total.
-    pub episodes: usize,
-    /// Adam's initial learning rate.
-    pub learning_rate: f64,
-    /// The learning rate is halved every this many episodes (0: never).
-    pub lr_halve_every: usize,
-    /// Classes per validation episode.
-    pub val_way: usize,
-    /// Support images per class in validation episodes (`None`: same as `shot`).
-    pub val_shot: Option<usize>,
-    /// Query images per class in validation episodes.
-    pub val_query: usize,
-    /// Validate every this many episodes (and at the end).
-    pub val_every: usize,
-    /// Validation episodes per validation (the same episodes every time).
-    pub val_episodes: usize,
-    /// Stop after this many validations without improvement (`None`: never).
-    pub patience: Option<usize>,
-    /// Write the resumable checkpoint every this many episodes (and at the end).
-    pub checkpoint_every: usize,
-    /// Seed of the episode sampler (weights are initialised from the model's own seed).
-    pub seed: u64,
-    /// Rotate every training image by a random multiple of 90 degrees (for subjects
-    /// whose class does not depend on their angle, such as coins). Square images only.
-    pub rotation_augment: bool,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            way: 60,
-            shot: 5,
-            query: 5,
-            episodes: 20_000,
-            learning_rate: 1e-3,
-            lr_halve_every: 2000,
-            val_way: 5,
-            val_shot: None,
-            val_query: 15,
-            val_every: 500,
-            val_episodes: 200,
-            patience: Some(10),
-            checkpoint_every: 100,
-            seed: 1,
-            rotation_augment: false,
-        }
-    }
-}
-
-impl TrainConfig {
-    /// The training episode shape.
-    pub fn train_spec(&self) -> Result<EpisodeSpec> {
-        EpisodeSpec::new(self.way, self.shot, self.query)
-    }
-
-    /// The validation episode shape.
-    pub fn val_spec(&self) -> Result<EpisodeSpec> {
-        let spec = EpisodeSpec { way: self.val_way, shot: self.val_shot.unwrap_or(self.shot), query: self.val_query };
-        spec.validate().map_err(|e| Error::param("val", e.to_string()))?;
-        Ok(spec)
-    }
-
-    /// Checks every setting.
-    pub fn validate(&self) -> Result<()> {
-        self.train_spec()?;
-        self.val_spec()?;
-        if self.episodes == 0 {
-            return Err(Error::param("episodes", "must be at least 1"));
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return Err(Error::param("lr", format!("must be positive, got {}", self.learning_rate)));
-        }
-        for (name, v) in [("val-every", self.val_every), ("val-episodes", self.val_episodes), ("checkpoint-every", self.checkpoint_every)] {
-            if v == 0 {
-                return Err(Error::param(name, "must be at least 1"));
-            }
-        }
-        if self.patience == Some(0) {
-            return Err(Error::param("patience", "must be at least 1"));
-        }
-        Ok(())
-    }
-
-    /// The learning rate used for the episode after `episodes_done` episodes.
-    pub fn learning_rate_at(&self, episodes_done: usize) -> f64 {
-        if self.lr_halve_every == 0 {
-            return self.learning_rate;
-        }
-        self.learning_rate * 0.5f64.powi((episodes_done / self.lr_halve_every) as i32)
-    }
-}
+pub use state::{describe, RunState};
 
 /// Options that do not change the result of training.
 #[derive(Debug, Clone, Default)]
@@ -148,42 +40,9 @@ pub struct TrainOptions {
     /// refuse ([`OutputMode::New`], the default), continue the run
     /// ([`OutputMode::Resume`]) or replace it ([`OutputMode::Overwrite`]).
     pub mode: OutputMode,
-    /// Stop (as if interrupted) once this many episodes are done, after checkpointing.
+    /// Stop (as if interrupted) once this many episodes are done, after checkpointing: a
+    /// run in slices (for example one per session), each resumed with [`OutputMode::Resume`].
     pub stop_after: Option<usize>,
-}
-
-/// One row of the training history, written at every validation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HistoryPoint {
-    /// Episodes done.
-    pub episode: usize,
-    /// Mean training loss since the previous row.
-    pub train_loss: f64,
-    /// Mean training accuracy since the previous row.
-    pub train_accuracy: f64,
-    /// Validation accuracy (when there is a validation set).
-    pub val_accuracy: Option<f64>,
-    /// Its 95% confidence half-width.
-    pub val_ci95: Option<f64>,
-    /// Learning rate in use.
-    pub learning_rate: f64,
-    /// Seconds of training so far (across resumes).
-    pub seconds: f64,
-}
-
-impl HistoryPoint {
-    /// One line for a log: episode, training loss and accuracy, validation accuracy.
-    pub fn summary(&self, best: bool) -> String {
-        format!(
-            "episode {:>6}: train loss {:.4} acc {:.2}%{}",
-            self.episode,
-            self.train_loss,
-            100.0 * self.train_accuracy,
-            self.val_accuracy
-                .map(|v| format!(" | val {:.2}% ± {:.2}{}", 100.0 * v, 100.0 * self.val_ci95.unwrap_or(0.0), if best { " (best, saved)" } else { "" }))
-                .unwrap_or_default()
-        )
-    }
 }
 
 /// What [`train`] returns.
@@ -261,36 +120,34 @@ impl EarlyStopping {
     }
 }
 
-/// How a model was trained: stored in its `config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainingRecord {
-    /// The training settings.
-    pub config: TrainConfig,
-    /// Episodes done when this model was saved.
-    pub episode: usize,
-    /// Its validation accuracy, if validated.
-    pub val_accuracy: Option<f64>,
-    /// Seconds of training up to it.
-    pub seconds: f64,
-    /// The validation history up to it.
-    #[serde(default)]
-    pub history: Vec<HistoryPoint>,
-    /// For fine-tuned pretrained networks: what was trained, on what.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fine_tuned: Option<FineTuneRecord>,
+/// Whether the run state is written after `episode`: every `every` episodes, and whenever
+/// the run ends (`last`) or pauses (`stopping`: early stopping or `stop_after`).
+fn should_checkpoint(episode: usize, every: usize, last: bool, stopping: bool) -> bool {
+    episode.is_multiple_of(every) || last || stopping
 }
 
-/// What fine-tuning trained, on what (part of a [`TrainingRecord`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FineTuneRecord {
-    /// The trained part, in words.
-    pub what: String,
-    /// Rotations of each training image whose features were cached.
-    pub rotations_cached: usize,
-    /// The training classes.
-    pub training_classes: Vec<String>,
-    /// The number of training images.
-    pub training_images: usize,
+/// The mean loss and accuracy of the last few episodes, for the progress line.
+#[derive(Debug, Default)]
+struct RecentMean {
+    window: VecDeque<(f32, f32)>,
+}
+
+impl RecentMean {
+    /// Episodes in the window.
+    const LEN: usize = 50;
+
+    fn push(&mut self, loss: f32, accuracy: f32) {
+        if self.window.len() == Self::LEN {
+            self.window.pop_front();
+        }
+        self.window.push_back((loss, accuracy));
+    }
+
+    /// (mean loss, mean accuracy) over the window.
+    fn mean(&self) -> (f32, f32) {
+        let n = self.window.len().max(1) as f32;
+        (self.window.iter().map(|r| r.0).sum::<f32>() / n, self.window.iter().map(|r| r.1).sum::<f32>() / n)
+    }
 }
 
 /// Episodic training of a model: one [`Trainer::step`] per episode, [`Trainer::validate`]
@@ -405,13 +262,13 @@ impl<'a> Trainer<'a> {
     }
 
     /// Validates on the validation set (the same episodes every time, so comparisons are
-    /// fair) and appends a point to the history, with the training loss and accuracy
+    /// fair; the model's own rotations and normalization, as it classifies) and appends a point to the history, with the training loss and accuracy
     /// averaged since the previous point.
     pub fn validate(&mut self) -> Result<HistoryPoint> {
         let (val_accuracy, val_ci95) = match self.val_set {
             Some(v) => {
                 let eval = EvalConfig { spec: self.val_spec, episodes: self.config.val_episodes, seed: self.config.seed ^ 0x5eed };
-                let r = evaluate(self.model.net(), v, &eval, &self.device, &Silent)?;
+                let r = evaluate(self.model, v, &eval, &Silent)?;
                 (Some(r.accuracy), Some(r.ci95))
             }
             None => (None, None),
@@ -449,80 +306,19 @@ impl<'a> Trainer<'a> {
 
     /// The whole run: episodes until `config.episodes` or early stopping, validating every
     /// `val_every` episodes (and at the end), saving the best model into `out_dir` and the
-    /// run state every `checkpoint_every` episodes. With `options.resume`, continues the
-    /// run saved in `out_dir`.
+    /// run state every `checkpoint_every` episodes. With `options.mode` set to
+    /// [`OutputMode::Resume`], continues the run saved in `out_dir`.
     ///
     /// With a validation set, the model saved in `out_dir` is the one with the best
     /// validation accuracy, and the model itself ends as the best one too; without, it is
     /// the last.
     pub fn run(mut self, out_dir: &Path, options: &TrainOptions, observer: &dyn Observer) -> Result<TrainReport> {
-        let ckpt_path = out_dir.join(CHECKPOINT_FILE);
-        crate::output::prepare(out_dir, options.mode)?;
-        if options.mode == OutputMode::Resume && !ckpt_path.exists() {
-            if let Some(holds) = crate::output::describe(out_dir) {
-                return Err(Error::OutputExists { path: out_dir.to_path_buf(), holds: format!("{holds} but no training run to resume") });
-            }
-        }
-        std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-        // Left by a run killed while writing; the files they were to replace are intact.
-        crate::io::remove_stale_temporaries(out_dir);
-        if options.mode == OutputMode::Resume && ckpt_path.exists() {
-            self.resume_from(&ckpt_path)?;
-        } else {
-            // The run's state exists from its start: a run killed before its first
-            // checkpoint resumes from episode 0 rather than finding a model without a run.
-            self.save_checkpoint(&ckpt_path)?;
-        }
-        let episodes = self.config.episodes;
-        observer.start("train", episodes as u64);
+        let ckpt_path = self.open_run(out_dir, options.mode)?;
+        observer.start("train", self.config.episodes as u64);
         observer.progress(self.state.episode as u64, "");
-        let started = Instant::now();
-        let seconds_before = self.state.seconds;
-        let mut stopped_early = false;
-        let mut recent: Vec<(f32, f32)> = Vec::new();
-        let result = (|| -> Result<()> {
-            while self.state.episode < episodes {
-                let step = self.step()?;
-                self.state.seconds = seconds_before + started.elapsed().as_secs_f64();
-                recent.push((step.loss, step.accuracy));
-                if recent.len() > 50 {
-                    recent.remove(0);
-                }
-                let n = recent.len() as f32;
-                observer.progress(
-                    self.state.episode as u64,
-                    &format!(
-                        "loss {:.3} acc {:.1}% lr {:.1e}{}",
-                        recent.iter().map(|r| r.0).sum::<f32>() / n,
-                        100.0 * recent.iter().map(|r| r.1).sum::<f32>() / n,
-                        step.learning_rate,
-                        self.state.stopping.best_val.map(|b| format!(" best val {:.2}%", 100.0 * b)).unwrap_or_default()
-                    ),
-                );
-                let last = self.state.episode == episodes;
-                if self.state.episode.is_multiple_of(self.config.val_every) || last {
-                    let point = self.validate()?;
-                    let best = self.state.stopping.update(point.episode, point.val_accuracy);
-                    if best {
-                        self.model.set_training_record(self.record());
-                        self.model.save_with(out_dir, OutputMode::Overwrite)?;
-                    }
-                    observer.note(&point.summary(best));
-                    observer.validated(&self.state.history, best);
-                    stopped_early = self.state.stopping.should_stop(self.config.patience);
-                }
-                let stop_now = options.stop_after.is_some_and(|s| self.state.episode >= s);
-                if self.state.episode.is_multiple_of(self.config.checkpoint_every) || last || stopped_early || stop_now {
-                    self.save_checkpoint(&ckpt_path)?;
-                }
-                if stopped_early || stop_now {
-                    break;
-                }
-            }
-            Ok(())
-        })();
+        let result = self.episodes(out_dir, &ckpt_path, options, observer);
         observer.finish();
-        result?;
+        let stopped_early = result?;
         let stopping = self.state.stopping.clone();
         if self.val_set.is_some() && stopping.best_episode != self.state.episode {
             // Leave the caller with the best model, as saved.
@@ -538,21 +334,83 @@ impl<'a> Trainer<'a> {
             history: self.state.history,
         })
     }
+
+    /// Prepares `out_dir` for the run as `mode` says and resumes the run saved there or
+    /// writes the fresh run's first state. Returns the checkpoint's path. A refusal says
+    /// what the directory holds ([`describe`]).
+    fn open_run(&mut self, out_dir: &Path, mode: OutputMode) -> Result<std::path::PathBuf> {
+        let ckpt_path = out_dir.join(CHECKPOINT_FILE);
+        let described = |e: Error| match e {
+            Error::OutputExists { path, holds } => Error::OutputExists { holds: describe(&path).unwrap_or(holds), path },
+            other => other,
+        };
+        prepare(out_dir, mode).map_err(described)?;
+        let resume = mode == OutputMode::Resume && ckpt_path.exists();
+        if mode == OutputMode::Resume && !resume {
+            if let Some(holds) = describe(out_dir) {
+                return Err(Error::OutputExists { path: out_dir.to_path_buf(), holds: format!("{holds} but no training run to resume") });
+            }
+        }
+        std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+        // Left by a run killed while writing; the files they were to replace are intact.
+        crate::io::remove_stale_temporaries(out_dir);
+        if resume {
+            self.resume_from(&ckpt_path)?;
+        } else {
+            // The run's state exists from its start: a run killed before its first
+            // checkpoint resumes from episode 0 rather than finding a model without a run.
+            self.save_checkpoint(&ckpt_path)?;
+        }
+        Ok(ckpt_path)
+    }
+
+    /// The episode loop of [`Trainer::run`]; returns whether early stopping ended it.
+    fn episodes(&mut self, out_dir: &Path, ckpt_path: &Path, options: &TrainOptions, observer: &dyn Observer) -> Result<bool> {
+        let episodes = self.config.episodes;
+        let started = Instant::now();
+        let seconds_before = self.state.seconds;
+        let mut recent = RecentMean::default();
+        let mut stopped_early = false;
+        while self.state.episode < episodes {
+            let step = self.step()?;
+            self.state.seconds = seconds_before + started.elapsed().as_secs_f64();
+            recent.push(step.loss, step.accuracy);
+            let (loss, acc) = recent.mean();
+            let best = self.state.stopping.best_val.map(|b| format!(" best val {:.2}%", 100.0 * b)).unwrap_or_default();
+            observer.progress(self.state.episode as u64, &format!("loss {loss:.3} acc {:.1}% lr {:.1e}{best}", 100.0 * acc, step.learning_rate));
+            let last = self.state.episode == episodes;
+            if self.state.episode.is_multiple_of(self.config.val_every) || last {
+                stopped_early = self.after_validation(out_dir, observer)?;
+            }
+            let stop_now = options.stop_after.is_some_and(|s| self.state.episode >= s);
+            if should_checkpoint(self.state.episode, self.config.checkpoint_every, last, stopped_early || stop_now) {
+                self.save_checkpoint(ckpt_path)?;
+            }
+            if stopped_early || stop_now {
+                break;
+            }
+        }
+        Ok(stopped_early)
+    }
+
+    /// Validates, saves the model into `out_dir` when it is the best so far, reports to
+    /// `observer`; returns whether early stopping says to stop.
+    fn after_validation(&mut self, out_dir: &Path, observer: &dyn Observer) -> Result<bool> {
+        let point = self.validate()?;
+        let best = self.state.stopping.update(point.episode, point.val_accuracy);
+        if best {
+            self.model.set_training_record(self.record());
+            self.model.save_with(out_dir, OutputMode::Overwrite)?;
+        }
+        observer.note(&point.summary(best));
+        observer.validated(&self.state.history, best);
+        Ok(self.state.stopping.should_stop(self.config.patience))
+    }
 }
 
 /// Errors with [`Error::NonFiniteGradient`] (naming the parameter and `episode`) when a
 /// gradient in `grads` of one of `vars` holds a NaN or an infinity.
-///
-/// ```
-/// use candle_core::{Device, Var};
-/// // sqrt at 0: a finite value (0) with an infinite gradient.
-/// let x = Var::new(&[0f32, 1.0], &Device::Cpu)?;
-/// let grads = x.as_tensor().sqrt()?.sum_all()?.backward()?;
-/// let err = protonet::train::check_finite_gradients(&grads, &[("x".into(), x)], 7).unwrap_err();
-/// assert!(err.to_string().contains("`x`") && err.to_string().contains("episode 7"));
-/// # Ok::<(), protonet::Error>(())
-/// ```
-pub fn check_finite_gradients(grads: &candle_core::backprop::GradStore, vars: &[(String, candle_core::Var)], episode: usize) -> Result<()> {
+fn check_finite_gradients(grads: &candle_core::backprop::GradStore, vars: &[(String, candle_core::Var)], episode: usize) -> Result<()> {
     for (name, var) in vars {
         if let Some(g) = grads.get(var.as_tensor()) {
             if !g.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite() {
@@ -603,15 +461,51 @@ fn rotated_episode(ep: &Episode, set: &ImageSet, seed: u64, episode: usize, devi
     use rand::{Rng, SeedableRng};
     let (c, h, w) = set.image_dims();
     if h != w {
-        return Err(Error::param("rotation_augment", format!("images are {h}x{w}, not square")));
+        return Err(Error::param("rotate", format!("images are {h}x{w}, not square")));
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0005_07a7_e000u64 ^ (episode as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let items: Vec<(usize, usize)> = ep.support.iter().chain(&ep.query).copied().collect();
     let mut data = Vec::with_capacity(items.len() * c * h * w);
     for &(k, i) in &items {
-        data.extend(crate::data::rotate_square_ccw(set.image(k, i), c, w, rng.random_range(0..4)));
+        data.extend(rotate_square_ccw(set.image(k, i), c, w, rng.random_range(0..4)));
     }
     let images = Tensor::from_vec(data, (items.len(), c, h, w), device)?;
     let labels = Tensor::new(ep.query_labels(), device)?;
     Ok((images, labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::{check_finite_gradients, should_checkpoint, RecentMean};
+
+    #[test]
+    fn non_finite_gradients_are_named() -> crate::Result<()> {
+        // sqrt at 0: a finite value (0) with an infinite gradient.
+        let x = Var::new(&[0f32, 1.0], &Device::Cpu)?;
+        let grads = x.as_tensor().sqrt()?.sum_all()?.backward()?;
+        let err = check_finite_gradients(&grads, &[("x".into(), x.clone())], 7).unwrap_err().to_string();
+        assert!(err.contains("`x`") && err.contains("episode 7"), "{err}");
+        let grads = x.as_tensor().sqr()?.sum_all()?.backward()?;
+        check_finite_gradients(&grads, &[("x".into(), x)], 8)
+    }
+
+    #[test]
+    fn recent_mean_keeps_the_last_fifty() {
+        let mut r = RecentMean::default();
+        assert_eq!(r.mean(), (0.0, 0.0));
+        for i in 0..60 {
+            r.push(i as f32, 1.0);
+        }
+        // Episodes 10..60: mean 34.5.
+        assert_eq!(r.mean(), (34.5, 1.0));
+    }
+
+    #[test]
+    fn checkpoints_every_n_and_at_the_end() {
+        assert!(should_checkpoint(200, 100, false, false));
+        assert!(!should_checkpoint(150, 100, false, false));
+        assert!(should_checkpoint(150, 100, true, false) && should_checkpoint(150, 100, false, true));
+    }
 }

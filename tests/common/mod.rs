@@ -117,8 +117,8 @@ pub fn require_omniglot(test: &str) -> PathBuf {
 /// The converted EfficientNet-Lite0 ImageNet weights, or a panic that says how to fetch
 /// them (CI's `.ci/run` does, with `scripts/fetch-pretrained.sh`).
 pub fn pretrained_weights(test: &str) -> PathBuf {
-    protonet::backbone::PretrainedWeights::efficientnet_lite0()
-        .loadable(protonet::backbone::CONVERTED_WEIGHTS)
+    protonet::pretrained::PretrainedWeights::efficientnet_lite0()
+        .loadable(protonet::pretrained::CONVERTED_WEIGHTS)
         .unwrap_or_else(|e| panic!("{test}: {e}; {SKIP_HINT}"))
 }
 

@@ -3,8 +3,8 @@
 //!
 //! `cargo run --release --example render_coins -- [OUT.png] [SEED]`
 
+use protonet::data::rendered_coins as coins;
 use protonet::data::ImageConfig;
-use protonet_cli::coins;
 use rand::SeedableRng;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -6,7 +6,7 @@ mod common;
 /// training step, which a frozen network does not have).
 #[test]
 fn frozen_backbone_workloads_run_needs_data() {
-    use protonet_cli::workload::{time_workload, Workload, WorkloadKind};
+    use protonet::bench::{time_workload, Workload, WorkloadKind};
     let path = common::pretrained_weights("frozen backbone workloads");
     let net = || protonet::ProtoNet::new(Box::new(protonet::backbone::EfficientNetLite0::load(&path, &candle_core::Device::Cpu).unwrap()));
     let mut w = Workload::frozen(net(), WorkloadKind::Embed(2), 96, &candle_core::Device::Cpu).unwrap();

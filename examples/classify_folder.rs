@@ -1,7 +1,7 @@
 //! A program that uses the library as a Rust user's program does: the pretrained
 //! EfficientNet-Lite0, a support folder (one sub-folder per class), and every image under
 //! a query folder; prints each answer and the time taken. It keeps Rust's default (system)
-//! allocator, unlike the `protonet` binary (mimalloc, see `protonet_cli::alloc`): timing
+//! allocator, unlike the `protonet` binary (mimalloc, see `examples/support/alloc.rs`): timing
 //! it beside `protonet predict --backbone efficientnet-lite0` on the same folders measures
 //! what the allocator is worth.
 //!
@@ -24,9 +24,11 @@ fn main() -> protonet::Result<()> {
     let mut clf = FewShotClassifier::efficientnet_lite0(224, &Device::Cpu)?;
     clf.add_support_folder(support)?;
     let files = list_images(&[query.into()])?;
-    let predictions = clf.predict_files(&files)?;
-    for (file, p) in files.iter().zip(&predictions) {
-        println!("{}\t{}\t{:.3}", file.display(), p.class.as_deref().unwrap_or("unknown"), p.confidence);
+    for p in clf.predict_files(&files)? {
+        match &p.answer {
+            Ok(answer) => println!("{}\t{}\t{:.3}", p.file.display(), answer.label(), answer.confidence),
+            Err(e) => eprintln!("error: {e}"),
+        }
     }
     eprintln!("{} support classes, {} queries in {:.1} s", clf.class_names().len(), files.len(), start.elapsed().as_secs_f64());
     Ok(())

@@ -4,9 +4,9 @@
 
 use candle_core::Device;
 use protonet::backbone::{BackboneConfig, Conv4Config};
+use protonet::data::rendered_coins::{currency, render_set, CoinDesign};
 use protonet::data::ImageConfig;
 use protonet::{evaluate, train, EpisodeSpec, Model, ModelConfig, TrainConfig, TrainOptions};
-use protonet_cli::coins::{currency, render_set, CoinDesign};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -56,7 +56,7 @@ fn unseen_denominations_are_recognised_after_brief_training() {
     let dir = tempfile::tempdir().unwrap();
     train(&mut model, &train_set, None, &cfg, dir.path(), &TrainOptions::default()).unwrap();
     let spec = EpisodeSpec::new(5, 4, 6).unwrap();
-    let report = evaluate(model.net(), &test_set, &protonet::EvalConfig::new(spec, 200, 0), &Device::Cpu, &protonet::Silent).unwrap();
+    let report = evaluate(&model, &test_set, &protonet::EvalConfig::new(spec, 200, 0), &protonet::Silent).unwrap();
     println!("5-way 4-shot on unseen rendered denominations: {report}");
     assert!(report.accuracy > 0.6, "chance is 0.2: {report}");
 }

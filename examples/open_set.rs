@@ -13,11 +13,14 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use protonet::data::{load_omniglot, OmniglotSplit};
-use protonet::eval::Embedder;
+use protonet::embed::Embedder;
 use protonet::openset::evaluate_open_set;
 use protonet::Model;
-use protonet_cli::default_data_root;
-use protonet_cli::progress::Bars;
+use support::default_data_root;
+use support::progress::Bars;
+
+#[path = "support/mod.rs"]
+mod support;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

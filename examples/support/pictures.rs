@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 
 use protonet::io::write_atomic;
-use protonet::train::HistoryPoint;
+use protonet::record::HistoryPoint;
 use protonet::{Error, Result};
 
 const FONT_CANDIDATES: [&str; 5] = [
@@ -105,19 +105,6 @@ fn render_png(
 
 /// Draws training curves (loss, and training and validation accuracy, against episodes)
 /// from a training history into a PNG at `path`.
-///
-/// ```
-/// use protonet::train::HistoryPoint;
-/// let h: Vec<HistoryPoint> = (1..=4).map(|i| HistoryPoint {
-///     episode: 100 * i, train_loss: 1.0 / i as f64, train_accuracy: 0.5 + 0.1 * i as f64,
-///     val_accuracy: Some(0.6 + 0.05 * i as f64), val_ci95: Some(0.01), learning_rate: 1e-3, seconds: i as f64,
-/// }).collect();
-/// let path = std::env::temp_dir().join(format!("curves-doc-{}.png", std::process::id()));
-/// protonet_cli::pictures::training_curves(&h, &path)?;
-/// assert!(std::fs::metadata(&path)?.len() > 0);
-/// # std::fs::remove_file(&path).ok();
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
 pub fn training_curves(history: &[HistoryPoint], path: &Path) -> Result<()> {
     if history.is_empty() {
         return Err(Error::param("history", "no training history to plot yet"));
@@ -179,14 +166,6 @@ pub fn training_curves(history: &[HistoryPoint], path: &Path) -> Result<()> {
 
 /// Draws a confusion matrix (`confusion[true][predicted]` counts) as a PNG heat map, each
 /// row as shares of that class's queries, with class names on the axes.
-///
-/// ```
-/// let path = std::env::temp_dir().join(format!("confusion-doc-{}.png", std::process::id()));
-/// protonet_cli::pictures::confusion_matrix(&[vec![9, 1], vec![2, 8]], &["a".into(), "b".into()], &path)?;
-/// assert!(std::fs::metadata(&path)?.len() > 0);
-/// # std::fs::remove_file(&path).ok();
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
 pub fn confusion_matrix(confusion: &[Vec<u64>], names: &[String], path: &Path) -> Result<()> {
     let n = confusion.len();
     if n == 0 || confusion.iter().any(|r| r.len() != n) || names.len() != n {
@@ -229,13 +208,6 @@ pub fn confusion_matrix(confusion: &[Vec<u64>], names: &[String], path: &Path) -
 
 /// Projects `points` (each of the same dimension) onto their first two principal
 /// components (centred; power iteration with deflation). Returns one `[x, y]` per point.
-///
-/// ```
-/// // Points on a line in 3-D project onto a line: the second coordinate is ~0.
-/// let pts: Vec<Vec<f32>> = (0..10).map(|i| vec![i as f32, 2.0 * i as f32, -(i as f32)]).collect();
-/// let p = protonet_cli::pictures::pca_2d(&pts);
-/// assert!(p.iter().all(|q| q[1].abs() < 1e-3));
-/// ```
 pub fn pca_2d(points: &[Vec<f32>]) -> Vec<[f32; 2]> {
     let n = points.len();
     let d = points.first().map_or(0, Vec::len);
@@ -293,15 +265,6 @@ pub fn pca_2d(points: &[Vec<f32>]) -> Vec<[f32; 2]> {
 /// crosses), coloured by class, with a legend of class names, as a PNG at `path`.
 /// `queries` pairs each embedding with its class index into `names`; `prototypes` has
 /// one embedding per name.
-///
-/// ```
-/// let q = vec![(vec![0.0, 0.1, 0.0], 0), (vec![1.0, 0.9, 1.1], 1)];
-/// let p = vec![vec![0.0, 0.0, 0.0], vec![1.0, 1.0, 1.0]];
-/// let path = std::env::temp_dir().join(format!("pca-doc-{}.png", std::process::id()));
-/// protonet_cli::pictures::embeddings(&q, &p, &["a".into(), "b".into()], &path)?;
-/// # std::fs::remove_file(&path).ok();
-/// # Ok::<(), protonet::Error>(())
-/// ```
 pub fn embeddings(queries: &[(Vec<f32>, usize)], prototypes: &[Vec<f32>], names: &[String], path: &Path) -> Result<()> {
     if prototypes.len() != names.len() || queries.iter().any(|(_, c)| *c >= names.len()) {
         return Err(Error::param("classes", "every query's class must index the prototypes and names"));
@@ -350,4 +313,58 @@ pub fn embeddings(queries: &[(Vec<f32>, usize)], prototypes: &[Vec<f32>], names:
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[allow(unused_imports)] // unused where a program includes this file without running its tests (benchmarks)
+    use super::*;
+
+    #[test]
+    fn training_curves_works() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        use protonet::record::HistoryPoint;
+        let h: Vec<HistoryPoint> = (1..=4)
+            .map(|i| HistoryPoint {
+                episode: 100 * i,
+                train_loss: 1.0 / i as f64,
+                train_accuracy: 0.5 + 0.1 * i as f64,
+                val_accuracy: Some(0.6 + 0.05 * i as f64),
+                val_ci95: Some(0.01),
+                learning_rate: 1e-3,
+                seconds: i as f64,
+            })
+            .collect();
+        let path = std::env::temp_dir().join(format!("curves-doc-{}.png", std::process::id()));
+        training_curves(&h, &path)?;
+        assert!(std::fs::metadata(&path)?.len() > 0);
+        std::fs::remove_file(&path).ok();
+        Ok(())
+    }
+
+    #[test]
+    fn confusion_matrix_works() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let path = std::env::temp_dir().join(format!("confusion-doc-{}.png", std::process::id()));
+        confusion_matrix(&[vec![9, 1], vec![2, 8]], &["a".into(), "b".into()], &path)?;
+        assert!(std::fs::metadata(&path)?.len() > 0);
+        std::fs::remove_file(&path).ok();
+        Ok(())
+    }
+
+    #[test]
+    fn pca_2d_works() {
+        // Points on a line in 3-D project onto a line: the second coordinate is ~0.
+        let pts: Vec<Vec<f32>> = (0..10).map(|i| vec![i as f32, 2.0 * i as f32, -(i as f32)]).collect();
+        let p = pca_2d(&pts);
+        assert!(p.iter().all(|q| q[1].abs() < 1e-3));
+    }
+
+    #[test]
+    fn embeddings_works() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let q = vec![(vec![0.0, 0.1, 0.0], 0), (vec![1.0, 0.9, 1.1], 1)];
+        let p = vec![vec![0.0, 0.0, 0.0], vec![1.0, 1.0, 1.0]];
+        let path = std::env::temp_dir().join(format!("pca-doc-{}.png", std::process::id()));
+        embeddings(&q, &p, &["a".into(), "b".into()], &path)?;
+        std::fs::remove_file(&path).ok();
+        Ok(())
+    }
 }

@@ -12,8 +12,8 @@ use std::f32::consts::PI;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use protonet::data::{ImageConfig, ImageSet};
-use protonet::Result;
+use super::{ImageConfig, ImageSet};
+use crate::error::Result;
 
 /// Metals as linear RGB base colours.
 const METALS: [(&str, [f32; 3]); 6] = [
@@ -89,7 +89,7 @@ impl CoinDesign {
 /// ```
 /// use rand::SeedableRng;
 /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-/// let designs = protonet_cli::coins::currency(5, &mut rng);
+/// let designs = protonet::data::rendered_coins::currency(5, &mut rng);
 /// assert_eq!(designs.len(), 5);
 /// ```
 pub fn currency(n: usize, rng: &mut ChaCha8Rng) -> Vec<CoinDesign> {
@@ -174,95 +174,138 @@ fn design_strokes(d: &CoinDesign) -> Vec<[f32; 4]> {
     out
 }
 
-/// Renders one photograph-like instance of `design` as RGB CHW values in [0, 1].
-pub fn render(design: &CoinDesign, size: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
-    let s = size as f32;
+/// The pose, light and surroundings of one rendered instance, drawn at random.
+struct Scene {
+    /// Coin radius and centre, in pixels.
+    radius: f32,
+    centre: (f32, f32),
+    /// Sine and cosine of the coin's rotation.
+    rotation: (f32, f32),
+    /// Unit vector towards the light.
+    light: [f32; 3],
+    /// 1: crisp relief; lower: worn, noisier relief.
+    wear: f32,
+    tint: [f32; 3],
+    background: [f32; 3],
+    /// Background brightness gradient across x and y.
+    gradient: [f32; 2],
+}
+
+impl Scene {
+    fn random(design: &CoinDesign, size: usize, rng: &mut ChaCha8Rng) -> Self {
+        let s = size as f32;
+        let radius = s * 0.42 * design.size * rng.random_range(0.88..1.05);
+        let centre = (s / 2.0 + rng.random_range(-0.06..0.06) * s, s / 2.0 + rng.random_range(-0.06..0.06) * s);
+        let rotation = rng.random_range(0.0..2.0 * PI).sin_cos();
+        let light_az = rng.random_range(0.0..2.0 * PI);
+        let light_el = rng.random_range(0.5..1.1f32);
+        let light = [light_az.cos() * light_el.sin(), light_az.sin() * light_el.sin(), light_el.cos()];
+        let wear = rng.random_range(0.5..1.0f32);
+        let tint: [f32; 3] = [rng.random_range(0.9..1.1), rng.random_range(0.9..1.1), rng.random_range(0.9..1.1)];
+        let backgrounds = [[0.92, 0.92, 0.90], [0.85, 0.78, 0.65], [0.45, 0.32, 0.2], [0.2, 0.2, 0.22], [0.6, 0.6, 0.6]];
+        let background = backgrounds[rng.random_range(0..backgrounds.len())];
+        let gradient = [rng.random_range(-0.1..0.1f32), rng.random_range(-0.1..0.1f32)];
+        Self { radius, centre, rotation, light, wear, tint, background, gradient }
+    }
+}
+
+/// The relief over the frame (NaN off the coin) and which pixels are the inner metal.
+fn height_map(design: &CoinDesign, scene: &Scene, size: usize, rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<bool>) {
     let strokes = design_strokes(design);
-    let radius = s * 0.42 * design.size * rng.random_range(0.88..1.05);
-    let (cx, cy) = (s / 2.0 + rng.random_range(-0.06..0.06) * s, s / 2.0 + rng.random_range(-0.06..0.06) * s);
-    let rot = rng.random_range(0.0..2.0 * PI);
-    let (sin_r, cos_r) = rot.sin_cos();
-    let light_az = rng.random_range(0.0..2.0 * PI);
-    let light_el = rng.random_range(0.5..1.1f32);
-    let light = [light_az.cos() * light_el.sin(), light_az.sin() * light_el.sin(), light_el.cos()];
-    let wear = rng.random_range(0.5..1.0f32);
-    let tint: [f32; 3] = [rng.random_range(0.9..1.1), rng.random_range(0.9..1.1), rng.random_range(0.9..1.1)];
-    let backgrounds = [[0.92, 0.92, 0.90], [0.85, 0.78, 0.65], [0.45, 0.32, 0.2], [0.2, 0.2, 0.22], [0.6, 0.6, 0.6]];
-    let bg = backgrounds[rng.random_range(0..backgrounds.len())];
-    let bg_grad = [rng.random_range(-0.1..0.1f32), rng.random_range(-0.1..0.1f32)];
-    // Height map over the frame.
+    let (sin_r, cos_r) = scene.rotation;
     let mut hmap = vec![f32::NAN; size * size];
     let mut inner = vec![false; size * size];
     for y in 0..size {
         for x in 0..size {
-            let (dx, dy) = ((x as f32 + 0.5 - cx) / radius, (y as f32 + 0.5 - cy) / radius);
+            let (dx, dy) = ((x as f32 + 0.5 - scene.centre.0) / scene.radius, (y as f32 + 0.5 - scene.centre.1) / scene.radius);
             let (u, v) = (cos_r * dx + sin_r * dy, -sin_r * dx + cos_r * dy);
             if let Some((h, i)) = height(design, u, v, &strokes) {
-                let noise = rng.random_range(-0.05..0.05f32) * (1.0 - wear);
-                hmap[y * size + x] = h * wear + noise;
+                let noise = rng.random_range(-0.05..0.05f32) * (1.0 - scene.wear);
+                hmap[y * size + x] = h * scene.wear + noise;
                 inner[y * size + x] = i;
             }
         }
     }
+    (hmap, inner)
+}
+
+/// The background at (x, y), with a soft shadow of the coin opposite the light.
+fn background(scene: &Scene, size: usize, x: usize, y: usize) -> [f32; 3] {
+    let s = size as f32;
+    let shadow = (-scene.light[0] * scene.radius * 0.08, -scene.light[1] * scene.radius * 0.08);
+    let (sx, sy) = (x as f32 + 0.5 - scene.centre.0 - shadow.0, y as f32 + 0.5 - scene.centre.1 - shadow.1);
+    let d = (sx * sx + sy * sy).sqrt() / scene.radius;
+    let shade = if d < 1.08 { 0.75 + 0.25 * ((d - 0.95) / 0.13).clamp(0.0, 1.0) } else { 1.0 };
+    let g = 1.0 + scene.gradient[0] * (x as f32 / s - 0.5) + scene.gradient[1] * (y as f32 / s - 0.5);
+    scene.background.map(|b| b * shade * g)
+}
+
+/// The metal at (x, y), lit from the relief's normal: a Lambert and a specular term.
+fn metal(design: &CoinDesign, scene: &Scene, hmap: &[f32], inner: bool, size: usize, x: usize, y: usize) -> [f32; 3] {
+    let h = |xx: usize, yy: usize| {
+        let v = hmap[yy * size + xx];
+        if v.is_nan() {
+            0.0
+        } else {
+            v
+        }
+    };
+    let relief = size as f32 / 24.0;
+    let light = scene.light;
+    let (xl, xr) = (x.saturating_sub(1), (x + 1).min(size - 1));
+    let (yu, yd) = (y.saturating_sub(1), (y + 1).min(size - 1));
+    let nx = -(h(xr, y) - h(xl, y)) * relief / 2.0;
+    let ny = -(h(x, yd) - h(x, yu)) * relief / 2.0;
+    let norm = (nx * nx + ny * ny + 1.0).sqrt();
+    let n = [nx / norm, ny / norm, 1.0 / norm];
+    let lambert = (n[0] * light[0] + n[1] * light[1] + n[2] * light[2]).max(0.0);
+    let half = [light[0], light[1], light[2] + 1.0];
+    let hn = (half[0] * half[0] + half[1] * half[1] + half[2] * half[2]).sqrt();
+    let spec = ((n[0] * half[0] + n[1] * half[1] + n[2] * half[2]) / hn).max(0.0).powi(24) * 0.5;
+    let colour = if inner { design.inner_metal.unwrap_or(design.metal) } else { design.metal };
+    let k = 0.3 + 0.8 * lambert;
+    [0, 1, 2].map(|c| colour[c] * k * scene.tint[c] + spec)
+}
+
+/// A 3x3 box blur of each plane of a CHW image.
+fn box_blur(img: &mut [f32], size: usize) {
+    let plane = size * size;
+    let src = img.to_vec();
+    for c in 0..3 {
+        for y in 0..size {
+            for x in 0..size {
+                let (mut acc, mut n) = (0.0, 0.0);
+                for yy in y.saturating_sub(1)..=(y + 1).min(size - 1) {
+                    for xx in x.saturating_sub(1)..=(x + 1).min(size - 1) {
+                        acc += src[c * plane + yy * size + xx];
+                        n += 1.0;
+                    }
+                }
+                img[c * plane + y * size + x] = acc / n;
+            }
+        }
+    }
+}
+
+/// Renders one photograph-like instance of `design` as RGB CHW values in [0, 1]: a
+/// random pose and light, the relief lit over a background, an optional blur, then
+/// sensor noise and exposure.
+pub fn render(design: &CoinDesign, size: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let scene = Scene::random(design, size, rng);
+    let (hmap, inner) = height_map(design, &scene, size, rng);
     let plane = size * size;
     let mut img = vec![0f32; 3 * plane];
-    let relief = s / 24.0;
-    let shadow = (-light[0] * radius * 0.08, -light[1] * radius * 0.08);
     for y in 0..size {
         for x in 0..size {
             let i = y * size + x;
-            let rgb = if hmap[i].is_nan() {
-                // Background with a soft shadow of the coin opposite the light.
-                let (sx, sy) = (x as f32 + 0.5 - cx - shadow.0, y as f32 + 0.5 - cy - shadow.1);
-                let d = (sx * sx + sy * sy).sqrt() / radius;
-                let shade = if d < 1.08 { 0.75 + 0.25 * ((d - 0.95) / 0.13).clamp(0.0, 1.0) } else { 1.0 };
-                let g = 1.0 + bg_grad[0] * (x as f32 / s - 0.5) + bg_grad[1] * (y as f32 / s - 0.5);
-                [bg[0] * shade * g, bg[1] * shade * g, bg[2] * shade * g]
-            } else {
-                let h = |xx: usize, yy: usize| {
-                    let v = hmap[yy * size + xx];
-                    if v.is_nan() {
-                        0.0
-                    } else {
-                        v
-                    }
-                };
-                let (xl, xr) = (x.saturating_sub(1), (x + 1).min(size - 1));
-                let (yu, yd) = (y.saturating_sub(1), (y + 1).min(size - 1));
-                let nx = -(h(xr, y) - h(xl, y)) * relief / 2.0;
-                let ny = -(h(x, yd) - h(x, yu)) * relief / 2.0;
-                let norm = (nx * nx + ny * ny + 1.0).sqrt();
-                let n = [nx / norm, ny / norm, 1.0 / norm];
-                let lambert = (n[0] * light[0] + n[1] * light[1] + n[2] * light[2]).max(0.0);
-                let half = [light[0], light[1], light[2] + 1.0];
-                let hn = (half[0] * half[0] + half[1] * half[1] + half[2] * half[2]).sqrt();
-                let spec = ((n[0] * half[0] + n[1] * half[1] + n[2] * half[2]) / hn).max(0.0).powi(24) * 0.5;
-                let metal = if inner[i] { design.inner_metal.unwrap_or(design.metal) } else { design.metal };
-                let k = 0.3 + 0.8 * lambert;
-                [metal[0] * k * tint[0] + spec, metal[1] * k * tint[1] + spec, metal[2] * k * tint[2] + spec]
-            };
+            let rgb = if hmap[i].is_nan() { background(&scene, size, x, y) } else { metal(design, &scene, &hmap, inner[i], size, x, y) };
             for c in 0..3 {
                 img[c * plane + i] = rgb[c];
             }
         }
     }
-    // Optional blur, then sensor noise and exposure.
     if rng.random_bool(0.5) {
-        let src = img.clone();
-        for c in 0..3 {
-            for y in 0..size {
-                for x in 0..size {
-                    let (mut acc, mut n) = (0.0, 0.0);
-                    for yy in y.saturating_sub(1)..=(y + 1).min(size - 1) {
-                        for xx in x.saturating_sub(1)..=(x + 1).min(size - 1) {
-                            acc += src[c * plane + yy * size + xx];
-                            n += 1.0;
-                        }
-                    }
-                    img[c * plane + y * size + x] = acc / n;
-                }
-            }
-        }
+        box_blur(&mut img, size);
     }
     let exposure = rng.random_range(0.8..1.2f32);
     let sigma = rng.random_range(0.0..0.04f32);
@@ -273,13 +316,13 @@ pub fn render(design: &CoinDesign, size: usize, rng: &mut ChaCha8Rng) -> Vec<f32
 }
 
 /// Renders `per_class` instances of every design into an [`ImageSet`] prepared as
-/// `config` says (RGB: resized and normalised; grey: luminance), deterministically from
+/// `config` says (RGB: resized and normalized; grey: luminance), deterministically from
 /// `seed`. Class names are `<prefix><value>-<index>`.
 ///
 /// ```
 /// use rand::SeedableRng;
 /// use protonet::data::ImageConfig;
-/// use protonet_cli::coins;
+/// use protonet::data::rendered_coins as coins;
 /// let designs = coins::currency(3, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
 /// let set = coins::render_set(&designs, 2, &ImageConfig::rgb(32), 7, "toy-")?;
 /// assert_eq!((set.num_classes(), set.num_images()), (3, 6));

@@ -1,15 +1,19 @@
-//! Timing workloads shared by `protonet bench` and the criterion benchmarks: a training
-//! step, an inference episode, or a batch embedding, on random images.
+//! Timing N-way K-shot episodes: a training step, an inference episode, or a batch
+//! embedding, on random images ([`Workload`], [`time_workload`]). `protonet bench` and the
+//! criterion benchmarks (`cargo bench`) time these same workloads.
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use protonet::backbone::{BackboneConfig, Conv4Config};
-use protonet::data::ImageConfig;
-use protonet::optim::Adam;
-use protonet::{EpisodeSpec, Error, Model, ModelConfig, ProtoNet, Result};
+use crate::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0};
+use crate::data::ImageConfig;
+use crate::episode::EpisodeSpec;
+use crate::error::{Error, Result};
+use crate::model::{is_running_stat, Model, ModelConfig};
+use crate::optim::Adam;
+use crate::protonet::ProtoNet;
 
 /// What one timed iteration does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +29,7 @@ pub enum WorkloadKind {
 /// A Conv-4 with a fixed batch of random images, ready to time.
 ///
 /// ```
-/// use protonet_cli::workload::{Workload, WorkloadKind};
+/// use protonet::bench::{Workload, WorkloadKind};
 /// use protonet::EpisodeSpec;
 /// let mut w = Workload::new(WorkloadKind::Inference(EpisodeSpec::new(2, 1, 1)?), 1, 28, &candle_core::Device::Cpu)?;
 /// w.run_once()?;
@@ -63,7 +67,7 @@ impl Workload {
     }
 
     /// A workload that embeds (or runs inference episodes) with `net`, a frozen backbone
-    /// such as [`protonet::backbone::EfficientNetLite0`], on `3 x image_size x image_size`
+    /// such as [`EfficientNetLite0`], on `3 x image_size x image_size`
     /// random images. Training steps are refused: the network is frozen.
     pub fn frozen(net: ProtoNet, kind: WorkloadKind, image_size: usize, device: &Device) -> Result<Self> {
         if let WorkloadKind::TrainStep(_) = kind {
@@ -77,15 +81,15 @@ impl Workload {
     /// EfficientNet-Lite0 trained end to end on episodes of `3 x image_size x image_size`
     /// random images (workload E2): forward through trunk and head, loss, backward, and an
     /// Adam step over every weight, BatchNorm scales and shifts included. BatchNorm
-    /// normalises with its running statistics, as when a pretrained network is fine-tuned
+    /// normalizes with its running statistics, as when a pretrained network is fine-tuned
     /// on small episodes. `weights`: the converted ImageNet weights (`.safetensors`).
     pub fn efficientnet_training(weights: &std::path::Path, spec: EpisodeSpec, image_size: usize, device: &Device) -> Result<Self> {
         let mut vm = candle_nn::VarMap::new();
-        let net = protonet::backbone::EfficientNetLite0::new(candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, device))?;
+        let net = EfficientNetLite0::new(candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, device))?;
         vm.load(weights).map_err(|e| Error::PretrainedWeights { name: weights.display().to_string(), reason: e.to_string() })?;
         let vars: Vec<(String, candle_core::Var)> = {
             let data = vm.data().lock().map_err(|_| Error::param("weights", "the variable map is poisoned"))?;
-            let mut v: Vec<_> = data.iter().filter(|(n, _)| !protonet::model::is_running_stat(n)).map(|(n, v)| (n.clone(), v.clone())).collect();
+            let mut v: Vec<_> = data.iter().filter(|(n, _)| !is_running_stat(n)).map(|(n, v)| (n.clone(), v.clone())).collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
         };

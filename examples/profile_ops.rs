@@ -12,6 +12,9 @@ use candle_core::{Device, Tensor};
 use protonet::backbone::{same_padding, EFFICIENTNET_LITE0_BLOCKS};
 use protonet::ops::{conv2d_bias, depthwise_conv2d_bias};
 
+#[path = "support/mod.rs"]
+mod support;
+
 const RELU6: Option<(f32, f32)> = Some((0.0, 6.0));
 
 #[global_allocator]
@@ -39,7 +42,7 @@ impl Profile {
 }
 
 fn main() -> protonet::Result<()> {
-    protonet_cli::alloc::keep_freed_memory();
+    support::alloc::keep_freed_memory();
     let n: usize = match std::env::args().nth(1) {
         Some(s) => s.parse().map_err(|_| protonet::Error::param("batch", format!("not a number: {s}")))?,
         None => 32,

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use protonet::train::HistoryPoint;
+use protonet::record::HistoryPoint;
 use protonet::Observer;
 
 /// File name of the training curves (loss and accuracy against episodes) that the
@@ -13,12 +13,6 @@ use protonet::Observer;
 pub const CURVES_FILE: &str = "curves.png";
 
 /// A progress bar of `len` steps labelled `prefix`; hidden when `show` is false.
-///
-/// ```
-/// let bar = protonet_cli::progress::bar(10, false, "eval");
-/// bar.inc(1);
-/// assert_eq!(bar.position(), 1);
-/// ```
 pub fn bar(len: u64, show: bool, prefix: &str) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
@@ -29,14 +23,6 @@ pub fn bar(len: u64, show: bool, prefix: &str) -> ProgressBar {
 
 /// The command line's observer: progress bars on stderr (when `show`), log lines on
 /// stderr, and the training curves redrawn into `curves` at every validation.
-///
-/// ```
-/// use protonet::Observer;
-/// let bars = protonet_cli::progress::Bars::new(false);
-/// bars.start("eval", 3);
-/// bars.progress(1, "");
-/// bars.finish();
-/// ```
 pub struct Bars {
     show: bool,
     bar: RefCell<Option<ProgressBar>>,
@@ -92,9 +78,31 @@ impl Observer for Bars {
     fn validated(&self, history: &[HistoryPoint], _best: bool) {
         if let Some(path) = &self.curves {
             // The curves are a convenience: a failure to draw them does not stop training.
-            if let Err(e) = crate::pictures::training_curves(history, path) {
+            if let Err(e) = super::pictures::training_curves(history, path) {
                 self.note(&format!("warning: {e}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[allow(unused_imports)] // unused where a program includes this file without running its tests (benchmarks)
+    use super::*;
+
+    #[test]
+    fn bar_works() {
+        let bar = bar(10, false, "eval");
+        bar.inc(1);
+        assert_eq!(bar.position(), 1);
+    }
+
+    #[test]
+    fn bars_works() {
+        use protonet::Observer;
+        let bars = Bars::new(false);
+        bars.start("eval", 3);
+        bars.progress(1, "");
+        bars.finish();
     }
 }

@@ -10,8 +10,11 @@
 
 use candle_core::Device;
 use criterion::{criterion_group, criterion_main, Criterion};
+use protonet::bench::{Workload, WorkloadKind};
 use protonet::EpisodeSpec;
-use protonet_cli::workload::{Workload, WorkloadKind};
+
+#[path = "../examples/support/mod.rs"]
+mod support;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -21,7 +24,7 @@ fn spec(way: usize, shot: usize, query: usize) -> EpisodeSpec {
 }
 
 fn episodes(c: &mut Criterion) {
-    protonet_cli::alloc::keep_freed_memory();
+    support::alloc::keep_freed_memory();
     let workloads = [
         ("A train 60w5s5q 1x28", WorkloadKind::TrainStep(spec(60, 5, 5)), 1, 28),
         ("B train 5w5s15q 3x84", WorkloadKind::TrainStep(spec(5, 5, 15)), 3, 84),
@@ -37,7 +40,7 @@ fn episodes(c: &mut Criterion) {
         group.bench_function(name, |b| b.iter(|| w.run_once().unwrap()));
     }
     // E1 and E2 need the pretrained weights; without them they are left out, saying so.
-    match protonet::backbone::PretrainedWeights::efficientnet_lite0().loadable(protonet::backbone::CONVERTED_WEIGHTS) {
+    match protonet::pretrained::PretrainedWeights::efficientnet_lite0().loadable(protonet::pretrained::CONVERTED_WEIGHTS) {
         Ok(weights) => {
             let net = protonet::ProtoNet::new(Box::new(protonet::backbone::EfficientNetLite0::load(&weights, &Device::Cpu).unwrap()));
             let mut e1 = Workload::frozen(net, WorkloadKind::Embed(32), 224, &Device::Cpu).unwrap();

