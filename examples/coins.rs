@@ -57,7 +57,7 @@ enum BackboneChoice {
 
 /// Few-shot coin classification: denominations from 4 photos each.
 #[derive(Parser, Debug)]
-#[command(about)]
+#[command(name = "coins")]
 struct Args {
     /// Your photos, one sub-folder per denomination; denominations are split into training and test halves.
     #[arg(long, conflicts_with_all = ["train", "test"])]
