@@ -87,6 +87,9 @@ impl Embedder {
     /// rotations (all of them in one pass each, not in chunks of `batch`).
     pub fn embed_tensor(&self, net: &ProtoNet, images: &Tensor) -> Result<Tensor> {
         self.validate()?;
+        if self.rotations == 1 {
+            return Ok(net.embed(images, false)?.detach());
+        }
         let (n, c, h, w) = images.dims4()?;
         let rows = self.embed_rotations(net, images.flatten_all()?.to_vec1::<f32>()?, (n, c, h, w), images.device())?;
         let dim = rows.first().map_or(0, Vec::len);

@@ -66,14 +66,14 @@ pub struct SupportAdded {
 }
 
 impl SupportAdded {
-    /// A sentence naming the classes with fewer images than the most common count, or
-    /// `None` when all classes have the same number of images.
+    /// A sentence naming the classes with fewer images than the median class, or `None`
+    /// when none has fewer.
     pub fn imbalance(&self) -> Option<String> {
         let mut counts: Vec<usize> = self.classes.iter().map(|c| c.1).collect();
         counts.sort_unstable();
         let typical = *counts.get(counts.len() / 2)?;
         let fewer: Vec<String> = self.classes.iter().filter(|c| c.1 < typical).map(|(n, k)| format!("`{n}` has {k}")).collect();
-        (!fewer.is_empty()).then(|| format!("{} (most classes have {typical} support images): their prototypes are less reliable", fewer.join(", ")))
+        (!fewer.is_empty()).then(|| format!("{} (the median class has {typical} support images): their prototypes are less reliable", fewer.join(", ")))
     }
 }
 
@@ -277,12 +277,21 @@ impl FewShotClassifier {
         self.store.check_ready()?;
         let mut out = Vec::with_capacity(files.len());
         for chunk in files.chunks(FILES_PER_BATCH) {
-            let decoded: Vec<_> = chunk.iter().map(|f| load_image_with_warning(f, &self.model.config().image)).collect();
-            let images: Vec<Vec<f32>> = decoded.iter().filter_map(|d| d.as_ref().ok().map(|(im, _)| im.clone())).collect();
+            let mut images = Vec::with_capacity(chunk.len());
+            // Per file: its warning once decoded, or why it could not be.
+            let decoded: Vec<Result<Option<String>>> = chunk
+                .iter()
+                .map(|f| {
+                    load_image_with_warning(f, &self.model.config().image).map(|(image, warning)| {
+                        images.push(image);
+                        warning
+                    })
+                })
+                .collect();
             let mut answers = self.predict_batch(&images)?.into_iter();
             for (file, d) in chunk.iter().zip(decoded) {
                 let (answer, warning) = match d {
-                    Ok((_, warning)) => (Ok(answers.next().expect("one answer per decoded image")), warning),
+                    Ok(warning) => (Ok(answers.next().expect("one answer per decoded image")), warning),
                     Err(e) => (Err(e), None),
                 };
                 out.push(FilePrediction { file: file.clone(), answer, warning });

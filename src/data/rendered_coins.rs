@@ -183,6 +183,8 @@ struct Scene {
     rotation: (f32, f32),
     /// Unit vector towards the light.
     light: [f32; 3],
+    /// Offset of the coin's shadow on the background, in pixels (opposite the light).
+    shadow: (f32, f32),
     /// 1: crisp relief; lower: worn, noisier relief.
     wear: f32,
     tint: [f32; 3],
@@ -205,7 +207,8 @@ impl Scene {
         let backgrounds = [[0.92, 0.92, 0.90], [0.85, 0.78, 0.65], [0.45, 0.32, 0.2], [0.2, 0.2, 0.22], [0.6, 0.6, 0.6]];
         let background = backgrounds[rng.random_range(0..backgrounds.len())];
         let gradient = [rng.random_range(-0.1..0.1f32), rng.random_range(-0.1..0.1f32)];
-        Self { radius, centre, rotation, light, wear, tint, background, gradient }
+        let shadow = (-light[0] * radius * 0.08, -light[1] * radius * 0.08);
+        Self { radius, centre, rotation, light, shadow, wear, tint, background, gradient }
     }
 }
 
@@ -232,8 +235,7 @@ fn height_map(design: &CoinDesign, scene: &Scene, size: usize, rng: &mut ChaCha8
 /// The background at (x, y), with a soft shadow of the coin opposite the light.
 fn background(scene: &Scene, size: usize, x: usize, y: usize) -> [f32; 3] {
     let s = size as f32;
-    let shadow = (-scene.light[0] * scene.radius * 0.08, -scene.light[1] * scene.radius * 0.08);
-    let (sx, sy) = (x as f32 + 0.5 - scene.centre.0 - shadow.0, y as f32 + 0.5 - scene.centre.1 - shadow.1);
+    let (sx, sy) = (x as f32 + 0.5 - scene.centre.0 - scene.shadow.0, y as f32 + 0.5 - scene.centre.1 - scene.shadow.1);
     let d = (sx * sx + sy * sy).sqrt() / scene.radius;
     let shade = if d < 1.08 { 0.75 + 0.25 * ((d - 0.95) / 0.13).clamp(0.0, 1.0) } else { 1.0 };
     let g = 1.0 + scene.gradient[0] * (x as f32 / s - 0.5) + scene.gradient[1] * (y as f32 / s - 0.5);

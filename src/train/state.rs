@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::io::{read_safetensors, read_safetensors_metadata, write_safetensors};
 use crate::model::{Model, ModelConfig};
 use crate::optim::Adam;
-use crate::output::{holdings, CHECKPOINT_FILE, CLASSIFIER_FILE, CONFIG_FILE};
+use crate::output::{CHECKPOINT_FILE, CLASSIFIER_FILE, CONFIG_FILE};
 use crate::record::{HistoryPoint, TrainConfig};
 
 const STATE_KEY: &str = "protonet.run_state";
@@ -124,7 +124,6 @@ fn state_in(meta: &HashMap<String, String>, path: &Path) -> Result<RunState> {
 /// assert_eq!(protonet::train::describe(&dir), None);
 /// ```
 pub fn describe(dir: &Path) -> Option<String> {
-    holdings(dir)?;
     let mut parts = Vec::new();
     if dir.join(CLASSIFIER_FILE).is_file() {
         parts.push("a saved classifier".to_string());
@@ -147,5 +146,5 @@ pub fn describe(dir: &Path) -> Option<String> {
             Err(_) => "a training run's state".to_string(),
         });
     }
-    Some(parts.join(" and "))
+    (!parts.is_empty()).then(|| parts.join(" and "))
 }
