@@ -4,7 +4,9 @@
 //! D1: embedding a batch of 256 at 1x28x28; D2: a batch of 64 at 3x84x84. With the
 //! pretrained weights present (`scripts/fetch-pretrained.sh`, `protonet fetch-weights`):
 //! E1: EfficientNet-Lite0 embedding a batch of 32 at 224x224; E2: an EfficientNet-Lite0
-//! training step through trunk and head, 5-way 4-shot 6-query at 224x224.
+//! training step through trunk and head, 5-way 4-shot 6-query at 224x224. F: the support
+//! adaptation of a 6-way 4-shot support set of 1280-d embeddings (50 Adam steps of the
+//! cosine classifier; what a classifier pays once per change of its support set).
 //!
 //! `cargo bench` runs them all; `cargo bench -- A` one of them.
 
@@ -50,6 +52,14 @@ fn episodes(c: &mut Criterion) {
         }
         Err(e) => eprintln!("E1 and E2 left out: {e}"),
     }
+    let support = {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let values: Vec<f32> = (0..24 * 1280).map(|_| rng.random_range(-1.0..1.0)).collect();
+        candle_core::Tensor::from_vec(values, (24, 1280), &Device::Cpu).unwrap()
+    };
+    let adapt = protonet::adapt::SupportAdaptation::default();
+    group.bench_function("F adapt 6w4s 1280-d 50 steps", |b| b.iter(|| adapt.fit(&support, &[4; 6]).unwrap()));
     group.finish();
 }
 

@@ -22,11 +22,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use clap::{Parser, ValueEnum};
+use protonet::adapt::SupportAdaptation;
 use protonet::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0};
 use protonet::data::rendered_coins as coins;
-use protonet::data::{list_image_folder, list_images, load_image_folder, FolderOptions, ImageConfig, ImageSet};
+use protonet::data::{list_image_folder, list_images, load_image_folder, CoinCrop, FolderOptions, ImageConfig, ImageSet};
 use protonet::embed::Embedder;
 use protonet::eval::{evaluate_net, EvalConfig, EvalReport};
+use protonet::finetune::trunk::{train_trunk, TrunkConfig};
 use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig};
 use protonet::pretrained::{PretrainedWeights, CONVERTED_WEIGHTS};
 use protonet::FeatureNorm;
@@ -53,6 +55,9 @@ enum BackboneChoice {
     /// EfficientNet-Lite0 with its head fine-tuned episodically on the training denominations
     /// (frozen trunk, cached features of 4 rotations, cosine distances with a learnable temperature).
     EfficientnetLite0Finetuned,
+    /// EfficientNet-Lite0 with its last 8 MBConv blocks and head trained by cross-entropy
+    /// on the training denominations (coin augmentation), then frozen.
+    EfficientnetLite0Trunk,
 }
 
 /// Few-shot coin classification: denominations from 4 photos each.
@@ -102,6 +107,13 @@ struct Args {
     /// Training episodes (fine-tuned EfficientNet-Lite0 head).
     #[arg(long, default_value_t = 300)]
     finetune_episodes: usize,
+    /// Epochs of trunk training (efficientnet-lite0-trunk).
+    #[arg(long, default_value_t = 8)]
+    trunk_epochs: usize,
+    /// With efficientnet-lite0-trunk: the trained model's directory, read when it holds
+    /// a model, else written (a cache across runs on the same training denominations).
+    #[arg(long)]
+    trunk_model: Option<PathBuf>,
     /// Image side for Conv-4 (RGB). Small enough for a CPU, large enough for numerals.
     #[arg(long, default_value_t = 48)]
     image_size: usize,
@@ -112,6 +124,17 @@ struct Args {
     /// Also draw the confusion matrix as a PNG here.
     #[arg(long)]
     confusion_png: Option<PathBuf>,
+    /// Adapt to each support set: Adam steps of the cosine classifier started from the
+    /// prototypes (0: plain prototypes).
+    #[arg(long, default_value_t = 0)]
+    adapt_steps: usize,
+    /// Crop each photo to the coin it shows (Hough circles) before embedding.
+    #[arg(long)]
+    crop: bool,
+    /// With --train/--test: paste every test photo small into a larger scene first (as
+    /// phone photos look; the shared coin sets are crops), to measure --crop on.
+    #[arg(long, requires = "test")]
+    paste_small: bool,
     /// Seed for rendering, splitting, initialisation and sampling.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -133,9 +156,10 @@ fn run(a: Args) -> Result<()> {
     let (backbone, weights) = choose_backbone(&a);
     // 1. The data: the user's photos, or rendered coins.
     let image = match backbone {
-        BackboneChoice::EfficientnetLite0 | BackboneChoice::EfficientnetLite0Finetuned => ImageConfig::rgb(224),
+        BackboneChoice::EfficientnetLite0 | BackboneChoice::EfficientnetLite0Finetuned | BackboneChoice::EfficientnetLite0Trunk => ImageConfig::rgb(224),
         _ => ImageConfig::rgb(a.image_size),
     };
+    let image = ImageConfig { crop: a.crop.then(CoinCrop::default), ..image };
     let (train_set, test_set) = load_denominations(&a, &image, backbone)?;
     let spec = EpisodeSpec::new(test_set.num_classes(), a.shot, a.query_per_class)?;
     spec.check_dataset(&test_set)?;
@@ -146,12 +170,15 @@ fn run(a: Args) -> Result<()> {
             (ProtoNet::new(Box::new(EfficientNetLite0::load(&path, &dev)?)), FeatureNorm::CenterSupportL2)
         }
         BackboneChoice::EfficientnetLite0Finetuned => (fine_tune_head(&a, &train_set, &image, &dev)?, FeatureNorm::None),
+        BackboneChoice::EfficientnetLite0Trunk => (train_trunk_blocks(&a, &train_set, &image, &dev)?, FeatureNorm::CenterSupportL2),
         _ => (train_conv4(&a, &train_set, &image, &dev)?, FeatureNorm::None),
     };
     // 3. Evaluate: `shot` photos per unseen denomination, averaged over 4 rotations.
     println!("Embedding the test photos (4 rotations each)...");
     let embedder = Embedder { rotations: 4, ..Default::default() };
-    let report = evaluate_net(&net, &embedder, &norm, &test_set, &EvalConfig::new(spec, a.episodes, a.seed), &dev, &Bars::new(true))?;
+    let adaptation = Some(SupportAdaptation { steps: a.adapt_steps, ..Default::default() });
+    let eval = EvalConfig { adaptation, ..EvalConfig::new(spec, a.episodes, a.seed) };
+    let report = evaluate_net(&net, &embedder, &norm, &test_set, &eval, &dev, &Bars::new(true))?;
     print_report(&a, &report, &test_set)
 }
 
@@ -196,8 +223,12 @@ fn choose_backbone(a: &Args) -> (BackboneChoice, Result<PathBuf>) {
 fn load_denominations(a: &Args, image: &ImageConfig, backbone: BackboneChoice) -> Result<(ImageSet, ImageSet)> {
     let need = a.shot + a.query_per_class;
     let frozen = backbone == BackboneChoice::EfficientnetLite0;
+    // Nothing to train: the frozen network, or a trunk model read back.
+    let trained = backbone == BackboneChoice::EfficientnetLite0Trunk && a.trunk_model.as_ref().is_some_and(|d| d.join("config.json").is_file());
     let (train_set, test_set) = if let (Some(tr), Some(te)) = (&a.train, &a.test) {
-        (load_checked(tr, image, need)?, load_checked(te, image, need)?)
+        let train = if frozen || trained { ImageSet::new(image.channels, image.size, image.size) } else { load_checked(tr, image, need)? };
+        let test = if a.paste_small { load_pasted(te, image, a.seed)? } else { load_checked(te, image, need)? };
+        (train, test)
     } else if let Some(dir) = &a.data {
         split_denominations(load_checked(dir, image, need)?, a.seed)?
     } else {
@@ -243,6 +274,33 @@ fn with_rendered(train_set: ImageSet, a: &Args, image: &ImageConfig) -> Result<I
 /// Where the training denominations came from, for the model's description.
 fn training_source(a: &Args) -> String {
     a.train.as_ref().or(a.data.as_ref()).map(|p| p.display().to_string()).unwrap_or_else(|| "rendered coins".into())
+}
+
+/// Trains the last 8 MBConv blocks and the head of EfficientNet-Lite0 by cross-entropy on
+/// the training denominations, or reads the model `--trunk-model` holds.
+fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<ProtoNet> {
+    if let Some(dir) = a.trunk_model.as_ref().filter(|d| d.join("config.json").is_file()) {
+        println!("Reading the trained trunk from {}", dir.display());
+        return Ok(Model::load_for_images(dir, dev)?.into_net());
+    }
+    let config = TrunkConfig {
+        description: format!(
+            "coin model: EfficientNet-Lite0 with its last 8 MBConv blocks and head trained by cross-entropy on {} denominations ({}); the ImageNet weights of the other blocks are referenced, not stored.",
+            train_set.num_classes(),
+            training_source(a)
+        ),
+        image: ImageConfig { crop: None, ..image.clone() },
+        epochs: a.trunk_epochs,
+        seed: a.seed,
+        ..TrunkConfig::default()
+    };
+    println!("Training the last 8 blocks of EfficientNet-Lite0 on {} denominations, {} epochs:", train_set.num_classes(), config.epochs);
+    let out = a.trunk_model.clone().unwrap_or_else(|| output_dir(&a.save));
+    let (model, report) =
+        train_trunk(&config, train_set, &out, &TrainOptions { mode: protonet::OutputMode::Resume, ..Default::default() }, dev, &Bars::new(true))?;
+    println!("  losses by epoch: {:?}", report.losses.iter().map(|l| format!("{l:.3}")).collect::<Vec<_>>());
+    finish_output(&a.save.clone().or(a.trunk_model.clone()), &out, report.seconds);
+    Ok(model.into_net())
 }
 
 /// Fine-tunes the EfficientNet-Lite0 head episodically on the training denominations.
@@ -350,6 +408,25 @@ fn load_checked(dir: &Path, image: &ImageConfig, need: usize) -> Result<ImageSet
                 reason: format!("has {} photos; 4-shot episodes need at least {need} (support + query)", set.class_len(c)),
             });
         }
+    }
+    Ok(set)
+}
+
+/// Loads a folder of denominations with every photo pasted small into a larger scene
+/// first (`support::scene::paste_small`, seeded by `seed` and the photo's place).
+fn load_pasted(dir: &Path, image: &ImageConfig, seed: u64) -> Result<ImageSet> {
+    use rayon::prelude::*;
+    let mut set = ImageSet::new(image.channels, image.size, image.size);
+    for (k, (name, files)) in list_image_folder(dir)?.into_iter().enumerate() {
+        let images: Vec<Vec<f32>> = files
+            .par_iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let photo = image::open(f).map_err(|e| Error::Image { path: f.clone(), reason: e.to_string() })?;
+                Ok(image.prepare(&support::scene::paste_small(&photo, seed ^ ((k as u64) << 32 | i as u64))))
+            })
+            .collect::<Result<_>>()?;
+        set.push_class(name, images)?;
     }
     Ok(set)
 }

@@ -8,8 +8,15 @@
 # Columns (COLUMNS, default "conv4 frozen finetuned"):
 #   conv4      Conv-4 trained episodically with rotation augmentation at 48x48 RGB
 #   frozen     EfficientNet-Lite0 (ImageNet) frozen, support centring + L2 normalization
+#   crop       frozen, each photo cropped to its coin first (Hough circles)
+#   adapt      frozen, a cosine classifier adapted to each support set (50 Adam steps)
+#   crop+adapt both
 #   finetuned  EfficientNet-Lite0 with its head fine-tuned episodically on the training currencies
-# Environment: EPISODES (1000), TRAIN_EPISODES (400, Conv-4), FINETUNE_EPISODES (300), SEED (7).
+#   trunk      EfficientNet-Lite0 with its last 8 MBConv blocks and head trained by
+#              cross-entropy on the training denominations (coin augmentation)
+#   trunk+adapt, trunk+crop+adapt: with the support adaptation, and the crop
+# Environment: EPISODES (1000), TRUNK_MODELS (a folder keeping the trunk models of the folds), TRAIN_EPISODES (400, Conv-4), FINETUNE_EPISODES (300), SEED (7),
+# EXTRA (more flags for the coins example, for example --paste-small).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 coins="${PROTONET_DATA:-../shared/data}/coins"
@@ -22,10 +29,15 @@ columns=${COLUMNS:-conv4 frozen finetuned}
 cargo build --release --example coins --quiet
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# The trunk columns train one model per fold, kept here and reused by the other trunk columns
+# (and by later runs with the same TRUNK_MODELS).
+trunks=${TRUNK_MODELS:-$work/trunks}
 mapfile -t currencies < <(find "$coins" -mindepth 1 -maxdepth 1 -type d | sort)
 
-run() { # backbone train-dir test-dir
-    ./target/release/examples/coins --backbone "$1" --train "$2" --test "$3" --episodes "$episodes" \
+run() { # backbone train-dir test-dir [flags...]
+    local backbone=$1 train=$2 test=$3
+    shift 3
+    ./target/release/examples/coins --backbone "$backbone" --train "$train" --test "$test" --episodes "$episodes" "$@" \
         --train-episodes "$train_episodes" --finetune-episodes "$finetune_episodes" --seed "$seed" 2>/dev/null \
         | sed -n 's/.*shot accuracy on unseen denominations: \([0-9.]*\)% ± \([0-9.]*\)%.*/\1 \2/p'
 }
@@ -49,8 +61,20 @@ for held in "${currencies[@]}"; do
     way=$(find "$held" -mindepth 1 -maxdepth 1 -type d | wc -l)
     row="| $name ($way-way) | ${others[*]} |"
     for c in $columns; do
-        case $c in conv4) b=conv4 ;; frozen) b=efficientnet-lite0 ;; finetuned) b=efficientnet-lite0-finetuned ;; *) echo "unknown column $c" >&2; exit 1 ;; esac
-        read -r acc ci < <(run "$b" "$train" "$held")
+        flags=()
+        case $c in
+            conv4) b=conv4 ;;
+            frozen) b=efficientnet-lite0 ;;
+            crop) b=efficientnet-lite0; flags=(--crop) ;;
+            adapt) b=efficientnet-lite0; flags=(--adapt-steps 50) ;;
+            crop+adapt) b=efficientnet-lite0; flags=(--crop --adapt-steps 50) ;;
+            finetuned) b=efficientnet-lite0-finetuned ;;
+            trunk) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name") ;;
+            trunk+adapt) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --adapt-steps 50) ;;
+            trunk+crop+adapt) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --adapt-steps 50) ;;
+            *) echo "unknown column $c" >&2; exit 1 ;;
+        esac
+        read -r acc ci < <(run "$b" "$train" "$held" "${flags[@]}" ${EXTRA:-})
         row+=" $acc ± $ci |"
         sum[$c]=$(echo "${sum[$c]:-0} + $acc" | bc -l)
     done

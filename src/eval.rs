@@ -7,6 +7,7 @@
 use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
+use crate::adapt::SupportAdaptation;
 use crate::data::ImageSet;
 use crate::embed::Embedder;
 use crate::episode::{Episode, EpisodeSampler, EpisodeSpec};
@@ -114,7 +115,7 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
 /// assert!(cfg.validate().is_ok());
 /// # Ok::<(), protonet::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalConfig {
     /// The episode shape.
     pub spec: EpisodeSpec,
@@ -122,12 +123,16 @@ pub struct EvalConfig {
     pub episodes: usize,
     /// The sampler's seed.
     pub seed: u64,
+    /// Adaptation to each episode's support set ([`SupportAdaptation`]); `None`: the
+    /// model's own (see [`evaluate`]), or plain prototypes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptation: Option<SupportAdaptation>,
 }
 
 impl EvalConfig {
     /// `episodes` episodes of shape `spec` drawn with `seed`.
     pub fn new(spec: EpisodeSpec, episodes: usize, seed: u64) -> Self {
-        Self { spec, episodes, seed }
+        Self { spec, episodes, seed, adaptation: None }
     }
 
     /// Checks the settings.
@@ -136,14 +141,14 @@ impl EvalConfig {
         if self.episodes == 0 {
             return Err(Error::param("episodes", "must be at least 1"));
         }
-        Ok(())
+        self.adaptation.map_or(Ok(()), |a| a.validate())
     }
 }
 
 /// Evaluates `model` on the episodes `config` describes, drawn from `set`, as the model
 /// classifies: BatchNorm in evaluation mode, embeddings averaged over the model's
-/// `rotations` and normalized as its `normalization` says (what `protonet eval --model`
-/// measures). Progress goes to `observer`.
+/// `rotations`, normalized as its `normalization` says and, unless `config` says
+/// otherwise, with its support-set `adaptation` (what `protonet eval --model` measures). Progress goes to `observer`.
 ///
 /// ```
 /// use candle_core::Device;
@@ -161,7 +166,8 @@ impl EvalConfig {
 /// ```
 pub fn evaluate(model: &Model, set: &ImageSet, config: &EvalConfig, observer: &dyn Observer) -> Result<EvalReport> {
     let c = model.config();
-    evaluate_net(model.net(), &c.embedder(), &c.normalization, set, config, model.device(), observer)
+    let config = EvalConfig { adaptation: config.adaptation.or(c.adaptation), ..*config };
+    evaluate_net(model.net(), &c.embedder(), &c.normalization, set, &config, model.device(), observer)
 }
 
 /// Evaluates `net` on the episodes `config` describes, drawn from `set`, embedding
@@ -193,8 +199,18 @@ pub fn evaluate_net(
         let support = emb.narrow(0, 0, spec.num_support())?;
         let query = emb.narrow(0, spec.num_support(), spec.num_query())?;
         let (support, query) = norm.apply(&support, &query)?;
-        Ok((logits(&support, &query, spec.way, spec.shot)?, labels))
+        Ok((episode_logits(&support, &query, config)?, labels))
     })
+}
+
+/// An episode's logits: nearest prototype, or the support-adapted cosine classifier when
+/// `config.adaptation` is active.
+fn episode_logits(support: &Tensor, query: &Tensor, config: &EvalConfig) -> Result<Tensor> {
+    let spec = config.spec;
+    match config.adaptation.filter(SupportAdaptation::is_active) {
+        None => logits(support, query, spec.way, spec.shot),
+        Some(a) => a.logits(query, &a.fit(support, &vec![spec.shot; spec.way])?),
+    }
 }
 
 /// Draws `episodes` episodes from `set`, gets each one's logits from `logits_of`, and
@@ -205,7 +221,7 @@ fn run_episodes(
     observer: &dyn Observer,
     mut logits_of: impl FnMut(&Episode) -> Result<(Tensor, Tensor)>,
 ) -> Result<EvalReport> {
-    let EvalConfig { spec, episodes, seed } = *config;
+    let EvalConfig { spec, episodes, seed, .. } = *config;
     let mut sampler = EpisodeSampler::new(set, spec, seed)?;
     observer.start("eval", episodes as u64);
     let mut accs = Vec::with_capacity(episodes);
@@ -242,13 +258,12 @@ fn count_predictions(confusion: &mut [Vec<u64>], ep: &Episode, logits: &Tensor) 
 /// `norm` says.
 pub fn evaluate_embedded(embedded: &ImageSet, config: &EvalConfig, norm: &FeatureNorm, device: &Device, observer: &dyn Observer) -> Result<EvalReport> {
     config.validate()?;
-    let spec = config.spec;
     let dim = embedded.image_len();
     run_episodes(embedded, config, observer, |ep| {
         let support = Tensor::from_vec(embedded.gather(&ep.support), (ep.support.len(), dim), device)?;
         let query = Tensor::from_vec(embedded.gather(&ep.query), (ep.query.len(), dim), device)?;
         let (support, query) = norm.apply(&support, &query)?;
         let labels = Tensor::new(ep.query_labels(), device)?;
-        Ok((logits(&support, &query, spec.way, spec.shot)?, labels))
+        Ok((episode_logits(&support, &query, config)?, labels))
     })
 }

@@ -149,6 +149,7 @@
 //! - [`classifier`]: the deployable [`FewShotClassifier`].
 #![warn(missing_docs)]
 
+pub mod adapt;
 pub mod backbone;
 pub mod bench;
 pub mod classifier;

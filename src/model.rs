@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::adapt::SupportAdaptation;
 use crate::backbone::BackboneConfig;
 use crate::data::{validate_rotations, ImageConfig};
 use crate::embed::Embedder;
@@ -55,6 +56,11 @@ pub struct ModelConfig {
     /// (none by default; support centring + L2 suits the frozen pretrained network).
     #[serde(default, skip_serializing_if = "is_no_normalization")]
     pub normalization: FeatureNorm,
+    /// Adaptation to the support set when the model classifies ([`SupportAdaptation`]:
+    /// a cosine classifier started from the prototypes and trained on the support
+    /// embeddings); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptation: Option<SupportAdaptation>,
 }
 
 fn is_no_normalization(n: &FeatureNorm) -> bool {
@@ -81,6 +87,7 @@ impl ModelConfig {
             description: String::new(),
             rotations: 1,
             normalization: FeatureNorm::None,
+            adaptation: None,
         }
     }
 
@@ -97,7 +104,7 @@ impl ModelConfig {
     /// assert_eq!(c.embedding_dim(), 1280);
     /// ```
     pub fn efficientnet_lite0(image_size: usize) -> Self {
-        let backbone = BackboneConfig::EfficientNetLite0 { weights: PretrainedWeights::efficientnet_lite0(), head: None };
+        let backbone = BackboneConfig::EfficientNetLite0 { weights: PretrainedWeights::efficientnet_lite0(), head: None, trained_from_block: None };
         Self { rotations: 4, normalization: FeatureNorm::CenterSupportL2, ..Self::new(backbone, ImageConfig::rgb(image_size)) }
     }
 
@@ -133,6 +140,9 @@ impl ModelConfig {
         }
         self.backbone.validate()?;
         validate_rotations(self.rotations)?;
+        if let Some(a) = &self.adaptation {
+            a.validate()?;
+        }
         if let FeatureNorm::CenterL2(centre) = &self.normalization {
             if centre.len() != self.embedding_dim() {
                 return Err(Error::param("normalize", format!("the centre has {} values, embeddings have {}", centre.len(), self.embedding_dim())));

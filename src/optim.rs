@@ -34,6 +34,9 @@ pub struct Adam {
     pub beta2: f64,
     /// Denominator epsilon (1e-8).
     pub eps: f64,
+    /// Decoupled weight decay (AdamW, Loshchilov & Hutter): each step first multiplies
+    /// the parameters by `1 - lr * weight_decay` (0: plain Adam).
+    pub weight_decay: f64,
 }
 
 impl Adam {
@@ -41,7 +44,7 @@ impl Adam {
     pub fn new(vars: Vec<(String, Var)>, lr: f64) -> Self {
         let m = vars.iter().map(|(_, v)| v.as_tensor().zeros_like().expect("zeros")).collect();
         let v = vars.iter().map(|(_, v)| v.as_tensor().zeros_like().expect("zeros")).collect();
-        Self { vars, m, v, step: 0, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        Self { vars, m, v, step: 0, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
     }
 
     /// Steps taken so far.
@@ -64,7 +67,9 @@ impl Adam {
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let denom = ((v.sqrt()? / bias2_sqrt)? + self.eps)?;
             let update = ((&m / &denom)? * step_size)?;
-            var.set(&var.as_tensor().detach().sub(&update)?)?;
+            let p = var.as_tensor().detach();
+            let p = if self.weight_decay > 0.0 { (p * (1.0 - self.lr * self.weight_decay))? } else { p };
+            var.set(&p.sub(&update)?)?;
             self.m[i] = m;
             self.v[i] = v;
         }

@@ -1,6 +1,9 @@
 //! The shipped coin model (`data/coins-efficientnet-lite0`) loads as a user loads it, says
-//! what it is, carries its inference settings (4 rotations, support centring + L2), and
-//! classifies real coin photos from 4 per denomination better than chance.
+//! what it is, carries its inference settings (the coin crop, 4 rotations, support
+//! centring + L2, the support adaptation; its last 8 blocks trained), and classifies real
+//! coin photos from 4 per denomination. The won photos are among the 25 denominations it
+//! was trained on, so this checks the model works as shipped, not how it generalises (that
+//! is `scripts/coins-loco.sh`).
 
 mod common;
 
@@ -17,6 +20,9 @@ fn the_shipped_coin_model_loads_and_predicts_needs_data() {
     assert!(config.description.to_lowercase().contains("coin"), "{}", config.description);
     assert_eq!(clf.rotations(), 4, "the model's own setting: 4 quarter turns");
     assert_eq!(clf.store().normalization(), &protonet::FeatureNorm::CenterSupportL2);
+    assert!(clf.store().adaptation().is_active(), "the model adapts to its support set");
+    assert!(config.image.crop.is_some(), "the model crops each photo to its coin");
+    assert!(matches!(config.backbone, protonet::backbone::BackboneConfig::EfficientNetLite0 { trained_from_block: Some(8), .. }), "{:?}", config.backbone);
     let won = common::require_data("coins/korean-won-cho0h5", "the_shipped_coin_model_loads_and_predicts_needs_data");
     let classes = list_image_folder(&won).unwrap();
     let mut queries = Vec::new();
@@ -29,6 +35,6 @@ fn the_shipped_coin_model_loads_and_predicts_needs_data() {
     let right = predictions.iter().zip(&queries).filter(|(p, q)| p.prediction().and_then(|a| a.class.as_deref()) == Some(q.0.as_str())).count();
     let accuracy = right as f64 / queries.len() as f64;
     println!("4-way 4-shot on won photos: {accuracy:.3} over {} queries", queries.len());
-    // About 0.49 over 1000 episodes (docs/RESULTS.md); one support draw of 47 queries varies.
-    assert!(accuracy > 0.33, "chance is 0.25: {accuracy}");
+    // Denominations it was trained on: far above chance (0.25).
+    assert!(accuracy > 0.6, "{accuracy}");
 }

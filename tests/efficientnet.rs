@@ -78,7 +78,10 @@ fn model_directory_references_the_pretrained_weights_needs_data() {
     use protonet::pretrained::PretrainedWeights;
     use protonet::{FewShotClassifier, Model, ModelConfig};
     let path = weights();
-    let cfg = ModelConfig::new(BackboneConfig::EfficientNetLite0 { weights: PretrainedWeights::efficientnet_lite0(), head: None }, ImageConfig::rgb(96));
+    let cfg = ModelConfig::new(
+        BackboneConfig::EfficientNetLite0 { weights: PretrainedWeights::efficientnet_lite0(), head: None, trained_from_block: None },
+        ImageConfig::rgb(96),
+    );
     let dir = tempfile::tempdir().unwrap();
     Model::new(cfg.clone(), 0, &Device::Cpu).unwrap().save(dir.path()).unwrap();
     let size: u64 = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();

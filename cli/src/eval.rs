@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use protonet::adapt::SupportAdaptation;
+use protonet::data::CoinCrop;
 use protonet::eval::{evaluate_net, EvalConfig};
 use protonet::{EpisodeSpec, Error, Model, ModelConfig, ProtoNet, Result};
 
@@ -33,6 +35,15 @@ pub struct EvalArgs {
     /// Default: the model's own setting (4 for models trained with --rotate; for --backbone: 4).
     #[arg(long)]
     rotations: Option<usize>,
+    /// Adapt to each episode's support set with this many Adam steps of a cosine
+    /// classifier started from the prototypes (0: plain prototypes). Default: the model's
+    /// own setting (none for --backbone).
+    #[arg(long)]
+    adapt_steps: Option<usize>,
+    /// Crop each photo to its coin (Hough circles) before embedding it. Default: the
+    /// model's own setting.
+    #[arg(long)]
+    crop: bool,
     #[command(flatten)]
     data: DataArgs,
     /// Omniglot split to evaluate on.
@@ -79,9 +90,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if let Some(n) = a.normalize {
         config.normalization = n.feature_norm();
     }
+    if a.crop {
+        config.image.crop = Some(CoinCrop::default());
+    }
+    if let Some(steps) = a.adapt_steps {
+        config.adaptation = Some(SupportAdaptation { steps, ..config.adaptation.unwrap_or_default() });
+    }
     let set = a.data.load(&a.split, &config.image, quiet)?;
     let bars = Bars::new(!quiet);
-    let eval = EvalConfig::new(spec, a.episodes, a.seed);
+    let eval = EvalConfig { adaptation: config.adaptation, ..EvalConfig::new(spec, a.episodes, a.seed) };
     let report = evaluate_net(&net, &config.embedder(), &config.normalization, &set, &eval, &dev, &bars)?;
     if let Some(path) = &a.confusion_png {
         crate::support::pictures::confusion_matrix(&report.confusion, set.class_names(), path)?;

@@ -1,5 +1,6 @@
 //! `protonet predict`: classify query images from a few support images per class.
 
+use protonet::adapt::SupportAdaptation;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -48,6 +49,11 @@ pub struct PredictArgs {
     /// as coins whose class does not depend on the angle). Default: as saved (for --backbone: 4).
     #[arg(long)]
     rotations: Option<usize>,
+    /// Adapt to the support set with this many Adam steps of a cosine classifier started
+    /// from the prototypes, once when the support set is read (0: plain prototypes).
+    /// Default: as saved, or the model's own setting.
+    #[arg(long)]
+    adapt_steps: Option<usize>,
     /// Save the classifier (model, prototypes, class names, threshold) to this directory.
     /// A directory that holds a model, classifier or training run is refused unless
     /// --overwrite is given; the --model directory itself is always refused (save the
@@ -102,6 +108,9 @@ fn configure(clf: &mut FewShotClassifier, a: &PredictArgs) -> Result<()> {
             return Err(Error::param("rotations", format!("{model_name} was saved with {} rotations; its prototypes cannot change to {r}", clf.rotations())));
         }
         clf.set_rotations(r)?;
+    }
+    if let Some(steps) = a.adapt_steps {
+        clf.set_adaptation(SupportAdaptation { steps, ..*clf.store().adaptation() })?;
     }
     if let Some(support) = &a.support {
         let added = clf.add_support_folder(support).map_err(|e| match e {

@@ -1,5 +1,6 @@
 //! What the examples, the benchmarks and the `protonet` binary share beside the library:
 //! progress bars (an [`protonet::Observer`] drawn with indicatif), pictures (plotters),
+//! coin scenes (a coin photo pasted small into a larger frame),
 //! the allocator settings and the default data root. The library itself prints, draws
 //! and reads the environment not at all; everything here is for programs.
 //!
@@ -10,6 +11,7 @@
 pub mod alloc;
 pub mod pictures;
 pub mod progress;
+pub mod scene;
 
 use std::path::PathBuf;
 

@@ -52,6 +52,21 @@ pub const EFFICIENTNET_LITE0_BLOCKS: [(usize, usize, usize, usize, usize, usize)
 ];
 const BN_EPS: f64 = 1e-3;
 
+/// The number of MBConv blocks (the repeats of [`EFFICIENTNET_LITE0_BLOCKS`]).
+pub const EFFICIENTNET_LITE0_NUM_BLOCKS: usize = 16;
+
+/// Each MBConv block's (input filters, output filters, kernel, stride, expand ratio), in order.
+fn block_specs() -> Vec<(usize, usize, usize, usize, usize)> {
+    let mut out = Vec::new();
+    for &(repeats, kernel, stride, expand, cin, cout) in &EFFICIENTNET_LITE0_BLOCKS {
+        for r in 0..repeats {
+            let (cin, stride) = if r == 0 { (cin, stride) } else { (cout, 1) };
+            out.push((cin, cout, kernel, stride, expand));
+        }
+    }
+    out
+}
+
 /// TensorFlow "same" padding `(before, after)` for one side of `size` pixels, as
 /// EfficientNet-Lite0's convolutions use it.
 ///
@@ -169,11 +184,8 @@ impl EfficientNetLite0 {
         let stem = vb.get((32, 3, 3, 3), "_conv_stem.weight")?;
         let bn0 = bn(32, vb.pp("_bn0"))?;
         let mut blocks = Vec::new();
-        for &(repeats, kernel, stride, expand, cin, cout) in &EFFICIENTNET_LITE0_BLOCKS {
-            for r in 0..repeats {
-                let (cin, stride) = if r == 0 { (cin, stride) } else { (cout, 1) };
-                blocks.push(MbConv::new(vb.pp(format!("_blocks.{}", blocks.len())), cin, cout, kernel, stride, expand)?);
-            }
+        for (i, (cin, cout, kernel, stride, expand)) in block_specs().into_iter().enumerate() {
+            blocks.push(MbConv::new(vb.pp(format!("_blocks.{i}")), cin, cout, kernel, stride, expand)?);
         }
         let head = vb.get((EFFICIENTNET_LITE0_DIM, 320, 1, 1), "_conv_head.weight")?;
         let bn1 = bn(EFFICIENTNET_LITE0_DIM, vb.pp("_bn1"))?;
@@ -192,6 +204,24 @@ impl EfficientNetLite0 {
     /// [`PretrainedWeights::loadable`].
     pub fn from_reference(weights: &PretrainedWeights, device: &Device) -> Result<Self> {
         Self::load(&weights.loadable(CONVERTED_WEIGHTS)?, device)
+    }
+
+    /// Replaces the MBConv blocks from `first` on and the head (its 1x1 convolution and
+    /// BatchNorm) by parameters from `vb`, under the reference's names
+    /// (`_blocks.N.*`, `_conv_head.weight`, `_bn1.*`): the part of the network that
+    /// [`crate::finetune::trunk`] trains. With a `VarBuilder` over a `VarMap` they become
+    /// variables; the earlier blocks stay the constant ImageNet tensors, so gradients
+    /// stop there.
+    pub fn replace_tail(&mut self, first: usize, vb: VarBuilder) -> Result<()> {
+        if first >= self.blocks.len() {
+            return Err(Error::param("trained_from_block", format!("EfficientNet-Lite0 has {} blocks, got {first}", self.blocks.len())));
+        }
+        for (i, (cin, cout, kernel, stride, expand)) in block_specs().into_iter().enumerate().skip(first) {
+            self.blocks[i] = MbConv::new(vb.pp(format!("_blocks.{i}")), cin, cout, kernel, stride, expand)?;
+        }
+        self.head = vb.get((EFFICIENTNET_LITE0_DIM, 320, 1, 1), "_conv_head.weight")?;
+        self.bn1 = bn(EFFICIENTNET_LITE0_DIM, vb.pp("_bn1"))?;
+        Ok(())
     }
 
     /// The trunk's feature map `(N, 320, H/32, W/32)`: stem and MBConv blocks, before the head.

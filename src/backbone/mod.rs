@@ -11,7 +11,7 @@ pub use batchnorm::BatchNormRelu;
 pub use conv4::{Conv4, Conv4Config};
 pub use efficientnet::{
     same_padding, trunk_side, EfficientNetLite0, FineTunedEfficientNet, HeadConfig, TunedHead, EFFICIENTNET_LITE0_BLOCKS, EFFICIENTNET_LITE0_DIM,
-    EFFICIENTNET_LITE0_TRUNK_CHANNELS,
+    EFFICIENTNET_LITE0_NUM_BLOCKS, EFFICIENTNET_LITE0_TRUNK_CHANNELS,
 };
 
 use candle_core::Tensor;
@@ -57,6 +57,11 @@ pub enum BackboneConfig {
         /// A fine-tuned head, if any (absent: the frozen ImageNet network).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         head: Option<HeadConfig>,
+        /// The MBConv blocks from this index on (of 16) and the ImageNet head were trained
+        /// (by [`crate::finetune::trunk`]): the model directory holds them, as parameters
+        /// `trunk.<the reference's names>`, in place of the ImageNet ones.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trained_from_block: Option<usize>,
     },
     /// The fine-tunable EfficientNet-Lite0 head alone ([`TunedHead`], parameters `head.*`),
     /// whose inputs are the frozen trunk's feature maps `(N, 320, h, w)` rather than
@@ -73,8 +78,11 @@ impl BackboneConfig {
     pub fn build(&self, vb: VarBuilder) -> Result<Box<dyn Backbone>> {
         match self {
             BackboneConfig::Conv4(c) => Ok(Box::new(Conv4::new(c, vb)?)),
-            BackboneConfig::EfficientNetLite0 { weights, head } => {
-                let net = EfficientNetLite0::from_reference(weights, vb.device())?;
+            BackboneConfig::EfficientNetLite0 { weights, head, trained_from_block } => {
+                let mut net = EfficientNetLite0::from_reference(weights, vb.device())?;
+                if let Some(first) = trained_from_block {
+                    net.replace_tail(*first, vb.pp("trunk"))?;
+                }
                 match head {
                     None => Ok(Box::new(net)),
                     Some(h) => Ok(Box::new(FineTunedEfficientNet::new(net, TunedHead::new(h, vb.pp("head"))?))),
@@ -89,7 +97,20 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Conv4(c) => c.validate(),
             BackboneConfig::EfficientNetLite0Head { .. } => Ok(()),
-            BackboneConfig::EfficientNetLite0 { weights, .. } => weights.validate(),
+            BackboneConfig::EfficientNetLite0 { weights, head, trained_from_block } => {
+                if let Some(first) = trained_from_block {
+                    if *first >= EFFICIENTNET_LITE0_NUM_BLOCKS {
+                        return Err(crate::error::Error::param(
+                            "trained_from_block",
+                            format!("EfficientNet-Lite0 has {EFFICIENTNET_LITE0_NUM_BLOCKS} blocks, got {first}"),
+                        ));
+                    }
+                    if head.is_some() {
+                        return Err(crate::error::Error::param("head", "a trained trunk carries its own head: no separate head"));
+                    }
+                }
+                weights.validate()
+            }
         }
     }
 

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::FewShotClassifier;
+use crate::adapt::SupportAdaptation;
 use crate::error::{Error, Result};
 use crate::io::{read_safetensors, write_atomic, write_safetensors};
 use crate::model::Model;
@@ -31,6 +32,9 @@ struct ClassifierFile {
     /// How embeddings are normalized.
     #[serde(default)]
     normalization: FeatureNorm,
+    /// How the classifier adapts to its support set (absent: not at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    adaptation: Option<SupportAdaptation>,
 }
 
 fn one() -> usize {
@@ -53,6 +57,11 @@ pub(super) fn save(clf: &FewShotClassifier, dir: &Path, mode: OutputMode) -> Res
     let n = flat.len() / d.max(1);
     let mut tensors = BTreeMap::new();
     tensors.insert("embeddings".to_string(), Tensor::from_vec(flat, (n, d), &Device::Cpu)?);
+    // The adapted class weights, so that a loaded classifier answers exactly as this one.
+    if let Some(w) = store.adapted_weights()? {
+        let k = w.nrows();
+        tensors.insert("adapted".to_string(), Tensor::from_vec(w.into_raw_vec_and_offset().0, (k, d), &Device::Cpu)?);
+    }
     write_safetensors(&dir.join(EMBEDDINGS_FILE), &tensors, None)?;
     let file = ClassifierFile {
         format: FORMAT.into(),
@@ -61,6 +70,7 @@ pub(super) fn save(clf: &FewShotClassifier, dir: &Path, mode: OutputMode) -> Res
         threshold: store.threshold,
         rotations: clf.embedder.rotations,
         normalization: store.norm.clone(),
+        adaptation: store.adaptation.is_active().then_some(store.adaptation),
     };
     write_atomic(&dir.join(CLASSIFIER_FILE), &serde_json::to_vec_pretty(&file).expect("serialises"))
 }
@@ -77,7 +87,7 @@ pub(super) fn load(dir: &Path, device: &Device) -> Result<FewShotClassifier> {
     if file.format != FORMAT || file.version != VERSION {
         return Err(Error::checkpoint(&path, format!("expected format `{FORMAT}` version {VERSION}, found `{}` version {}", file.format, file.version)));
     }
-    let rows = read_embeddings(dir, &file, model.config().embedding_dim())?;
+    let (rows, adapted) = read_embeddings(dir, &file, model.config().embedding_dim())?;
     let mut clf = FewShotClassifier::new(model);
     let mut rows = rows.into_iter();
     let emb_path = dir.join(EMBEDDINGS_FILE);
@@ -93,12 +103,19 @@ pub(super) fn load(dir: &Path, device: &Device) -> Result<FewShotClassifier> {
     clf.set_threshold(file.threshold).map_err(|e| Error::checkpoint(&path, e.to_string()))?;
     clf.set_rotations(file.rotations).map_err(|e| Error::checkpoint(&path, e.to_string()))?;
     clf.store.set_normalization(file.normalization).map_err(|e| Error::checkpoint(&path, e.to_string()))?;
+    clf.store.set_adaptation(file.adaptation.unwrap_or_else(SupportAdaptation::none)).map_err(|e| Error::checkpoint(&path, e.to_string()))?;
+    if let Some(w) = adapted {
+        clf.store.adapted.get_or_init(|| w);
+    }
     Ok(clf)
 }
 
+/// The support embeddings, one row each, and the adapted class weights (flat) if saved.
+type SavedEmbeddings = (Vec<Vec<f32>>, Option<Vec<f32>>);
+
 /// The support embeddings of `prototypes.safetensors`, checked against the class counts
-/// of `file` and the model's embedding size `d`.
-fn read_embeddings(dir: &Path, file: &ClassifierFile, d: usize) -> Result<Vec<Vec<f32>>> {
+/// of `file` and the model's embedding size `d`, and the adapted class weights if saved.
+fn read_embeddings(dir: &Path, file: &ClassifierFile, d: usize) -> Result<SavedEmbeddings> {
     let emb_path = dir.join(EMBEDDINGS_FILE);
     let (tensors, _): (HashMap<String, Tensor>, _) = read_safetensors(&emb_path, &Device::Cpu)?;
     let emb = tensors.get("embeddings").ok_or_else(|| Error::checkpoint(&emb_path, "tensor `embeddings` is missing"))?;
@@ -109,5 +126,10 @@ fn read_embeddings(dir: &Path, file: &ClassifierFile, d: usize) -> Result<Vec<Ve
             format!("embeddings are {:?} {:?}, but {CLASSIFIER_FILE} and the model need [{total}, {d}] F32", emb.dims(), emb.dtype()),
         ));
     }
-    Ok(emb.to_vec2::<f32>()?)
+    let adapted = match tensors.get("adapted") {
+        None => None,
+        Some(w) if w.dims() == [file.classes.len(), d] && w.dtype() == DType::F32 => Some(w.flatten_all()?.to_vec1::<f32>()?),
+        Some(w) => return Err(Error::checkpoint(&emb_path, format!("adapted weights are {:?}, expected [{}, {d}] F32", w.dims(), file.classes.len()))),
+    };
+    Ok((emb.to_vec2::<f32>()?, adapted))
 }

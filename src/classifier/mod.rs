@@ -23,6 +23,7 @@ use ndarray::Array2;
 
 pub use store::{ClassScore, Prediction, PrototypeStore};
 
+use crate::adapt::SupportAdaptation;
 use crate::data::{list_image_folder, load_image, load_image_with_warning};
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
@@ -108,6 +109,8 @@ impl FewShotClassifier {
         let mut store = PrototypeStore::new(config.embedding_dim());
         // A centre of the wrong size is refused when the configuration is validated.
         store.norm = config.normalization.clone();
+        // Validated with the configuration.
+        store.adaptation = config.adaptation.unwrap_or_else(SupportAdaptation::none);
         Self { model, store, embedder }
     }
 
@@ -177,6 +180,13 @@ impl FewShotClassifier {
     /// [`PrototypeStore::set_normalization`]).
     pub fn set_normalization(&mut self, norm: FeatureNorm) -> Result<()> {
         self.store.set_normalization(norm)
+    }
+
+    /// Sets how the classifier adapts to its support set (see
+    /// [`PrototypeStore::set_adaptation`]); default: the model's `adaptation`. The
+    /// adaptation runs once after each change of the support set, not per query.
+    pub fn set_adaptation(&mut self, adaptation: SupportAdaptation) -> Result<()> {
+        self.store.set_adaptation(adaptation)
     }
 
     /// Embeds prepared images (each `C*H*W` values as the model's

@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
+use crate::adapt::SupportAdaptation;
 use crate::error::{Error, Result};
 use crate::protonet::{class_means, squared_distances, FeatureNorm};
 
@@ -96,12 +97,65 @@ pub struct PrototypeStore {
     /// The confidence scale for the current support set and normalization, fitted on
     /// first use after a change ([`PrototypeStore::confidence_scale`]).
     pub(super) beta: OnceLock<f32>,
+    /// How the classifier adapts to the support set ([`SupportAdaptation`]; none by default).
+    pub(super) adaptation: SupportAdaptation,
+    /// The adapted class weights `(classes, D)` for the current support set, normalization
+    /// and adaptation, fitted on first use after a change (or read back from a save).
+    pub(super) adapted: OnceLock<Vec<f32>>,
 }
 
 impl PrototypeStore {
     /// An empty store for embeddings of `dim` values.
     pub fn new(dim: usize) -> Self {
-        Self { dim, classes: Vec::new(), threshold: None, norm: FeatureNorm::None, beta: OnceLock::new() }
+        Self {
+            dim,
+            classes: Vec::new(),
+            threshold: None,
+            norm: FeatureNorm::None,
+            beta: OnceLock::new(),
+            adaptation: SupportAdaptation::none(),
+            adapted: OnceLock::new(),
+        }
+    }
+
+    /// Forgets what was fitted to the support set (after it or the normalization changed).
+    fn changed(&mut self) {
+        self.beta = OnceLock::new();
+        self.adapted = OnceLock::new();
+    }
+
+    /// Sets how the store adapts to its support set (see [`SupportAdaptation`]): with an
+    /// active adaptation, queries are classified by the cosine classifier fitted to the
+    /// support set (once per change of the support set) instead of the nearest
+    /// prototype, and distances are squared distances between unit vectors (`2 - 2 cos`)
+    /// to the adapted class weights.
+    pub fn set_adaptation(&mut self, adaptation: SupportAdaptation) -> Result<()> {
+        adaptation.validate()?;
+        self.adaptation = adaptation;
+        self.adapted = OnceLock::new();
+        Ok(())
+    }
+
+    /// The support adaptation (see [`PrototypeStore::set_adaptation`]).
+    pub fn adaptation(&self) -> &SupportAdaptation {
+        &self.adaptation
+    }
+
+    /// The adapted class weights `(classes, D)`, unit rows, when the adaptation is active
+    /// (fitted once after each change of the support set, then kept).
+    pub fn adapted_weights(&self) -> Result<Option<Array2<f32>>> {
+        if !self.adaptation.is_active() || self.classes.is_empty() {
+            return Ok(None);
+        }
+        let flat = match self.adapted.get() {
+            Some(w) => w.clone(),
+            None => {
+                let (support, _, counts) = self.normalized(&[])?;
+                let w = self.adaptation.fit(&support, &counts)?.flatten_all()?.to_vec1::<f32>()?;
+                self.adapted.get_or_init(|| w).clone()
+            }
+        };
+        Ok(Some(Array2::from_shape_vec((self.classes.len(), self.dim), flat).map_err(|e| Error::param("adapted", e.to_string()))?))
     }
 
     /// The embedding size.
@@ -126,7 +180,7 @@ impl PrototypeStore {
         if embeddings.iter().flatten().any(|x| !x.is_finite()) {
             return Err(Error::param("images", format!("class `{name}`: an image embeds to non-finite values")));
         }
-        self.beta = OnceLock::new();
+        self.changed();
         match self.classes.iter_mut().find(|c| c.name == name) {
             Some(c) => {
                 c.embeddings.extend(embeddings);
@@ -145,7 +199,7 @@ impl PrototypeStore {
     pub fn remove(&mut self, name: &str) -> Result<()> {
         let i = self.index_of(name)?;
         self.classes.remove(i);
-        self.beta = OnceLock::new();
+        self.changed();
         Ok(())
     }
 
@@ -233,7 +287,7 @@ impl PrototypeStore {
             }
         }
         self.norm = norm;
-        self.beta = OnceLock::new();
+        self.changed();
         Ok(())
     }
 
@@ -270,7 +324,9 @@ impl PrototypeStore {
         }
     }
 
-    /// Classifies embeddings: squared Euclidean distance to every prototype, softmax over
+    /// Classifies embeddings: squared Euclidean distance to every prototype (or, with an
+    /// active [`PrototypeStore::set_adaptation`], of the unit query to every adapted class
+    /// weight), softmax over
     /// the negative distances scaled by [`PrototypeStore::confidence_scale`], nearest first; "unknown" past the threshold, if one is set.
     /// Needs what [`PrototypeStore::check_ready`] checks.
     pub fn predict(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Prediction>> {
@@ -283,7 +339,15 @@ impl PrototypeStore {
         }
         let beta = self.confidence_scale()? as f64;
         let (support, query, counts) = self.normalized(embeddings)?;
-        let distances = squared_distances(&query, &class_means(&support, &counts)?)?.to_vec2::<f32>()?;
+        let distances = match self.adapted_weights()? {
+            None => squared_distances(&query, &class_means(&support, &counts)?)?,
+            Some(w) => {
+                let w = Tensor::from_vec(w.into_raw_vec_and_offset().0, (self.classes.len(), self.dim), &Device::Cpu)?;
+                let unit = query.broadcast_div(&(query.sqr()?.sum_keepdim(1)?.sqrt()? + 1e-12)?)?;
+                squared_distances(&unit, &w)?
+            }
+        }
+        .to_vec2::<f32>()?;
         Ok(distances.into_iter().map(|dist| self.answer(&dist, beta)).collect())
     }
 

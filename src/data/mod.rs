@@ -6,13 +6,17 @@
 //! [`load_omniglot`] (Omniglot with the Vinyals split). Made-up data for demonstrations and
 //! tests: [`rendered_coins`] (coins of procedurally drawn currencies).
 
+mod augment;
 mod folder;
 mod image_set;
+mod locate;
 mod omniglot;
 pub mod rendered_coins;
 mod transform;
 
+pub use augment::{CoinAugment, Warp};
 pub use folder::{list_image_folder, list_images, load_image_folder, load_image_folder_report, FolderOptions, SkippedImage};
 pub use image_set::ImageSet;
+pub use locate::{Circle, CoinCrop};
 pub use omniglot::{load_omniglot, OmniglotSplit};
 pub use transform::{load_image, load_image_with_warning, rotate_square_ccw, validate_rotations, ImageConfig, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};

@@ -3,6 +3,7 @@ use std::path::Path;
 use image::{imageops::FilterType, DynamicImage};
 use serde::{Deserialize, Serialize};
 
+use super::locate::CoinCrop;
 use crate::error::{Error, Result};
 
 /// How images are turned into network input: size, colour, normalization.
@@ -30,22 +31,26 @@ pub struct ImageConfig {
     /// Use `1 - value` (Omniglot: strokes become 1 on a 0 background, as in Snell et al.).
     #[serde(default)]
     pub invert: bool,
+    /// Crop each photo to the coin it shows first ([`CoinCrop`]), keeping the whole photo
+    /// when no circle is found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<CoinCrop>,
 }
 
 impl ImageConfig {
     /// Omniglot as in the paper's code: 28x28 grey, inverted, no further normalization.
     pub fn omniglot() -> Self {
-        Self { size: 28, channels: 1, mean: vec![0.0], std: vec![1.0], invert: true }
+        Self { size: 28, channels: 1, mean: vec![0.0], std: vec![1.0], invert: true, crop: None }
     }
 
     /// RGB at `size x size`, normalized with the ImageNet channel statistics.
     pub fn rgb(size: usize) -> Self {
-        Self { size, channels: 3, mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225], invert: false }
+        Self { size, channels: 3, mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225], invert: false, crop: None }
     }
 
     /// Grey at `size x size`, values in [0, 1].
     pub fn grey(size: usize) -> Self {
-        Self { size, channels: 1, mean: vec![0.0], std: vec![1.0], invert: false }
+        Self { size, channels: 1, mean: vec![0.0], std: vec![1.0], invert: false, crop: None }
     }
 
     /// Checks the sizes and statistics.
@@ -62,11 +67,19 @@ impl ImageConfig {
         if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || self.mean.iter().any(|m| !m.is_finite()) {
             return Err(Error::param("mean/std", "std must be positive and all values finite"));
         }
-        Ok(())
+        self.crop.as_ref().map_or(Ok(()), CoinCrop::validate)
     }
 
-    /// Resizes, converts and normalizes a decoded image into CHW `f32` values.
+    /// Crops (when `crop` says so), resizes, converts and normalizes a decoded image into
+    /// CHW `f32` values.
     pub fn prepare(&self, img: &DynamicImage) -> Vec<f32> {
+        match self.crop.as_ref().and_then(|c| c.crop(img)) {
+            Some(coin) => self.prepare_whole(&coin),
+            None => self.prepare_whole(img),
+        }
+    }
+
+    fn prepare_whole(&self, img: &DynamicImage) -> Vec<f32> {
         let n = self.size as u32;
         let plane = self.size * self.size;
         let mut out = vec![0f32; self.channels * plane];

@@ -267,7 +267,7 @@ impl<'a> Trainer<'a> {
     pub fn validate(&mut self) -> Result<HistoryPoint> {
         let (val_accuracy, val_ci95) = match self.val_set {
             Some(v) => {
-                let eval = EvalConfig { spec: self.val_spec, episodes: self.config.val_episodes, seed: self.config.seed ^ 0x5eed };
+                let eval = EvalConfig::new(self.val_spec, self.config.val_episodes, self.config.seed ^ 0x5eed);
                 let r = evaluate(self.model, v, &eval, &Silent)?;
                 (Some(r.accuracy), Some(r.ci95))
             }

@@ -9,6 +9,8 @@
 //! directory holds the trained head (about 1.6 MB) and a reference (name and SHA-256) to
 //! the ImageNet weights, never the weights themselves.
 
+pub mod trunk;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -152,6 +154,7 @@ pub fn head_model(net: &EfficientNetLite0, head: &HeadConfig, side: usize, devic
         mean: vec![0.0; EFFICIENTNET_LITE0_TRUNK_CHANNELS],
         std: vec![1.0; EFFICIENTNET_LITE0_TRUNK_CHANNELS],
         invert: false,
+        crop: None,
     };
     let mut config = ModelConfig::new(BackboneConfig::EfficientNetLite0Head { head: head.clone() }, image);
     config.description = "EfficientNet-Lite0 head being fine-tuned on cached trunk features (not usable on images; see the parent folder)".into();
@@ -191,7 +194,10 @@ pub fn fine_tune_efficientnet(
     prepare(out_dir, options.mode)?;
     let (weights, image) = (&config.weights, &config.image);
     // The image model's configuration: checked (and the weights located) before any work.
-    let mut full_config = ModelConfig::new(BackboneConfig::EfficientNetLite0 { weights: weights.clone(), head: Some(config.head.clone()) }, image.clone());
+    let mut full_config = ModelConfig::new(
+        BackboneConfig::EfficientNetLite0 { weights: weights.clone(), head: Some(config.head.clone()), trained_from_block: None },
+        image.clone(),
+    );
     full_config.description = config.description.clone();
     let mut full = Model::new(full_config, config.train.seed, device)?;
     let net = EfficientNetLite0::from_reference(weights, device)?;
