@@ -12,6 +12,7 @@
 //! cargo run --release --example coins -- --train DIR --test DIR [--save MODEL]
 //! cargo run --release --example coins -- --backbone efficientnet-lite0 --data DIR
 //! cargo run --release --example coins -- --backbone efficientnet-lite0-finetuned --train DIR --test DIR
+//! cargo run --release --example coins -- --backbone efficientnet-lite0-trunk --train DIR --test DIR --crop --adapt-steps 50
 //! cargo run --release --example coins -- --model MODEL --support DIR --query DIR
 //! ```
 //!
