@@ -6,12 +6,12 @@
 //! support set in [`crate::FewShotClassifier`]), never per query. With zero steps there is
 //! no adaptation: the weights are the prototypes.
 
-use candle_core::{Tensor, Var, D};
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::optim::Adam;
-use crate::protonet::class_means;
+use crate::protonet::{class_means, cosine_similarities, l2_rows};
 
 /// Settings of the support-set adaptation; stored in a model's `config.json`.
 ///
@@ -40,11 +40,6 @@ impl Default for SupportAdaptation {
     fn default() -> Self {
         Self { steps: 50, learning_rate: 0.01, scale: 10.0 }
     }
-}
-
-fn l2_rows(t: &Tensor) -> Result<Tensor> {
-    let norm = (t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?;
-    Ok(t.broadcast_div(&norm)?)
 }
 
 impl SupportAdaptation {
@@ -92,7 +87,7 @@ impl SupportAdaptation {
         let w = Var::from_tensor(&protos)?;
         let mut adam = Adam::new(vec![("w".into(), w.clone())], self.learning_rate);
         for _ in 0..self.steps {
-            let logits = (x.matmul(&l2_rows(w.as_tensor())?.t()?)? * self.scale as f64)?;
+            let logits = (cosine_similarities(&x, w.as_tensor())? * self.scale as f64)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
             adam.step(&loss.backward()?)?;
         }
@@ -106,7 +101,7 @@ impl SupportAdaptation {
         if !self.is_active() {
             return Ok(crate::protonet::squared_distances(query, weights)?.neg()?);
         }
-        Ok((l2_rows(query)?.matmul(&l2_rows(weights)?.t()?)? * self.scale as f64)?)
+        Ok((cosine_similarities(query, weights)? * self.scale as f64)?)
     }
 }
 
@@ -151,7 +146,7 @@ mod tests {
         let pred = a.logits(&s, &w).unwrap().argmax(1).unwrap().to_vec1::<u32>().unwrap();
         assert_eq!(pred, vec![0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]);
         // The weights moved from the (normalized) prototypes.
-        let start = super::l2_rows(&crate::protonet::class_means(&s, &[4, 4, 4]).unwrap()).unwrap();
+        let start = crate::protonet::l2_rows(&crate::protonet::class_means(&s, &[4, 4, 4]).unwrap()).unwrap();
         let moved = (w - start).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(moved > 1e-3, "moved {moved}");
     }

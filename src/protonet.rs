@@ -93,6 +93,17 @@ pub fn class_means(embeddings: &Tensor, counts: &[usize]) -> Result<Tensor> {
     Ok(Tensor::cat(&means, 0)?)
 }
 
+/// Each row of `t` divided by its L2 norm (plus 1e-12, so a zero row stays zero).
+pub(crate) fn l2_rows(t: &Tensor) -> Result<Tensor> {
+    let norm = (t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?;
+    Ok(t.broadcast_div(&norm)?)
+}
+
+/// Cosine similarities `(Q, N)` between the rows of `a` `(Q, D)` and of `b` `(N, D)`.
+pub(crate) fn cosine_similarities(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(l2_rows(a)?.matmul(&l2_rows(b)?.t()?)?)
+}
+
 /// How embeddings are normalized before prototypes are formed (SimpleShot, Wang et al. 2019).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -123,20 +134,16 @@ impl FeatureNorm {
     /// # Ok::<(), protonet::Error>(())
     /// ```
     pub fn apply(&self, support: &Tensor, query: &Tensor) -> Result<(Tensor, Tensor)> {
-        let l2 = |t: &Tensor| -> Result<Tensor> {
-            let norm = (t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?;
-            Ok(t.broadcast_div(&norm)?)
-        };
         match self {
             FeatureNorm::None => Ok((support.clone(), query.clone())),
-            FeatureNorm::L2 => Ok((l2(support)?, l2(query)?)),
+            FeatureNorm::L2 => Ok((l2_rows(support)?, l2_rows(query)?)),
             FeatureNorm::CenterSupportL2 => {
                 let mean = support.mean_keepdim(0)?;
-                Ok((l2(&support.broadcast_sub(&mean)?)?, l2(&query.broadcast_sub(&mean)?)?))
+                Ok((l2_rows(&support.broadcast_sub(&mean)?)?, l2_rows(&query.broadcast_sub(&mean)?)?))
             }
             FeatureNorm::CenterL2(mean) => {
                 let mean = Tensor::from_slice(mean, (1, mean.len()), support.device())?;
-                Ok((l2(&support.broadcast_sub(&mean)?)?, l2(&query.broadcast_sub(&mean)?)?))
+                Ok((l2_rows(&support.broadcast_sub(&mean)?)?, l2_rows(&query.broadcast_sub(&mean)?)?))
             }
         }
     }

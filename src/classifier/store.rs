@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapt::SupportAdaptation;
 use crate::error::{Error, Result};
-use crate::protonet::{class_means, squared_distances, FeatureNorm};
+use crate::protonet::{class_means, l2_rows, squared_distances, FeatureNorm};
 
 /// One class's score for a query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -343,8 +343,7 @@ impl PrototypeStore {
             None => squared_distances(&query, &class_means(&support, &counts)?)?,
             Some(w) => {
                 let w = Tensor::from_vec(w.into_raw_vec_and_offset().0, (self.classes.len(), self.dim), &Device::Cpu)?;
-                let unit = query.broadcast_div(&(query.sqr()?.sum_keepdim(1)?.sqrt()? + 1e-12)?)?;
-                squared_distances(&unit, &w)?
+                squared_distances(&l2_rows(&query)?, &w)?
             }
         }
         .to_vec2::<f32>()?;

@@ -31,7 +31,7 @@ use crate::observer::Observer;
 use crate::optim::Adam;
 use crate::output::{prepare, OutputMode, CHECKPOINT_FILE};
 use crate::pretrained::{var_builder, PretrainedWeights, CONVERTED_WEIGHTS};
-use crate::protonet::FeatureNorm;
+use crate::protonet::{cosine_similarities, FeatureNorm};
 use std::path::Path;
 
 /// Settings of a trunk-training run, and of how the trained model classifies.
@@ -197,8 +197,7 @@ impl CosineClassifier {
     }
 
     fn logits(&self, features: &Tensor) -> Result<Tensor> {
-        let l2 = |t: &Tensor| -> Result<Tensor> { Ok(t.broadcast_div(&(t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-12)?)?) };
-        let cos = l2(features)?.matmul(&l2(self.weight.as_tensor())?.t()?)?;
+        let cos = cosine_similarities(features, self.weight.as_tensor())?;
         Ok(cos.broadcast_mul(&self.log_scale.as_tensor().exp()?)?)
     }
 }
