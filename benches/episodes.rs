@@ -44,7 +44,7 @@ fn episodes(c: &mut Criterion) {
     // E1 and E2 need the pretrained weights; without them they are left out, saying so.
     match protonet::pretrained::PretrainedWeights::efficientnet_lite0().loadable(protonet::pretrained::CONVERTED_WEIGHTS) {
         Ok(weights) => {
-            let net = protonet::ProtoNet::new(Box::new(protonet::backbone::EfficientNetLite0::load(&weights, &Device::Cpu).unwrap()));
+            let net = protonet::FewShotNet::new(Box::new(protonet::backbone::EfficientNetLite0::load(&weights, &Device::Cpu).unwrap()));
             let mut e1 = Workload::frozen(net, WorkloadKind::Embed(32), 224, &Device::Cpu).unwrap();
             group.bench_function("E1 embed 32 EfficientNet-Lite0 3x224", |b| b.iter(|| e1.run_once().unwrap()));
             let mut e2 = Workload::efficientnet_training(&weights, spec(5, 4, 6), 224, &Device::Cpu).unwrap();

@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use clap::{Parser, ValueEnum};
-use protonet::adapt::SupportAdaptation;
 use protonet::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0};
 use protonet::data::rendered_coins as coins;
 use protonet::data::{list_image_folder, list_images, load_image_folder, CoinCrop, FolderOptions, ImageConfig, ImageSet};
@@ -33,7 +32,7 @@ use protonet::finetune::trunk::{train_trunk, TrunkConfig};
 use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig};
 use protonet::pretrained::{PretrainedWeights, CONVERTED_WEIGHTS};
 use protonet::FeatureNorm;
-use protonet::{EpisodeSpec, Error, FewShotClassifier, Model, ModelConfig, ProtoNet, Result, TrainConfig, TrainOptions, Trainer};
+use protonet::{EpisodeSpec, Error, FewShotClassifier, FewShotNet, MethodConfig, Model, ModelConfig, Result, TrainConfig, TrainOptions, Trainer};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
@@ -168,7 +167,7 @@ fn run(a: Args) -> Result<()> {
     let (net, norm) = match backbone {
         BackboneChoice::EfficientnetLite0 => {
             let path = weights.map_err(|e| Error::param("weights", e.to_string()))?;
-            (ProtoNet::new(Box::new(EfficientNetLite0::load(&path, &dev)?)), FeatureNorm::CenterSupportL2)
+            (FewShotNet::new(Box::new(EfficientNetLite0::load(&path, &dev)?)), FeatureNorm::CenterSupportL2)
         }
         BackboneChoice::EfficientnetLite0Finetuned => (fine_tune_head(&a, &train_set, &image, &dev)?, FeatureNorm::None),
         BackboneChoice::EfficientnetLite0Trunk => (train_trunk_blocks(&a, &train_set, &image, &dev)?, FeatureNorm::CenterSupportL2),
@@ -177,8 +176,8 @@ fn run(a: Args) -> Result<()> {
     // 3. Evaluate: `shot` photos per unseen denomination, averaged over 4 rotations.
     println!("Embedding the test photos (4 rotations each)...");
     let embedder = Embedder { rotations: 4, ..Default::default() };
-    let adaptation = Some(SupportAdaptation { steps: a.adapt_steps, ..Default::default() });
-    let eval = EvalConfig { adaptation, ..EvalConfig::new(spec, a.episodes, a.seed) };
+    let method = Some(MethodConfig::Protonet.with_adaptation_steps(a.adapt_steps));
+    let eval = EvalConfig { method, ..EvalConfig::new(spec, a.episodes, a.seed) };
     let report = evaluate_net(&net, &embedder, &norm, &test_set, &eval, &dev, &Bars::new(true))?;
     print_report(&a, &report, &test_set)
 }
@@ -279,7 +278,7 @@ fn training_source(a: &Args) -> String {
 
 /// Trains the last 8 MBConv blocks and the head of EfficientNet-Lite0 by cross-entropy on
 /// the training denominations, or reads the model `--trunk-model` holds.
-fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<ProtoNet> {
+fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<FewShotNet> {
     if let Some(dir) = a.trunk_model.as_ref().filter(|d| d.join("config.json").is_file()) {
         println!("Reading the trained trunk from {}", dir.display());
         return Ok(Model::load_for_images(dir, dev)?.into_net());
@@ -305,7 +304,7 @@ fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: 
 }
 
 /// Fine-tunes the EfficientNet-Lite0 head episodically on the training denominations.
-fn fine_tune_head(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<ProtoNet> {
+fn fine_tune_head(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<FewShotNet> {
     let mut config = FineTuneConfig {
         description: format!(
             "EfficientNet-Lite0 for coin photographs (the coin example): head fine-tuned on {} denominations ({}), 224x224 RGB, 4 rotations cached; the ImageNet trunk is referenced, not stored.",
@@ -329,7 +328,7 @@ fn fine_tune_head(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Dev
 }
 
 /// Trains a Conv-4 episodically, with rotation augmentation, on the training denominations.
-fn train_conv4(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<ProtoNet> {
+fn train_conv4(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<FewShotNet> {
     let mut config = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 3, ..Default::default() }), image.clone());
     config.description = format!(
         "Conv-4 for coin photographs (the coin example): {}x{} RGB, trained episodically with rotation augmentation on {} denominations ({}). Classifies with embeddings averaged over 4 quarter turns.",

@@ -11,9 +11,10 @@ use crate::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0};
 use crate::data::ImageConfig;
 use crate::episode::EpisodeSpec;
 use crate::error::{Error, Result};
+use crate::method::MethodConfig;
 use crate::model::{is_running_stat, Model, ModelConfig};
+use crate::net::FewShotNet;
 use crate::optim::Adam;
-use crate::protonet::ProtoNet;
 
 /// What one timed iteration does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,18 +40,27 @@ pub struct Workload {
     kind: WorkloadKind,
     model: Model,
     /// A network to time instead of the model's (the pretrained backbone).
-    frozen: Option<ProtoNet>,
+    frozen: Option<FewShotNet>,
     images: Tensor,
     labels: Tensor,
     adam: Adam,
 }
 
 impl Workload {
-    /// A workload on `channels x image_size x image_size` random images.
+    /// A workload of a Conv-4 prototypical network on `channels x image_size x
+    /// image_size` random images.
     pub fn new(kind: WorkloadKind, channels: usize, image_size: usize, device: &Device) -> Result<Self> {
+        Self::with_method(kind, channels, image_size, MethodConfig::Protonet, device)
+    }
+
+    /// A workload of a Conv-4 scored by `method` (see [`Workload::new`]).
+    pub fn with_method(kind: WorkloadKind, channels: usize, image_size: usize, method: MethodConfig, device: &Device) -> Result<Self> {
         let image = if channels == 3 { ImageConfig::rgb(image_size) } else { ImageConfig { channels, ..ImageConfig::grey(image_size) } };
         let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: channels, ..Default::default() });
-        let model = Model::new(ModelConfig::new(backbone, image), 0, device)?;
+        let model = Model::new(ModelConfig { method, ..ModelConfig::new(backbone, image) }, 0, device)?;
+        if let (WorkloadKind::TrainStep(_), false) = (kind, model.net().method().trains_episodically()) {
+            return Err(Error::param("method", format!("the `{}` method has no episodic training step to time", method.name())));
+        }
         let (n, labels) = match kind {
             WorkloadKind::TrainStep(s) | WorkloadKind::Inference(s) => {
                 s.validate()?;
@@ -69,7 +79,7 @@ impl Workload {
     /// A workload that embeds (or runs inference episodes) with `net`, a frozen backbone
     /// such as [`EfficientNetLite0`], on `3 x image_size x image_size`
     /// random images. Training steps are refused: the network is frozen.
-    pub fn frozen(net: ProtoNet, kind: WorkloadKind, image_size: usize, device: &Device) -> Result<Self> {
+    pub fn frozen(net: FewShotNet, kind: WorkloadKind, image_size: usize, device: &Device) -> Result<Self> {
         if let WorkloadKind::TrainStep(_) = kind {
             return Err(Error::param("train", "a frozen pretrained backbone has no training step to time"));
         }
@@ -95,11 +105,11 @@ impl Workload {
         };
         let mut w = Self::new(WorkloadKind::TrainStep(spec), 3, image_size, device)?;
         w.adam = Adam::new(vars, 1e-4);
-        w.frozen = Some(ProtoNet::new(Box::new(net)));
+        w.frozen = Some(FewShotNet::new(Box::new(net)));
         Ok(w)
     }
 
-    fn net(&self) -> &ProtoNet {
+    fn net(&self) -> &FewShotNet {
         self.frozen.as_ref().unwrap_or(self.model.net())
     }
 

@@ -6,8 +6,8 @@ use candle_core::{Device, Tensor};
 
 use crate::data::{rotate_square_ccw, validate_rotations, ImageSet};
 use crate::error::{Error, Result};
+use crate::net::FewShotNet;
 use crate::observer::Observer;
-use crate::protonet::ProtoNet;
 
 /// Embeds images in batches, in evaluation mode, optionally averaging each embedding over
 /// rotations by multiples of 90 degrees (for subjects whose class does not depend on
@@ -48,7 +48,7 @@ impl Embedder {
     }
 
     /// Embeds `images` of shape `(c, h, w)` (flat, one `Vec` each) into one `Vec` each.
-    pub fn embed_images(&self, net: &ProtoNet, images: &[Vec<f32>], (c, h, w): (usize, usize, usize), device: &Device) -> Result<Vec<Vec<f32>>> {
+    pub fn embed_images(&self, net: &FewShotNet, images: &[Vec<f32>], (c, h, w): (usize, usize, usize), device: &Device) -> Result<Vec<Vec<f32>>> {
         self.validate()?;
         if let Some((i, im)) = images.iter().enumerate().find(|(_, im)| im.len() != c * h * w) {
             return Err(Error::param("image", format!("image {i} has {} values, the model takes {c}x{h}x{w} = {}", im.len(), c * h * w)));
@@ -64,7 +64,7 @@ impl Embedder {
 
     /// Embeds every image of `set` into a set with the same classes whose samples are
     /// `(D, 1, 1)` embeddings, reporting progress to `observer`.
-    pub fn embed_set(&self, net: &ProtoNet, set: &ImageSet, device: &Device, observer: &dyn Observer) -> Result<ImageSet> {
+    pub fn embed_set(&self, net: &FewShotNet, set: &ImageSet, device: &Device, observer: &dyn Observer) -> Result<ImageSet> {
         self.validate()?;
         let (c, h, w) = set.image_dims();
         let items: Vec<(usize, usize)> = (0..set.num_classes()).flat_map(|k| (0..set.class_len(k)).map(move |i| (k, i))).collect();
@@ -85,7 +85,7 @@ impl Embedder {
 
     /// A batch of images `(n, c, h, w)` embedded into `(n, D)`, averaged over the
     /// rotations (all of them in one pass each, not in chunks of `batch`).
-    pub fn embed_tensor(&self, net: &ProtoNet, images: &Tensor) -> Result<Tensor> {
+    pub fn embed_tensor(&self, net: &FewShotNet, images: &Tensor) -> Result<Tensor> {
         self.validate()?;
         if self.rotations == 1 {
             return Ok(net.embed(images, false)?.detach());
@@ -97,7 +97,7 @@ impl Embedder {
     }
 
     /// One batch `(n, c, h, w)`, embedded at each rotation and averaged.
-    fn embed_rotations(&self, net: &ProtoNet, flat: Vec<f32>, (n, c, h, w): (usize, usize, usize, usize), device: &Device) -> Result<Vec<Vec<f32>>> {
+    fn embed_rotations(&self, net: &FewShotNet, flat: Vec<f32>, (n, c, h, w): (usize, usize, usize, usize), device: &Device) -> Result<Vec<Vec<f32>>> {
         if self.rotations > 1 && h != w {
             return Err(Error::param("rotations", format!("rotating needs square images, these are {h}x{w}")));
         }

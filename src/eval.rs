@@ -7,14 +7,15 @@
 use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::adapt::SupportAdaptation;
 use crate::data::ImageSet;
 use crate::embed::Embedder;
 use crate::episode::{Episode, EpisodeSampler, EpisodeSpec};
 use crate::error::{Error, Result};
+use crate::method::{Method, MethodConfig};
 use crate::model::Model;
+use crate::net::FewShotNet;
 use crate::observer::Observer;
-use crate::protonet::{logits, FeatureNorm, ProtoNet};
+use crate::protonet::FeatureNorm;
 
 /// The result of [`evaluate`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,16 +124,17 @@ pub struct EvalConfig {
     pub episodes: usize,
     /// The sampler's seed.
     pub seed: u64,
-    /// Adaptation to each episode's support set ([`SupportAdaptation`]); `None`: the
-    /// model's own (see [`evaluate`]), or plain prototypes.
+    /// The method that scores each episode, in place of the network's own (`None`); only
+    /// a method without learned parameters can stand in (see
+    /// [`MethodConfig::build_without_parameters`]), for example another support adaptation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub adaptation: Option<SupportAdaptation>,
+    pub method: Option<MethodConfig>,
 }
 
 impl EvalConfig {
     /// `episodes` episodes of shape `spec` drawn with `seed`.
     pub fn new(spec: EpisodeSpec, episodes: usize, seed: u64) -> Self {
-        Self { spec, episodes, seed, adaptation: None }
+        Self { spec, episodes, seed, method: None }
     }
 
     /// Checks the settings.
@@ -141,14 +143,15 @@ impl EvalConfig {
         if self.episodes == 0 {
             return Err(Error::param("episodes", "must be at least 1"));
         }
-        self.adaptation.map_or(Ok(()), |a| a.validate())
+        self.method.map_or(Ok(()), |m| m.validate())
     }
 }
 
 /// Evaluates `model` on the episodes `config` describes, drawn from `set`, as the model
 /// classifies: BatchNorm in evaluation mode, embeddings averaged over the model's
-/// `rotations`, normalized as its `normalization` says and, unless `config` says
-/// otherwise, with its support-set `adaptation` (what `protonet eval --model` measures). Progress goes to `observer`.
+/// `rotations`, normalized as its `normalization` says and scored by its method unless
+/// `config` names another (what `protonet eval --model` measures). Progress goes to
+/// `observer`.
 ///
 /// ```
 /// use candle_core::Device;
@@ -166,19 +169,19 @@ impl EvalConfig {
 /// ```
 pub fn evaluate(model: &Model, set: &ImageSet, config: &EvalConfig, observer: &dyn Observer) -> Result<EvalReport> {
     let c = model.config();
-    let config = EvalConfig { adaptation: config.adaptation.or(c.adaptation), ..*config };
-    evaluate_net(model.net(), &c.embedder(), &c.normalization, set, &config, model.device(), observer)
+    evaluate_net(model.net(), &c.embedder(), &c.normalization, set, config, model.device(), observer)
 }
 
 /// Evaluates `net` on the episodes `config` describes, drawn from `set`, embedding
-/// through `embedder` and normalizing as `norm` says (BatchNorm in evaluation mode).
+/// through `embedder`, normalizing as `norm` says (BatchNorm in evaluation mode) and
+/// scoring by the network's method, or the one `config` names.
 ///
 /// When the episodes would embed more images than the set holds, every image is embedded
 /// once ([`Embedder::embed_set`]) and the episodes are drawn from the embeddings
 /// ([`evaluate_embedded`]): the same episodes and, BatchNorm being per-image in
 /// evaluation mode, the same result, much faster.
 pub fn evaluate_net(
-    net: &ProtoNet,
+    net: &FewShotNet,
     embedder: &Embedder,
     norm: &FeatureNorm,
     set: &ImageSet,
@@ -189,9 +192,13 @@ pub fn evaluate_net(
     config.validate()?;
     let spec = config.spec;
     spec.check_dataset(set)?;
+    let method = match &config.method {
+        Some(m) => m.build_without_parameters()?,
+        None => net.method().clone(),
+    };
     if config.episodes * (spec.num_support() + spec.num_query()) > set.num_images() {
         let embedded = embedder.embed_set(net, set, device, observer)?;
-        return evaluate_embedded(&embedded, config, norm, device, observer);
+        return evaluate_embedded(&embedded, config, norm, method.as_ref(), device, observer);
     }
     run_episodes(set, config, observer, |ep| {
         let (images, labels) = ep.tensors(set, device)?;
@@ -199,18 +206,13 @@ pub fn evaluate_net(
         let support = emb.narrow(0, 0, spec.num_support())?;
         let query = emb.narrow(0, spec.num_support(), spec.num_query())?;
         let (support, query) = norm.apply(&support, &query)?;
-        Ok((episode_logits(&support, &query, config)?, labels))
+        Ok((episode_logits(method.as_ref(), &support, &query, spec)?, labels))
     })
 }
 
-/// An episode's logits: nearest prototype, or the support-adapted cosine classifier when
-/// `config.adaptation` is active.
-fn episode_logits(support: &Tensor, query: &Tensor, config: &EvalConfig) -> Result<Tensor> {
-    let spec = config.spec;
-    match config.adaptation.filter(SupportAdaptation::is_active) {
-        None => logits(support, query, spec.way, spec.shot),
-        Some(a) => a.logits(query, &a.fit(support, &vec![spec.shot; spec.way])?),
-    }
+/// An episode's logits: `method` fitted to the support embeddings, scoring the queries.
+fn episode_logits(method: &dyn Method, support: &Tensor, query: &Tensor, spec: EpisodeSpec) -> Result<Tensor> {
+    method.logits(&method.fit(support, &vec![spec.shot; spec.way])?, query)
 }
 
 /// Draws `episodes` episodes from `set`, gets each one's logits from `logits_of`, and
@@ -253,10 +255,17 @@ fn count_predictions(confusion: &mut [Vec<u64>], ep: &Episode, logits: &Tensor) 
     Ok(())
 }
 
-/// Evaluates nearest-prototype classification on a set of embeddings (as made by
-/// [`Embedder::embed_set`]) on the episodes `config` describes, embeddings normalized as
-/// `norm` says.
-pub fn evaluate_embedded(embedded: &ImageSet, config: &EvalConfig, norm: &FeatureNorm, device: &Device, observer: &dyn Observer) -> Result<EvalReport> {
+/// Evaluates `method` on a set of embeddings (as made by [`Embedder::embed_set`]) on the
+/// episodes `config` describes, embeddings normalized as `norm` says (`config.method`
+/// is not read: `method` scores).
+pub fn evaluate_embedded(
+    embedded: &ImageSet,
+    config: &EvalConfig,
+    norm: &FeatureNorm,
+    method: &dyn Method,
+    device: &Device,
+    observer: &dyn Observer,
+) -> Result<EvalReport> {
     config.validate()?;
     let dim = embedded.image_len();
     run_episodes(embedded, config, observer, |ep| {
@@ -264,6 +273,6 @@ pub fn evaluate_embedded(embedded: &ImageSet, config: &EvalConfig, norm: &Featur
         let query = Tensor::from_vec(embedded.gather(&ep.query), (ep.query.len(), dim), device)?;
         let (support, query) = norm.apply(&support, &query)?;
         let labels = Tensor::new(ep.query_labels(), device)?;
-        Ok((episode_logits(&support, &query, config)?, labels))
+        Ok((episode_logits(method, &support, &query, config.spec)?, labels))
     })
 }

@@ -17,9 +17,11 @@ use crate::data::{validate_rotations, ImageConfig};
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::io::{read_safetensors, write_atomic, write_safetensors};
+use crate::method::MethodConfig;
+use crate::net::FewShotNet;
 use crate::output::{check, OutputMode, CONFIG_FILE, WEIGHTS_FILE};
 use crate::pretrained::PretrainedWeights;
-use crate::protonet::{FeatureNorm, ProtoNet};
+use crate::protonet::FeatureNorm;
 use crate::record::TrainingRecord;
 const FORMAT: &str = "protonet-model";
 const VERSION: u32 = 1;
@@ -33,6 +35,7 @@ const VERSION: u32 = 1;
 /// assert_eq!(cfg.embedding_dim(), 64);
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ModelConfigFile")]
 pub struct ModelConfig {
     /// Always `protonet-model`.
     pub format: String,
@@ -56,11 +59,40 @@ pub struct ModelConfig {
     /// (none by default; support centring + L2 suits the frozen pretrained network).
     #[serde(default, skip_serializing_if = "is_no_normalization")]
     pub normalization: FeatureNorm,
-    /// Adaptation to the support set when the model classifies ([`SupportAdaptation`]:
-    /// a cosine classifier started from the prototypes and trained on the support
-    /// embeddings); none by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub adaptation: Option<SupportAdaptation>,
+    /// The few-shot method that scores queries against a support set ([`MethodConfig`];
+    /// prototypes by default). Models saved before methods were recorded carry an
+    /// `adaptation` instead, read as [`MethodConfig::Adapted`] when active.
+    pub method: MethodConfig,
+}
+
+/// `config.json` as read: a [`ModelConfig`], or one written before methods were
+/// recorded (with `adaptation` where `method` is now).
+#[derive(Deserialize)]
+struct ModelConfigFile {
+    format: String,
+    version: u32,
+    backbone: BackboneConfig,
+    image: ImageConfig,
+    #[serde(default)]
+    training: Option<TrainingRecord>,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "one_rotation")]
+    rotations: usize,
+    #[serde(default)]
+    normalization: FeatureNorm,
+    #[serde(default)]
+    method: Option<MethodConfig>,
+    #[serde(default)]
+    adaptation: Option<SupportAdaptation>,
+}
+
+impl From<ModelConfigFile> for ModelConfig {
+    fn from(f: ModelConfigFile) -> Self {
+        let method = f.method.unwrap_or_else(|| MethodConfig::from_adaptation(f.adaptation));
+        let ModelConfigFile { format, version, backbone, image, training, description, rotations, normalization, .. } = f;
+        Self { format, version, backbone, image, training, description, rotations, normalization, method }
+    }
 }
 
 fn is_no_normalization(n: &FeatureNorm) -> bool {
@@ -87,7 +119,7 @@ impl ModelConfig {
             description: String::new(),
             rotations: 1,
             normalization: FeatureNorm::None,
-            adaptation: None,
+            method: MethodConfig::Protonet,
         }
     }
 
@@ -140,9 +172,7 @@ impl ModelConfig {
         }
         self.backbone.validate()?;
         validate_rotations(self.rotations)?;
-        if let Some(a) = &self.adaptation {
-            a.validate()?;
-        }
+        self.method.validate()?;
         if let FeatureNorm::CenterL2(centre) = &self.normalization {
             if centre.len() != self.embedding_dim() {
                 return Err(Error::param("normalize", format!("the centre has {} values, embeddings have {}", centre.len(), self.embedding_dim())));
@@ -177,7 +207,7 @@ impl ModelConfig {
     }
 }
 
-/// A prototypical network with its parameters and configuration.
+/// A few-shot network (backbone and method) with its parameters and configuration.
 ///
 /// ```
 /// use candle_core::Device;
@@ -194,7 +224,7 @@ impl ModelConfig {
 pub struct Model {
     config: ModelConfig,
     varmap: VarMap,
-    net: ProtoNet,
+    net: FewShotNet,
     device: Device,
 }
 
@@ -208,7 +238,8 @@ impl Model {
         config.validate()?;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-        let net = ProtoNet::new(config.backbone.build(vb)?);
+        let method = config.method.build(vb.pp("method"))?;
+        let net = FewShotNet::with_method(config.backbone.build(vb)?, method);
         Ok(Self { config, varmap, net, device: device.clone() })
     }
 
@@ -283,12 +314,19 @@ impl Model {
     }
 
     /// The network.
-    pub fn net(&self) -> &ProtoNet {
+    pub fn net(&self) -> &FewShotNet {
         &self.net
     }
 
+    /// Builds `config`'s method for this model, its learned parameters (if any) from the
+    /// model's variables under `method`: to score with other settings of a method, as
+    /// `FewShotClassifier::set_method` does.
+    pub fn build_method(&self, config: &MethodConfig) -> Result<std::sync::Arc<dyn crate::method::Method>> {
+        config.build(VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device).pp("method"))
+    }
+
     /// The network, giving up the rest (configuration and parameter names).
-    pub fn into_net(self) -> ProtoNet {
+    pub fn into_net(self) -> FewShotNet {
         self.net
     }
 

@@ -1,10 +1,9 @@
-//! The prototypical network: prototypes, distances, loss and accuracy.
+//! The metric maths of few-shot methods: prototypes, squared distances, cosine
+//! similarities, feature normalization, loss and accuracy.
 
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::Backbone;
-use crate::episode::EpisodeSpec;
 use crate::error::{Error, Result};
 
 /// Class prototypes: the mean of each class's support embeddings.
@@ -146,78 +145,5 @@ impl FeatureNorm {
                 Ok((l2_rows(&support.broadcast_sub(&mean)?)?, l2_rows(&query.broadcast_sub(&mean)?)?))
             }
         }
-    }
-}
-
-/// What one episode's forward pass yields.
-#[derive(Debug, Clone)]
-pub struct EpisodeOutput {
-    /// Mean cross-entropy over the queries (a graph node, for backward).
-    pub loss: Tensor,
-    /// `(Q, N)` logits: negative squared distances to the prototypes.
-    pub logits: Tensor,
-    /// The loss as a number.
-    pub loss_value: f32,
-    /// Fraction of queries classified correctly.
-    pub accuracy: f32,
-}
-
-/// A prototypical network over any [`Backbone`].
-///
-/// ```
-/// use candle_core::{DType, Device, Tensor};
-/// use candle_nn::{VarBuilder, VarMap};
-/// use protonet::{backbone::{BackboneConfig, Conv4Config}, EpisodeSpec, ProtoNet};
-/// let vm = VarMap::new();
-/// let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-/// let net = ProtoNet::new(BackboneConfig::Conv4(Conv4Config::default()).build(vb)?);
-/// let spec = EpisodeSpec::new(2, 1, 1)?;
-/// let images = Tensor::randn(0f32, 1., (4, 1, 28, 28), &Device::Cpu)?;
-/// let labels = Tensor::new(&[0u32, 1], &Device::Cpu)?;
-/// let out = net.forward_episode(&images, spec, &labels, false)?;
-/// assert_eq!(out.logits.dims(), &[2, 2]);
-/// # Ok::<(), protonet::Error>(())
-/// ```
-pub struct ProtoNet {
-    backbone: Box<dyn Backbone>,
-}
-
-impl ProtoNet {
-    /// Wraps a backbone.
-    pub fn new(backbone: Box<dyn Backbone>) -> Self {
-        Self { backbone }
-    }
-
-    /// The backbone.
-    pub fn backbone(&self) -> &dyn Backbone {
-        self.backbone.as_ref()
-    }
-
-    /// Embeds `(N, C, H, W)` images.
-    pub fn embed(&self, images: &Tensor, train: bool) -> Result<Tensor> {
-        self.backbone.embed(images, train)
-    }
-
-    /// Logits `(Q, N)` of query embeddings against the prototypes of support embeddings.
-    pub fn logits(&self, support_emb: &Tensor, query_emb: &Tensor, way: usize, shot: usize) -> Result<Tensor> {
-        logits(support_emb, query_emb, way, shot)
-    }
-
-    /// One episode: `images` holds the `way * shot` support images (class-major) followed
-    /// by the `way * query` query images, embedded together in one batch as in the paper;
-    /// `query_labels` are the episode labels of the queries.
-    pub fn forward_episode(&self, images: &Tensor, spec: EpisodeSpec, query_labels: &Tensor, train: bool) -> Result<EpisodeOutput> {
-        let n = images.dim(0)?;
-        if n != spec.num_support() + spec.num_query() {
-            return Err(Error::param("images", format!("{n} images for a {spec} episode (expected {})", spec.num_support() + spec.num_query())));
-        }
-        let emb = self.embed(images, train)?;
-        let support = emb.narrow(0, 0, spec.num_support())?;
-        let query = emb.narrow(0, spec.num_support(), spec.num_query())?;
-        let logits = self.logits(&support, &query, spec.way, spec.shot)?;
-        let loss = episode_loss(&logits, query_labels)?;
-        let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        let accuracy = accuracy(&logits, query_labels)?;
-        Ok(EpisodeOutput { loss, logits, loss_value, accuracy })
     }
 }

@@ -43,7 +43,8 @@ fn stored_prototypes_predict_as_prototypes_recomputed_from_the_support_images() 
         assert_eq!(p.class.as_deref(), Some(set.class_name(best)));
         for score in &p.ranked {
             let c = (0..way).find(|&c| set.class_name(c) == score.class).unwrap();
-            assert!((score.distance - row[c]).abs() <= 1e-4 * row[c].max(1.0), "{} vs {}", score.distance, row[c]);
+            let d = score.distance.unwrap();
+            assert!((d - row[c]).abs() <= 1e-4 * row[c].max(1.0), "{} vs {}", d, row[c]);
         }
         let total: f32 = p.ranked.iter().map(|s| s.probability).sum();
         assert!((total - 1.0).abs() < 1e-5);
@@ -142,7 +143,7 @@ fn a_class_never_added_is_answered_unknown_with_a_threshold() {
     let query = set.image(3, 0).to_vec();
     let p = clf.predict(&query).unwrap();
     assert!(p.class.is_some(), "without a threshold every query gets a class");
-    clf.set_threshold(Some(p.distance * 0.5)).unwrap();
+    clf.set_threshold(Some(p.distance.unwrap() * 0.5)).unwrap();
     assert_eq!(clf.predict(&query).unwrap().class, None);
     assert!(clf.set_threshold(Some(f32::NAN)).is_err() && clf.set_threshold(Some(-1.0)).is_err());
 }

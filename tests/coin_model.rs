@@ -20,7 +20,7 @@ fn the_shipped_coin_model_loads_and_predicts_needs_data() {
     assert!(config.description.to_lowercase().contains("coin"), "{}", config.description);
     assert_eq!(clf.rotations(), 4, "the model's own setting: 4 quarter turns");
     assert_eq!(clf.store().normalization(), &protonet::FeatureNorm::CenterSupportL2);
-    assert!(clf.store().adaptation().is_active(), "the model adapts to its support set");
+    assert!(matches!(clf.store().method().config(), protonet::MethodConfig::Adapted(a) if a.is_active()), "the model adapts to its support set");
     assert!(config.image.crop.is_some(), "the model crops each photo to its coin");
     assert!(matches!(config.backbone, protonet::backbone::BackboneConfig::EfficientNetLite0 { trained_from_block: Some(8), .. }), "{:?}", config.backbone);
     let won = common::require_data("coins/korean-won-cho0h5", "the_shipped_coin_model_loads_and_predicts_needs_data");

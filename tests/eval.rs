@@ -20,7 +20,15 @@ fn embedding_once_gives_the_same_episodes_and_accuracy() {
     let embedded = protonet::embed::Embedder { batch: 5, rotations: 1 }.embed_set(model.net(), &set, &Device::Cpu, &protonet::Silent).unwrap();
     assert_eq!(embedded.image_dims(), (16, 1, 1));
     assert_eq!(embedded.class_names(), set.class_names());
-    let once = evaluate_embedded(&embedded, &protonet::EvalConfig::new(spec, 2, 9), &FeatureNorm::None, &Device::Cpu, &protonet::Silent).unwrap();
+    let once = evaluate_embedded(
+        &embedded,
+        &protonet::EvalConfig::new(spec, 2, 9),
+        &FeatureNorm::None,
+        &protonet::method::Prototypes,
+        &Device::Cpu,
+        &protonet::Silent,
+    )
+    .unwrap();
     assert!((direct.accuracy - once.accuracy).abs() < 1e-9, "{direct} vs {once}");
     // Many episodes take the embed-once path inside `evaluate`; each of its episodes is
     // checked against a different path: that episode's images through the network

@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use protonet::backbone::{Backbone, Conv4, Conv4Config};
-use protonet::{accuracy, episode_loss, prototypes, squared_distances, EpisodeSpec, ProtoNet};
+use protonet::{accuracy, episode_loss, prototypes, squared_distances, EpisodeSpec, FewShotNet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -68,7 +68,7 @@ fn loss_and_accuracy_match_plain_log_softmax() {
 fn forward_episode_handles_single_shot_and_single_query() {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    let net = ProtoNet::new(Box::new(Conv4::new(&Conv4Config::default(), vb).unwrap()));
+    let net = FewShotNet::new(Box::new(Conv4::new(&Conv4Config::default(), vb).unwrap()));
     for (way, shot, query) in [(2, 1, 1), (5, 1, 1), (3, 2, 1), (2, 1, 3)] {
         let spec = EpisodeSpec::new(way, shot, query).unwrap();
         let n = spec.num_support() + spec.num_query();
@@ -93,7 +93,7 @@ fn loss_gradient_matches_finite_differences() {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F64, &dev);
     let cfg = Conv4Config { in_channels: 2, hidden: 3, depth: 2 };
-    let net = ProtoNet::new(Box::new(Conv4::new(&cfg, vb).unwrap()));
+    let net = FewShotNet::new(Box::new(Conv4::new(&cfg, vb).unwrap()));
     let spec = EpisodeSpec::new(3, 2, 2).unwrap();
     let n = spec.num_support() + spec.num_query();
     // Every value from a seeded generator, so that the check is the same on every run
@@ -211,7 +211,7 @@ fn the_gpu_path_gives_the_cpu_gradients() {
     // Gradients by parameter name, from the same initial weights.
     let grads_with = |ops: Ops| -> (f32, Vec<(String, Vec<f32>)>) {
         let vm = VarMap::new();
-        let net = ProtoNet::new(Box::new(Conv4::with_ops(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev), ops).unwrap()));
+        let net = FewShotNet::new(Box::new(Conv4::with_ops(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev), ops).unwrap()));
         let mut init = ChaCha8Rng::seed_from_u64(1);
         let mut vars: Vec<(String, Var)> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));

@@ -76,7 +76,7 @@ fn trunk_training_moves_the_tail_lowers_the_loss_and_resumes_needs_data() {
     let x = candle_core::Tensor::from_vec(set.image(0, 0).to_vec(), (1, 3, 64, 64), &dev).unwrap();
     let (a, b) = (model.net().embed(&x, false).unwrap(), loaded.net().embed(&x, false).unwrap());
     assert!((a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-5);
-    assert_eq!(loaded.config().adaptation, Some(SupportAdaptation::default()));
+    assert_eq!(loaded.config().method, protonet::MethodConfig::Adapted(SupportAdaptation::default()));
 
     // A classifier on it adapts to its support set; it answers the same after save and load.
     let mut clf = FewShotClassifier::new(loaded);
@@ -91,7 +91,7 @@ fn trunk_training_moves_the_tail_lowers_the_loss_and_resumes_needs_data() {
     let again = FewShotClassifier::load(&saved, &dev).unwrap().predict_batch(&queries).unwrap();
     for (x, y) in answers.iter().zip(&again) {
         assert_eq!(x.class, y.class);
-        assert!((x.distance - y.distance).abs() < 1e-5 && (x.confidence - y.confidence).abs() < 1e-5);
+        assert!((x.distance.unwrap() - y.distance.unwrap()).abs() < 1e-5 && (x.confidence - y.confidence).abs() < 1e-5);
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use protonet::backbone::{HeadConfig, TunedHead};
-use protonet::{EpisodeSpec, ProtoNet};
+use protonet::{EpisodeSpec, FewShotNet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -15,7 +15,7 @@ fn tuned_head_gradients_match_finite_differences() {
     for normalize in [true, false] {
         let vm = VarMap::new();
         let head = TunedHead::new(&HeadConfig { normalize }, VarBuilder::from_varmap(&vm, DType::F64, &dev)).unwrap();
-        let net = ProtoNet::new(Box::new(head));
+        let net = FewShotNet::new(Box::new(head));
         let spec = EpisodeSpec::new(3, 2, 1).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(if normalize { 1 } else { 2 });
         let n = spec.num_support() + spec.num_query();

@@ -8,7 +8,7 @@ mod common;
 fn frozen_backbone_workloads_run_needs_data() {
     use protonet::bench::{time_workload, Workload, WorkloadKind};
     let path = common::pretrained_weights("frozen backbone workloads");
-    let net = || protonet::ProtoNet::new(Box::new(protonet::backbone::EfficientNetLite0::load(&path, &candle_core::Device::Cpu).unwrap()));
+    let net = || protonet::FewShotNet::new(Box::new(protonet::backbone::EfficientNetLite0::load(&path, &candle_core::Device::Cpu).unwrap()));
     let mut w = Workload::frozen(net(), WorkloadKind::Embed(2), 96, &candle_core::Device::Cpu).unwrap();
     let r = time_workload(&mut w, 0, 1).unwrap();
     assert!(r.median_ms > 0.0 && r.images_per_second > 0.0);

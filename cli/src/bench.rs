@@ -2,9 +2,10 @@
 
 use clap::Args;
 use protonet::bench::{time_workload, Workload, WorkloadKind};
+use protonet::method::MatchingConfig;
 use protonet::{EpisodeSpec, Result};
 
-use crate::common::device;
+use crate::common::{device, MethodName};
 
 /// Arguments of `protonet bench`.
 #[derive(Args, Debug)]
@@ -46,6 +47,9 @@ pub struct BenchArgs {
     /// Weights file of the pretrained backbone (default: the published weights, found as `eval` finds them).
     #[arg(long)]
     weights: Option<std::path::PathBuf>,
+    /// The few-shot method of the Conv-4 timed (its default settings).
+    #[arg(long, value_enum, default_value_t = MethodName::Protonet, conflicts_with = "backbone")]
+    method: MethodName,
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -71,11 +75,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 (Workload::efficientnet_training(&weights, spec, a.image_size, &dev)?, 3)
             }
             _ => {
-                let net = protonet::ProtoNet::new(Box::new(crate::common::efficientnet_lite0(a.weights.as_deref(), &dev)?));
+                let net = protonet::FewShotNet::new(Box::new(crate::common::efficientnet_lite0(a.weights.as_deref(), &dev)?));
                 (Workload::frozen(net, kind, a.image_size, &dev)?, 3)
             }
         },
-        None => (Workload::new(kind, a.channels, a.image_size, &dev)?, a.channels),
+        None => (Workload::with_method(kind, a.channels, a.image_size, a.method.config(MatchingConfig::default().scale), &dev)?, a.channels),
     };
     let r = time_workload(&mut w, a.warmup, a.iters)?;
     let what = match kind {

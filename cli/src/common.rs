@@ -165,3 +165,22 @@ pub fn emit(line: impl std::fmt::Display) {
         std::process::exit(1);
     }
 }
+
+/// The few-shot methods trained episodically, by name (`--method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodName {
+    /// Prototypical networks (Snell et al. 2017).
+    Protonet,
+    /// Matching networks (Vinyals et al. 2016), without full-context embeddings.
+    Matching,
+}
+
+impl MethodName {
+    /// The method with its settings (`matching_scale` for matching networks).
+    pub fn config(self, matching_scale: f32) -> protonet::MethodConfig {
+        match self {
+            MethodName::Protonet => protonet::MethodConfig::Protonet,
+            MethodName::Matching => protonet::MethodConfig::Matching(protonet::method::MatchingConfig { scale: matching_scale }),
+        }
+    }
+}

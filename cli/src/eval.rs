@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use protonet::adapt::SupportAdaptation;
 use protonet::data::CoinCrop;
 use protonet::eval::{evaluate_net, EvalConfig};
-use protonet::{EpisodeSpec, Error, Model, ModelConfig, ProtoNet, Result};
+use protonet::{EpisodeSpec, Error, FewShotNet, Model, ModelConfig, Result};
 
 use crate::common::{device, DataArgs, Normalize, PretrainedBackbone};
 use crate::support::progress::Bars;
@@ -94,11 +93,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
         config.image.crop = Some(CoinCrop::default());
     }
     if let Some(steps) = a.adapt_steps {
-        config.adaptation = Some(SupportAdaptation { steps, ..config.adaptation.unwrap_or_default() });
+        config.method = config.method.with_adaptation_steps(steps);
     }
     let set = a.data.load(&a.split, &config.image, quiet)?;
     let bars = Bars::new(!quiet);
-    let eval = EvalConfig { adaptation: config.adaptation, ..EvalConfig::new(spec, a.episodes, a.seed) };
+    let eval = EvalConfig { method: a.adapt_steps.map(|_| config.method), ..EvalConfig::new(spec, a.episodes, a.seed) };
     let report = evaluate_net(&net, &config.embedder(), &config.normalization, &set, &eval, &dev, &bars)?;
     if let Some(path) = &a.confusion_png {
         crate::support::pictures::confusion_matrix(&report.confusion, set.class_names(), path)?;
@@ -116,7 +115,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
 
 /// The network to evaluate and its configuration: the `--model` directory, or the
 /// pretrained backbone with its defaults ([`ModelConfig::efficientnet_lite0`]).
-fn network(a: &EvalArgs, dev: &protonet::Device) -> Result<(ProtoNet, ModelConfig)> {
+fn network(a: &EvalArgs, dev: &protonet::Device) -> Result<(FewShotNet, ModelConfig)> {
     match (&a.model, a.backbone) {
         (Some(dir), _) => {
             let model = Model::load_for_images(dir, dev)?;
@@ -124,7 +123,7 @@ fn network(a: &EvalArgs, dev: &protonet::Device) -> Result<(ProtoNet, ModelConfi
             Ok((model.into_net(), config))
         }
         (None, Some(PretrainedBackbone::EfficientnetLite0)) => {
-            let net = ProtoNet::new(Box::new(crate::common::efficientnet_lite0(a.weights.as_deref(), dev)?));
+            let net = FewShotNet::new(Box::new(crate::common::efficientnet_lite0(a.weights.as_deref(), dev)?));
             Ok((net, ModelConfig::efficientnet_lite0(a.image_size)))
         }
         (None, None) => Err(Error::param("model", "give --model DIR or --backbone")),

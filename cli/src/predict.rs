@@ -1,6 +1,5 @@
 //! `protonet predict`: classify query images from a few support images per class.
 
-use protonet::adapt::SupportAdaptation;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -110,7 +109,7 @@ fn configure(clf: &mut FewShotClassifier, a: &PredictArgs) -> Result<()> {
         clf.set_rotations(r)?;
     }
     if let Some(steps) = a.adapt_steps {
-        clf.set_adaptation(SupportAdaptation { steps, ..*clf.store().adaptation() })?;
+        clf.set_method(&clf.store().method().config().with_adaptation_steps(steps))?;
     }
     if let Some(support) = &a.support {
         let added = clf.add_support_folder(support).map_err(|e| match e {

@@ -6,9 +6,10 @@ use crate::support::progress::{Bars, CURVES_FILE};
 use clap::Args;
 use protonet::backbone::{BackboneConfig, Conv4Config};
 use protonet::data::ImageConfig;
+use protonet::method::MatchingConfig;
 use protonet::{Model, ModelConfig, Result, TrainConfig, TrainOptions, Trainer};
 
-use crate::common::{device, output_mode, DataArgs, DatasetKind};
+use crate::common::{device, output_mode, DataArgs, DatasetKind, MethodName};
 
 /// Arguments of `protonet train`. Defaults are the paper's Omniglot protocol.
 #[derive(Args, Debug)]
@@ -91,6 +92,15 @@ pub struct TrainArgs {
     /// Conv-4 blocks.
     #[arg(long, default_value_t = Conv4Config::default().depth)]
     depth: usize,
+    /// The few-shot method trained: protonet (nearest class mean, squared Euclidean
+    /// distance) or matching (Matching Networks: softmax attention over the support
+    /// images by cosine similarity, without full-context embeddings). Recorded in the
+    /// model's config.json, so eval, predict and bench need no flag.
+    #[arg(long, value_enum, default_value_t = MethodName::Protonet)]
+    method: MethodName,
+    /// --method matching: the cosine similarities are multiplied by this before the softmax.
+    #[arg(long, default_value_t = MatchingConfig::default().scale)]
+    matching_scale: f32,
     /// cpu, cuda or metal (the latter two need the crate's `cuda`/`metal` features).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -130,6 +140,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     config.validate()?;
     let mut model_config = ModelConfig::new(backbone, image.clone());
     model_config.description = a.description.clone();
+    model_config.method = a.method.config(a.matching_scale);
     // Trained for angle-free subjects: classify with embeddings averaged over 4 quarter turns.
     model_config.rotations = if a.rotate { 4 } else { 1 };
     let mut model = Model::new(model_config, a.seed, &dev)?;

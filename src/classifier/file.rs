@@ -12,6 +12,7 @@ use super::FewShotClassifier;
 use crate::adapt::SupportAdaptation;
 use crate::error::{Error, Result};
 use crate::io::{read_safetensors, write_atomic, write_safetensors};
+use crate::method::{Fitted, MethodConfig};
 use crate::model::Model;
 use crate::output::{prepare, OutputMode, CLASSIFIER_FILE, EMBEDDINGS_FILE};
 use crate::protonet::FeatureNorm;
@@ -32,10 +33,18 @@ struct ClassifierFile {
     /// How embeddings are normalized.
     #[serde(default)]
     normalization: FeatureNorm,
-    /// How the classifier adapts to its support set (absent: not at all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The method that scores queries (absent in files written before methods were
+    /// recorded: the support adaptation below, or prototypes).
+    #[serde(default)]
+    method: Option<MethodConfig>,
+    /// Files written before methods were recorded: how the classifier adapted to its
+    /// support set (absent: not at all).
+    #[serde(default, skip_serializing)]
     adaptation: Option<SupportAdaptation>,
 }
+
+/// The prefix of the method's fit in `prototypes.safetensors`.
+const FITTED: &str = "fitted.";
 
 fn one() -> usize {
     1
@@ -57,10 +66,11 @@ pub(super) fn save(clf: &FewShotClassifier, dir: &Path, mode: OutputMode) -> Res
     let n = flat.len() / d.max(1);
     let mut tensors = BTreeMap::new();
     tensors.insert("embeddings".to_string(), Tensor::from_vec(flat, (n, d), &Device::Cpu)?);
-    // The adapted class weights, so that a loaded classifier answers exactly as this one.
-    if let Some(w) = store.adapted_weights()? {
-        let k = w.nrows();
-        tensors.insert("adapted".to_string(), Tensor::from_vec(w.into_raw_vec_and_offset().0, (k, d), &Device::Cpu)?);
+    // The method's fit, so that a loaded classifier answers exactly as this one.
+    if !store.classes.is_empty() {
+        for (name, t) in store.fitted()?.tensors {
+            tensors.insert(format!("{FITTED}{name}"), t);
+        }
     }
     write_safetensors(&dir.join(EMBEDDINGS_FILE), &tensors, None)?;
     let file = ClassifierFile {
@@ -70,7 +80,8 @@ pub(super) fn save(clf: &FewShotClassifier, dir: &Path, mode: OutputMode) -> Res
         threshold: store.threshold,
         rotations: clf.embedder.rotations,
         normalization: store.norm.clone(),
-        adaptation: store.adaptation.is_active().then_some(store.adaptation),
+        method: Some(store.method.config()),
+        adaptation: None,
     };
     write_atomic(&dir.join(CLASSIFIER_FILE), &serde_json::to_vec_pretty(&file).expect("serialises"))
 }
@@ -87,7 +98,7 @@ pub(super) fn load(dir: &Path, device: &Device) -> Result<FewShotClassifier> {
     if file.format != FORMAT || file.version != VERSION {
         return Err(Error::checkpoint(&path, format!("expected format `{FORMAT}` version {VERSION}, found `{}` version {}", file.format, file.version)));
     }
-    let (rows, adapted) = read_embeddings(dir, &file, model.config().embedding_dim())?;
+    let (rows, fitted) = read_embeddings(dir, &file, model.config().embedding_dim())?;
     let mut clf = FewShotClassifier::new(model);
     let mut rows = rows.into_iter();
     let emb_path = dir.join(EMBEDDINGS_FILE);
@@ -100,18 +111,31 @@ pub(super) fn load(dir: &Path, device: &Device) -> Result<FewShotClassifier> {
         }
         clf.store.add(&c.name, rows.by_ref().take(c.images).collect()).map_err(|e| Error::checkpoint(&emb_path, e.to_string()))?;
     }
-    clf.set_threshold(file.threshold).map_err(|e| Error::checkpoint(&path, e.to_string()))?;
     clf.set_rotations(file.rotations).map_err(|e| Error::checkpoint(&path, e.to_string()))?;
     clf.store.set_normalization(file.normalization).map_err(|e| Error::checkpoint(&path, e.to_string()))?;
-    clf.store.set_adaptation(file.adaptation.unwrap_or_else(SupportAdaptation::none)).map_err(|e| Error::checkpoint(&path, e.to_string()))?;
-    if let Some(w) = adapted {
-        clf.store.adapted.get_or_init(|| w);
+    let method = file.method.unwrap_or_else(|| MethodConfig::from_adaptation(file.adaptation));
+    clf.set_method(&method).map_err(|e| Error::checkpoint(&path, e.to_string()))?;
+    clf.set_threshold(file.threshold).map_err(|e| Error::checkpoint(&path, e.to_string()))?;
+    if let Some(f) = fitted {
+        check_fit(&clf, &f).map_err(|e| Error::checkpoint(dir.join(EMBEDDINGS_FILE), format!("the saved fit does not score: {e}")))?;
+        clf.store.fitted.get_or_init(|| f);
     }
     Ok(clf)
 }
 
-/// The support embeddings, one row each, and the adapted class weights (flat) if saved.
-type SavedEmbeddings = (Vec<Vec<f32>>, Option<Vec<f32>>);
+/// Checks that a saved fit scores a query of the right size into one logit per class.
+fn check_fit(clf: &FewShotClassifier, fitted: &Fitted) -> Result<()> {
+    let store = &clf.store;
+    let zero = Tensor::zeros((1, store.dim), DType::F32, &Device::Cpu)?;
+    let logits = store.method.logits(fitted, &zero)?;
+    if logits.dims() != [1, store.classes.len()] {
+        return Err(Error::param("fitted", format!("it scores {:?} for {} classes", logits.dims(), store.classes.len())));
+    }
+    Ok(())
+}
+
+/// The support embeddings, one row each, and the method's fit if saved.
+type SavedEmbeddings = (Vec<Vec<f32>>, Option<Fitted>);
 
 /// The support embeddings of `prototypes.safetensors`, checked against the class counts
 /// of `file` and the model's embedding size `d`, and the adapted class weights if saved.
@@ -126,10 +150,15 @@ fn read_embeddings(dir: &Path, file: &ClassifierFile, d: usize) -> Result<SavedE
             format!("embeddings are {:?} {:?}, but {CLASSIFIER_FILE} and the model need [{total}, {d}] F32", emb.dims(), emb.dtype()),
         ));
     }
-    let adapted = match tensors.get("adapted") {
-        None => None,
-        Some(w) if w.dims() == [file.classes.len(), d] && w.dtype() == DType::F32 => Some(w.flatten_all()?.to_vec1::<f32>()?),
-        Some(w) => return Err(Error::checkpoint(&emb_path, format!("adapted weights are {:?}, expected [{}, {d}] F32", w.dims(), file.classes.len()))),
-    };
-    Ok((emb.to_vec2::<f32>()?, adapted))
+    let mut fitted = Fitted::default();
+    for (name, t) in &tensors {
+        if let Some(part) = name.strip_prefix(FITTED) {
+            fitted.tensors.insert(part.to_string(), t.clone());
+        }
+    }
+    // Files written before methods were recorded keep the adapted class weights alone.
+    if let Some(w) = tensors.get("adapted") {
+        fitted.tensors.insert("weights".to_string(), w.clone());
+    }
+    Ok((emb.to_vec2::<f32>()?, (!fitted.tensors.is_empty()).then_some(fitted)))
 }

@@ -23,10 +23,10 @@ use ndarray::Array2;
 
 pub use store::{ClassScore, Prediction, PrototypeStore};
 
-use crate::adapt::SupportAdaptation;
 use crate::data::{list_image_folder, load_image, load_image_with_warning};
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
+use crate::method::MethodConfig;
 use crate::model::{Model, ModelConfig};
 use crate::output::OutputMode;
 use crate::protonet::FeatureNorm;
@@ -109,8 +109,7 @@ impl FewShotClassifier {
         let mut store = PrototypeStore::new(config.embedding_dim());
         // A centre of the wrong size is refused when the configuration is validated.
         store.norm = config.normalization.clone();
-        // Validated with the configuration.
-        store.adaptation = config.adaptation.unwrap_or_else(SupportAdaptation::none);
+        store.method = model.net().method().clone();
         Self { model, store, embedder }
     }
 
@@ -182,11 +181,13 @@ impl FewShotClassifier {
         self.store.set_normalization(norm)
     }
 
-    /// Sets how the classifier adapts to its support set (see
-    /// [`PrototypeStore::set_adaptation`]); default: the model's `adaptation`. The
-    /// adaptation runs once after each change of the support set, not per query.
-    pub fn set_adaptation(&mut self, adaptation: SupportAdaptation) -> Result<()> {
-        self.store.set_adaptation(adaptation)
+    /// Sets the method that scores queries (see [`PrototypeStore::set_method`]), built for
+    /// this model ([`Model::build_method`]); default: the model's own `method`. For
+    /// example `MethodConfig::Adapted(SupportAdaptation::default())` fits a cosine
+    /// classifier to the support set, once after each change of it, not per query.
+    pub fn set_method(&mut self, method: &MethodConfig) -> Result<()> {
+        let m = self.model.build_method(method)?;
+        self.store.set_method(m)
     }
 
     /// Embeds prepared images (each `C*H*W` values as the model's

@@ -1,25 +1,28 @@
 //! The store of class prototypes: support embeddings per class, their means, and the
 //! nearest-prototype answers with confidences and rejection. It knows nothing of networks.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{Device, Tensor};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-use crate::adapt::SupportAdaptation;
 use crate::error::{Error, Result};
-use crate::protonet::{class_means, l2_rows, squared_distances, FeatureNorm};
+use crate::method::{Fitted, Method, Prototypes};
+use crate::protonet::{class_means, FeatureNorm};
 
 /// One class's score for a query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassScore {
     /// The class name.
     pub class: String,
-    /// Squared Euclidean distance from the query's embedding to the class prototype.
-    pub distance: f32,
-    /// Softmax over all classes of `-beta * distance`, `beta` fitted on the support set
-    /// (see [`PrototypeStore::confidence_scale`]).
+    /// The method's squared distance from the query to the class (for prototypes, the
+    /// squared Euclidean distance to the class mean); `None` for a method that has no
+    /// distances ([`Method::distances`]).
+    pub distance: Option<f32>,
+    /// With distances, the softmax over all classes of `-beta * distance`, `beta` fitted
+    /// on the support set (see [`PrototypeStore::confidence_scale`]); without, the
+    /// softmax of the method's logits.
     pub probability: f32,
 }
 
@@ -36,8 +39,8 @@ pub struct Prediction {
     /// no class has 2 support images). It ranks answers (more confident, more often right);
     /// it is not a test of "known class or not": use the rejection threshold for that.
     pub confidence: f32,
-    /// The squared distance to the nearest prototype.
-    pub distance: f32,
+    /// The squared distance to the predicted class (`None` for a method without distances).
+    pub distance: Option<f32>,
     /// Every class, nearest first.
     pub ranked: Vec<ClassScore>,
 }
@@ -46,7 +49,7 @@ impl Prediction {
     /// The predicted class's name, or `unknown` when the query was rejected.
     ///
     /// ```
-    /// let p = protonet::Prediction { class: None, confidence: 0.9, distance: 4.0, ranked: vec![] };
+    /// let p = protonet::Prediction { class: None, confidence: 0.9, distance: Some(4.0), ranked: vec![] };
     /// assert_eq!(p.label(), "unknown");
     /// ```
     pub fn label(&self) -> &str {
@@ -85,7 +88,7 @@ impl ClassEntry {
 /// assert_eq!(store.prototype("a"), Some(&[0.0, 1.0][..]));
 /// let p = store.predict(&[vec![0.5, 1.0]])?;
 /// assert_eq!(p[0].class.as_deref(), Some("a"));
-/// assert!((p[0].distance - 0.25).abs() < 1e-6);
+/// assert!((p[0].distance.unwrap() - 0.25).abs() < 1e-6);
 /// # Ok::<(), protonet::Error>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -97,11 +100,11 @@ pub struct PrototypeStore {
     /// The confidence scale for the current support set and normalization, fitted on
     /// first use after a change ([`PrototypeStore::confidence_scale`]).
     pub(super) beta: OnceLock<f32>,
-    /// How the classifier adapts to the support set ([`SupportAdaptation`]; none by default).
-    pub(super) adaptation: SupportAdaptation,
-    /// The adapted class weights `(classes, D)` for the current support set, normalization
-    /// and adaptation, fitted on first use after a change (or read back from a save).
-    pub(super) adapted: OnceLock<Vec<f32>>,
+    /// The few-shot method that scores queries ([`Method`]; prototypes by default).
+    pub(super) method: Arc<dyn Method>,
+    /// The method's fit to the current support set and normalization, made on first use
+    /// after a change (or read back from a save).
+    pub(super) fitted: OnceLock<Fitted>,
 }
 
 impl PrototypeStore {
@@ -113,49 +116,49 @@ impl PrototypeStore {
             threshold: None,
             norm: FeatureNorm::None,
             beta: OnceLock::new(),
-            adaptation: SupportAdaptation::none(),
-            adapted: OnceLock::new(),
+            method: Arc::new(Prototypes),
+            fitted: OnceLock::new(),
         }
     }
 
     /// Forgets what was fitted to the support set (after it or the normalization changed).
     fn changed(&mut self) {
         self.beta = OnceLock::new();
-        self.adapted = OnceLock::new();
+        self.fitted = OnceLock::new();
     }
 
-    /// Sets how the store adapts to its support set (see [`SupportAdaptation`]): with an
-    /// active adaptation, queries are classified by the cosine classifier fitted to the
-    /// support set (once per change of the support set) instead of the nearest
-    /// prototype, and distances are squared distances between unit vectors (`2 - 2 cos`)
-    /// to the adapted class weights.
-    pub fn set_adaptation(&mut self, adaptation: SupportAdaptation) -> Result<()> {
-        adaptation.validate()?;
-        self.adaptation = adaptation;
-        self.adapted = OnceLock::new();
+    /// Sets the method that scores queries (see [`crate::method`]): for example a
+    /// [`crate::adapt::SupportAdaptation`], which classifies by a cosine classifier fitted
+    /// to the support set (once per change of the support set) with distances between
+    /// unit vectors (`2 - 2 cos`) to its class weights. A rejection threshold needs a
+    /// method with distances.
+    pub fn set_method(&mut self, method: Arc<dyn Method>) -> Result<()> {
+        method.config().validate()?;
+        if self.threshold.is_some() && !method.has_distances() {
+            return Err(Error::param("reject", format!("the `{}` method gives no distances to reject by: turn rejection off first", method.config().name())));
+        }
+        self.method = method;
+        self.fitted = OnceLock::new();
         Ok(())
     }
 
-    /// The support adaptation (see [`PrototypeStore::set_adaptation`]).
-    pub fn adaptation(&self) -> &SupportAdaptation {
-        &self.adaptation
+    /// The method (see [`PrototypeStore::set_method`]).
+    pub fn method(&self) -> &Arc<dyn Method> {
+        &self.method
     }
 
-    /// The adapted class weights `(classes, D)`, unit rows, when the adaptation is active
-    /// (fitted once after each change of the support set, then kept).
-    pub fn adapted_weights(&self) -> Result<Option<Array2<f32>>> {
-        if !self.adaptation.is_active() || self.classes.is_empty() {
-            return Ok(None);
+    /// The method's fit to the current support set (normalized): made once after each
+    /// change of the support set, normalization or method, then kept.
+    pub fn fitted(&self) -> Result<Fitted> {
+        if let Some(f) = self.fitted.get() {
+            return Ok(f.clone());
         }
-        let flat = match self.adapted.get() {
-            Some(w) => w.clone(),
-            None => {
-                let (support, _, counts) = self.normalized(&[])?;
-                let w = self.adaptation.fit(&support, &counts)?.flatten_all()?.to_vec1::<f32>()?;
-                self.adapted.get_or_init(|| w).clone()
-            }
-        };
-        Ok(Some(Array2::from_shape_vec((self.classes.len(), self.dim), flat).map_err(|e| Error::param("adapted", e.to_string()))?))
+        if self.classes.is_empty() {
+            return Err(Error::param("classes", "add at least one class before predicting"));
+        }
+        let (support, _, counts) = self.normalized(&[])?;
+        let f = self.method.fit(&support, &counts)?;
+        Ok(self.fitted.get_or_init(|| f).clone())
     }
 
     /// The embedding size.
@@ -270,6 +273,9 @@ impl PrototypeStore {
             if !(t.is_finite() && t > 0.0) {
                 return Err(Error::param("threshold", format!("must be a positive number, got {t}")));
             }
+            if !self.method.has_distances() {
+                return Err(Error::param("reject", format!("the `{}` method gives no distances to reject by", self.method.config().name())));
+            }
         }
         self.threshold = threshold;
         Ok(())
@@ -324,11 +330,12 @@ impl PrototypeStore {
         }
     }
 
-    /// Classifies embeddings: squared Euclidean distance to every prototype (or, with an
-    /// active [`PrototypeStore::set_adaptation`], of the unit query to every adapted class
-    /// weight), softmax over
-    /// the negative distances scaled by [`PrototypeStore::confidence_scale`], nearest first; "unknown" past the threshold, if one is set.
-    /// Needs what [`PrototypeStore::check_ready`] checks.
+    /// Classifies embeddings by the method fitted to the support set
+    /// ([`PrototypeStore::fitted`]). With a method that has distances (prototypes: the
+    /// squared Euclidean distance to every prototype), the softmax over the negative
+    /// distances scaled by [`PrototypeStore::confidence_scale`], nearest first, and
+    /// "unknown" past the threshold, if one is set; without, the softmax of the method's
+    /// logits, likeliest first. Needs what [`PrototypeStore::check_ready`] checks.
     pub fn predict(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Prediction>> {
         self.check_ready()?;
         if let Some(bad) = embeddings.iter().find(|e| e.len() != self.dim) {
@@ -337,17 +344,27 @@ impl PrototypeStore {
         if embeddings.is_empty() {
             return Ok(Vec::new());
         }
-        let beta = self.confidence_scale()? as f64;
-        let (support, query, counts) = self.normalized(embeddings)?;
-        let distances = match self.adapted_weights()? {
-            None => squared_distances(&query, &class_means(&support, &counts)?)?,
-            Some(w) => {
-                let w = Tensor::from_vec(w.into_raw_vec_and_offset().0, (self.classes.len(), self.dim), &Device::Cpu)?;
-                squared_distances(&l2_rows(&query)?, &w)?
-            }
+        let fitted = self.fitted()?;
+        let (_, query, _) = self.normalized(embeddings)?;
+        if self.method.has_distances() {
+            let beta = self.confidence_scale()? as f64;
+            let d = self.method.distances(&fitted, &query)?.to_vec2::<f32>()?;
+            return Ok(d.into_iter().map(|dist| self.answer(&dist, beta)).collect());
         }
-        .to_vec2::<f32>()?;
-        Ok(distances.into_iter().map(|dist| self.answer(&dist, beta)).collect())
+        let logits = self.method.logits(&fitted, &query)?.to_vec2::<f32>()?;
+        Ok(logits.into_iter().map(|l| self.answer_by_logits(&l)).collect())
+    }
+
+    /// The answer for one query from its logits, for a method without distances.
+    fn answer_by_logits(&self, logits: &[f32]) -> Prediction {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let w: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+        let total: f64 = w.iter().sum();
+        let mut ranked: Vec<ClassScore> =
+            self.classes.iter().zip(&w).map(|(c, &w)| ClassScore { class: c.name.clone(), distance: None, probability: (w / total) as f32 }).collect();
+        ranked.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+        let best = &ranked[0];
+        Prediction { class: Some(best.class.clone()), confidence: best.probability, distance: None, ranked }
     }
 
     /// The answer for one query from its squared distances to every class.
@@ -359,12 +376,13 @@ impl PrototypeStore {
             .classes
             .iter()
             .zip(dist.iter().zip(&w))
-            .map(|(c, (&distance, &w))| ClassScore { class: c.name.clone(), distance, probability: (w / total) as f32 })
+            .map(|(c, (&distance, &w))| ClassScore { class: c.name.clone(), distance: Some(distance), probability: (w / total) as f32 })
             .collect();
-        ranked.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+        ranked.sort_by(|a, b| a.distance.unwrap_or(f32::NAN).total_cmp(&b.distance.unwrap_or(f32::NAN)));
         let best = &ranked[0];
+        let d = best.distance.unwrap_or(f32::NAN);
         // NaN distances are rejected too.
-        let rejected = self.threshold.is_some_and(|t| !matches!(best.distance.partial_cmp(&t), Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)));
+        let rejected = self.threshold.is_some_and(|t| !matches!(d.partial_cmp(&t), Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)));
         Prediction { class: if rejected { None } else { Some(best.class.clone()) }, confidence: best.probability, distance: best.distance, ranked }
     }
 }

@@ -147,7 +147,7 @@ impl TrunkConfig {
         let mut c = ModelConfig::new(backbone, self.image.clone());
         c.rotations = self.rotations;
         c.normalization = self.normalization.clone();
-        c.adaptation = self.adaptation;
+        c.method = crate::method::MethodConfig::from_adaptation(self.adaptation);
         c.description = self.description.clone();
         c
     }

@@ -193,6 +193,13 @@ impl<'a> Trainer<'a> {
         if let Some(v) = val_set {
             val_spec.check_dataset(v).map_err(|e| Error::param("validation set", e.to_string()))?;
         }
+        let method = model.net().method();
+        if !method.trains_episodically() {
+            return Err(Error::param(
+                "method",
+                format!("the `{}` method is fitted to each support set at test time and cannot train the backbone on episodes; train with another method and set it on the trained model", method.config().name()),
+            ));
+        }
         let device = model.device().clone();
         let adam = Adam::new(model.trainable_vars(), config.learning_rate);
         let state = RunState::new(config.clone(), EpisodeSampler::new(train_set, spec, config.seed)?);

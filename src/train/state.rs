@@ -89,6 +89,12 @@ pub(crate) fn load(model: &Model, adam: &mut Adam, path: &Path, config: &TrainCo
     if saved_model.backbone != model.config().backbone || saved_model.image != model.config().image {
         return Err(Error::checkpoint(path, "it was made with another backbone or image setting than this run"));
     }
+    if saved_model.method != model.config().method {
+        return Err(Error::checkpoint(
+            path,
+            format!("it was made with the `{}` method ({:?}), this run uses {:?}", saved_model.method.name(), saved_model.method, model.config().method),
+        ));
+    }
     let mut comparable = state.config.clone();
     comparable.episodes = config.episodes;
     comparable.patience = config.patience;

@@ -1,0 +1,201 @@
+//! Few-shot methods: how a network turns the embeddings of a support set and of queries
+//! into class scores. A method is a value ([`MethodConfig`], recorded in a model's
+//! `config.json`) that builds a [`Method`]: fitted once per support set ([`Method::fit`]),
+//! then scoring any number of queries ([`Method::logits`]), with its training loss and,
+//! where it has them, distances for rejection and confidence.
+//!
+//! A network is a backbone and a method ([`crate::net::FewShotNet`]); episodic training,
+//! evaluation, the deployable classifier and the benchmark all score through the method,
+//! so a new method is one file here and one variant of [`MethodConfig`].
+//!
+//! | method | file | fitted to the support set | scores |
+//! |---|---|---|---|
+//! | [`MethodConfig::Protonet`] (Snell et al. 2017) | `prototypes.rs` | class means | negative squared distances |
+//! | [`MethodConfig::Adapted`] | `adapted.rs` | a cosine classifier trained on the support embeddings ([`SupportAdaptation`]) | scaled cosine |
+//! | [`MethodConfig::Matching`] (Vinyals et al. 2016) | `matching.rs` | unit support embeddings and one-hot labels | log of the attention-weighted labels |
+
+mod adapted;
+mod matching;
+mod prototypes;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::adapt::SupportAdaptation;
+use crate::error::{Error, Result};
+
+pub use matching::{Matching, MatchingConfig};
+pub use prototypes::Prototypes;
+
+/// Which few-shot method a network uses to score queries, with its settings; stored in
+/// a model's `config.json` under `method` (absent: [`MethodConfig::Protonet`], so models
+/// saved before methods existed load as they were).
+///
+/// ```
+/// use protonet::method::MethodConfig;
+/// let m: MethodConfig = serde_json::from_str(r#"{"kind": "matching", "scale": 10.0}"#)?;
+/// assert_eq!(m.name(), "matching");
+/// assert_eq!(serde_json::to_string(&MethodConfig::default())?, r#"{"kind":"protonet"}"#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MethodConfig {
+    /// Prototypical networks: the nearest class mean by squared Euclidean distance.
+    #[default]
+    Protonet,
+    /// A cosine classifier started at the prototypes and trained on the support embeddings
+    /// at test time ([`SupportAdaptation`]); not trained episodically.
+    Adapted(SupportAdaptation),
+    /// Matching networks: softmax attention of each query over the support embeddings by
+    /// cosine similarity, summed per class.
+    Matching(MatchingConfig),
+}
+
+impl MethodConfig {
+    /// The method's name, as `protonet train --method` takes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MethodConfig::Protonet => "protonet",
+            MethodConfig::Adapted(_) => "adapted",
+            MethodConfig::Matching(_) => "matching",
+        }
+    }
+
+    /// Checks the settings; errors name the setting.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            MethodConfig::Protonet => Ok(()),
+            MethodConfig::Adapted(a) => a.validate(),
+            MethodConfig::Matching(m) => m.validate(),
+        }
+    }
+
+    /// Builds the method; its learned parameters, if any, come from `vb` (the model's
+    /// variables under the prefix `method`).
+    pub fn build(&self, vb: VarBuilder) -> Result<Arc<dyn Method>> {
+        self.validate()?;
+        let _ = vb;
+        Ok(match self {
+            MethodConfig::Protonet => Arc::new(Prototypes),
+            MethodConfig::Adapted(a) => Arc::new(*a),
+            MethodConfig::Matching(m) => Arc::new(Matching::new(*m)),
+        })
+    }
+
+    /// Builds a method that has no learned parameters (to score with settings other than
+    /// a model's own, as `protonet eval --adapt-steps` does); refuses one that has.
+    pub fn build_without_parameters(&self) -> Result<Arc<dyn Method>> {
+        self.build(VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu))
+    }
+
+    /// This method with the support adaptation's step count set to `steps` (the other
+    /// settings this method's own when it adapts, else the defaults): `steps` 0 is plain
+    /// prototypes. What `--adapt-steps` does.
+    ///
+    /// ```
+    /// use protonet::{adapt::SupportAdaptation, MethodConfig};
+    /// assert_eq!(MethodConfig::Protonet.with_adaptation_steps(7), MethodConfig::Adapted(SupportAdaptation { steps: 7, ..Default::default() }));
+    /// assert_eq!(MethodConfig::Adapted(SupportAdaptation::default()).with_adaptation_steps(0), MethodConfig::Protonet);
+    /// ```
+    pub fn with_adaptation_steps(self, steps: usize) -> Self {
+        let base = match self {
+            MethodConfig::Adapted(a) => a,
+            _ => SupportAdaptation::default(),
+        };
+        Self::from_adaptation(Some(SupportAdaptation { steps, ..base }))
+    }
+
+    /// The method of a model saved before methods were recorded: its support adaptation
+    /// when it had an active one, else prototypes.
+    pub fn from_adaptation(adaptation: Option<SupportAdaptation>) -> Self {
+        match adaptation {
+            Some(a) if a.is_active() => MethodConfig::Adapted(a),
+            _ => MethodConfig::Protonet,
+        }
+    }
+}
+
+/// What a method keeps of one support set: named tensors (prototypes, fitted class
+/// weights, support rows and labels), saved with a classifier so that a loaded one
+/// answers exactly as the saved one.
+#[derive(Debug, Clone, Default)]
+pub struct Fitted {
+    /// The tensors, by name.
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl Fitted {
+    /// A fit of one tensor.
+    pub fn one(name: &str, t: Tensor) -> Self {
+        Self { tensors: BTreeMap::from([(name.to_string(), t)]) }
+    }
+
+    /// Adds a tensor.
+    pub fn with(mut self, name: &str, t: Tensor) -> Self {
+        self.tensors.insert(name.to_string(), t);
+        self
+    }
+
+    /// The tensor `name`; an error naming it when missing (a fit of another method).
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.tensors.get(name).ok_or_else(|| Error::param("fitted", format!("no tensor `{name}` in the fit (a fit of another method?)")))
+    }
+}
+
+/// The scoring part of a few-shot method. Support embeddings come class-major: the
+/// `counts[0]` rows of class 0 first, then class 1's, and so on.
+pub trait Method: std::fmt::Debug + Send + Sync {
+    /// The settings it was built from (saved with models and classifiers).
+    fn config(&self) -> MethodConfig;
+
+    /// Fits the method to support embeddings `(S, D)` with `counts[k]` rows of class `k`;
+    /// once per support set. Differentiable for methods trained episodically.
+    fn fit(&self, support: &Tensor, counts: &[usize]) -> Result<Fitted>;
+
+    /// Scores `(Q, way)` of query embeddings `(Q, D)`: the higher, the likelier; the
+    /// training loss and the prediction (the argmax) read them.
+    fn logits(&self, fitted: &Fitted, query: &Tensor) -> Result<Tensor>;
+
+    /// The training loss of `logits` against the queries' `labels` (`u32`): cross-entropy
+    /// through log-softmax by default.
+    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        crate::protonet::episode_loss(logits, labels)
+    }
+
+    /// Whether the method gives distances ([`Method::distances`]); one that does not
+    /// cannot reject queries by a distance threshold.
+    fn has_distances(&self) -> bool {
+        false
+    }
+
+    /// Squared distances `(Q, way)` from each query to each class, for rejection by a
+    /// threshold and for calibrated confidences; an error for a method that has none.
+    fn distances(&self, fitted: &Fitted, query: &Tensor) -> Result<Tensor> {
+        let _ = (fitted, query);
+        Err(Error::param("reject", format!("the `{}` method gives no distances", self.config().name())))
+    }
+
+    /// Whether episodic training can update the backbone through it (its fit is
+    /// differentiable); `false` for methods fitted at test time only.
+    fn trains_episodically(&self) -> bool {
+        true
+    }
+}
+
+/// Checks that `counts` splits `n` support rows into non-empty classes.
+pub(crate) fn check_counts(n: usize, counts: &[usize]) -> Result<()> {
+    if counts.iter().sum::<usize>() != n || counts.contains(&0) {
+        return Err(Error::param("support", format!("class sizes {counts:?} do not split {n} support embeddings")));
+    }
+    Ok(())
+}
+
+/// The class of each support row for class sizes `counts`.
+pub(crate) fn support_labels(counts: &[usize]) -> Vec<u32> {
+    counts.iter().enumerate().flat_map(|(k, &c)| std::iter::repeat_n(k as u32, c)).collect()
+}

@@ -1,0 +1,187 @@
+//! Few-shot methods on one shape: scores computed by hand, training through the episodic
+//! trainer, classifier round trips per method, and the models shipped before methods were
+//! recorded loading as they were.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use protonet::adapt::SupportAdaptation;
+use protonet::backbone::{BackboneConfig, Conv4Config};
+use protonet::data::ImageConfig;
+use protonet::method::{Matching, MatchingConfig, Method, Prototypes};
+use protonet::{FewShotClassifier, MethodConfig, Model, ModelConfig, TrainConfig, Trainer};
+
+fn small_model(method: MethodConfig, seed: u64) -> Model {
+    let mut cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 16, depth: 4 }), ImageConfig::grey(28));
+    cfg.method = method;
+    Model::new(cfg, seed, &Device::Cpu).unwrap()
+}
+
+fn tensor(rows: &[&[f32]]) -> Tensor {
+    let d = rows[0].len();
+    Tensor::from_vec(rows.concat(), (rows.len(), d), &Device::Cpu).unwrap()
+}
+
+/// Matching networks: the softmax of the scaled cosine similarities to every support row,
+/// summed per class, computed here in f64 from the definitions.
+#[test]
+fn matching_scores_are_the_softmax_weighted_support_labels() {
+    let support: [&[f32]; 5] = [&[1.0, 0.0, 0.5], &[0.8, 0.3, 0.0], &[0.0, 1.0, 0.2], &[-0.2, 0.9, 0.4], &[0.3, -0.5, 1.0]];
+    let counts = [2, 2, 1];
+    let queries: [&[f32]; 2] = [&[0.9, 0.1, 0.3], &[0.1, 0.2, -1.0]];
+    let scale = 3.0;
+    let m = Matching::new(MatchingConfig { scale });
+    let fitted = m.fit(&tensor(&support), &counts).unwrap();
+    let got = m.logits(&fitted, &tensor(&queries)).unwrap().to_vec2::<f32>().unwrap();
+    let cos = |a: &[f32], b: &[f32]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+        let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        dot / (n(a) * n(b))
+    };
+    let labels = [0, 0, 1, 1, 2];
+    for (q, row) in queries.iter().zip(&got) {
+        let w: Vec<f64> = support.iter().map(|s| (scale as f64 * cos(q, s)).exp()).collect();
+        let total: f64 = w.iter().sum();
+        for (k, &logit) in row.iter().enumerate() {
+            let p: f64 = w.iter().zip(labels).filter(|(_, l)| *l == k).map(|(w, _)| w / total).sum();
+            assert!((logit as f64 - p.ln()).abs() < 1e-5, "class {k}: {logit} vs ln {p}");
+        }
+    }
+    assert!(!m.has_distances(), "matching networks have no class distances");
+}
+
+/// The prototypes method is the prototypical network's formula: negative squared
+/// distances to the class means, and those distances for rejection.
+#[test]
+fn prototypes_score_by_squared_distance_to_class_means() {
+    let s = tensor(&[&[0.0, 0.0], &[0.0, 2.0], &[4.0, 0.0], &[6.0, 0.0], &[8.0, 0.0]]);
+    let q = tensor(&[&[1.0, 1.0]]);
+    let fitted = Prototypes.fit(&s, &[2, 3]).unwrap();
+    assert_eq!(Prototypes.logits(&fitted, &q).unwrap().to_vec2::<f32>().unwrap(), vec![vec![-1.0, -26.0]]);
+    assert_eq!(Prototypes.distances(&fitted, &q).unwrap().to_vec2::<f32>().unwrap(), vec![vec![1.0, 26.0]]);
+    assert!(Prototypes.fit(&s, &[2, 2]).is_err(), "class sizes that do not split the support set");
+}
+
+/// A few episodes of the episodic trainer lower each trainable method's loss (the mean
+/// of the first 5 episodes against the last 5, on the same glyph classes).
+#[test]
+fn a_short_training_lowers_the_loss_of_each_method() {
+    let set = common::glyph_set(12, 8, 28, 4);
+    let config = TrainConfig { way: 5, shot: 2, query: 3, episodes: 60, learning_rate: 2e-3, val_every: 1000, patience: None, ..Default::default() };
+    for method in [MethodConfig::Protonet, MethodConfig::Matching(MatchingConfig::default())] {
+        let mut model = small_model(method, 2);
+        let mut trainer = Trainer::new(&mut model, &set, None, &config).unwrap();
+        let losses: Vec<f32> = (0..40).map(|_| trainer.step().unwrap().loss).collect();
+        let (first, last) = (losses[..5].iter().sum::<f32>() / 5.0, losses[35..].iter().sum::<f32>() / 5.0);
+        assert!(last < 0.7 * first, "{}: loss {first} -> {last}", method.name());
+    }
+}
+
+/// A method fitted at test time only (the support adaptation) cannot train a backbone.
+#[test]
+fn the_trainer_refuses_a_method_fitted_at_test_time() {
+    let set = common::glyph_set(6, 4, 28, 1);
+    let mut model = small_model(MethodConfig::Adapted(SupportAdaptation::default()), 1);
+    let config = TrainConfig { way: 3, shot: 1, query: 1, episodes: 2, ..Default::default() };
+    let e = Trainer::new(&mut model, &set, None, &config).err().expect("refused").to_string();
+    assert!(e.contains("method") && e.contains("adapted"), "{e}");
+}
+
+/// Per method: a classifier saved and loaded answers exactly as before saving (class,
+/// confidence, distance and the whole ranking), and a model's method comes back from
+/// its config.json.
+#[test]
+fn each_method_round_trips_through_a_saved_classifier() {
+    let set = common::glyph_set(4, 5, 28, 9);
+    let images = |c: usize| (0..5).map(|i| set.image(c, i).to_vec()).collect::<Vec<_>>();
+    for method in [
+        MethodConfig::Protonet,
+        MethodConfig::Adapted(SupportAdaptation { steps: 20, ..Default::default() }),
+        MethodConfig::Matching(MatchingConfig { scale: 5.0 }),
+    ] {
+        let mut clf = FewShotClassifier::new(small_model(method, 3));
+        for c in 0..3 {
+            clf.add_class(&format!("c{c}"), &images(c)[..4]).unwrap();
+        }
+        let queries: Vec<Vec<f32>> = (0..4).flat_map(|c| images(c).into_iter().skip(3)).collect();
+        let before: Vec<_> = queries.iter().map(|q| clf.predict(q).unwrap()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        clf.save(dir.path()).unwrap();
+        let loaded = FewShotClassifier::load(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(loaded.model().config().method, method);
+        assert_eq!(loaded.store().method().config(), method);
+        let after: Vec<_> = queries.iter().map(|q| loaded.predict(q).unwrap()).collect();
+        assert_eq!(before, after, "{}", method.name());
+        assert_eq!(before[0].distance.is_some(), method.name() != "matching", "{}: distances", method.name());
+    }
+}
+
+/// A method without distances cannot reject by a distance threshold: a clear error
+/// naming the method, before any query.
+#[test]
+fn a_threshold_needs_a_method_with_distances() {
+    let mut clf = FewShotClassifier::new(small_model(MethodConfig::Matching(MatchingConfig::default()), 1));
+    let e = clf.set_threshold(Some(1.0)).unwrap_err().to_string();
+    assert!(e.contains("matching") && e.contains("distances"), "{e}");
+}
+
+/// Every model directory shipped in data/ loads with the method its config.json meant
+/// before methods were recorded (`adaptation`, when active, is the adapted method; else
+/// prototypes), and a config written back reads the same.
+#[test]
+fn the_shipped_models_load_with_the_method_they_were_saved_with() {
+    let data = common::repo_root().join("data");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else { continue };
+        let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let expected = match (raw.get("method"), raw.get("adaptation")) {
+            (Some(m), _) => serde_json::from_value(m.clone()).unwrap(),
+            (None, Some(a)) => MethodConfig::from_adaptation(Some(serde_json::from_value(a.clone()).unwrap())),
+            (None, None) => MethodConfig::Protonet,
+        };
+        let config = ModelConfig::read(&dir).unwrap();
+        assert_eq!(config.method, expected, "{}", dir.display());
+        let again: ModelConfig = serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again, config, "{}", dir.display());
+        seen += 1;
+    }
+    assert!(seen >= 4, "only {seen} model directories in {}", data.display());
+    let coins = ModelConfig::read(&data.join("coins-efficientnet-lite0")).unwrap();
+    assert!(matches!(coins.method, MethodConfig::Adapted(a) if a.steps > 0), "the coin model adapts to its support set: {:?}", coins.method);
+}
+
+/// The matching network's loss has the gradient its finite differences give, with
+/// respect to the support and the query embeddings (f64), so that episodic training
+/// reaches the backbone through it.
+#[test]
+fn matching_loss_gradients_match_finite_differences() {
+    use candle_core::{DType, Var};
+    let dev = Device::Cpu;
+    let support = Var::from_tensor(&Tensor::randn(0f64, 1.0, (6, 4), &dev).unwrap()).unwrap();
+    let query = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 4), &dev).unwrap()).unwrap();
+    let labels = Tensor::new(&[0u32, 2, 1], &dev).unwrap();
+    let m = Matching::new(MatchingConfig { scale: 4.0 });
+    let loss = |s: &Tensor, q: &Tensor| -> Tensor {
+        let fitted = m.fit(s, &[2, 2, 2]).unwrap();
+        m.loss(&m.logits(&fitted, q).unwrap(), &labels).unwrap()
+    };
+    let grads = loss(support.as_tensor(), query.as_tensor()).backward().unwrap();
+    let eps = 1e-6;
+    for (var, other_is_query) in [(&support, true), (&query, false)] {
+        let g = grads.get(var.as_tensor()).expect("a gradient").flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let x = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for i in 0..x.len() {
+            let at = |delta: f64| {
+                let mut v = x.clone();
+                v[i] += delta;
+                let t = Tensor::from_vec(v, var.as_tensor().dims(), &dev).unwrap();
+                let l = if other_is_query { loss(&t, query.as_tensor()) } else { loss(support.as_tensor(), &t) };
+                l.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+            assert!((fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()), "element {i}: finite difference {fd}, gradient {}", g[i]);
+        }
+    }
+}
