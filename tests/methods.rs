@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use protonet::adapt::SupportAdaptation;
 use protonet::backbone::{BackboneConfig, Conv4Config};
 use protonet::data::ImageConfig;
-use protonet::method::{Matching, MatchingConfig, Method, Prototypes};
+use protonet::method::{Baseline, BaselineConfig, ClassifierKind, Matching, MatchingConfig, Method, Prototypes};
 use protonet::{FewShotClassifier, MethodConfig, Model, ModelConfig, TrainConfig, Trainer};
 
 fn small_model(method: MethodConfig, seed: u64) -> Model {
@@ -81,10 +81,35 @@ fn a_short_training_lowers_the_loss_of_each_method() {
 #[test]
 fn the_trainer_refuses_a_method_fitted_at_test_time() {
     let set = common::glyph_set(6, 4, 28, 1);
-    let mut model = small_model(MethodConfig::Adapted(SupportAdaptation::default()), 1);
-    let config = TrainConfig { way: 3, shot: 1, query: 1, episodes: 2, ..Default::default() };
-    let e = Trainer::new(&mut model, &set, None, &config).err().expect("refused").to_string();
-    assert!(e.contains("method") && e.contains("adapted"), "{e}");
+    for method in [MethodConfig::Adapted(SupportAdaptation::default()), MethodConfig::Baseline(BaselineConfig::new(ClassifierKind::Linear))] {
+        let mut model = small_model(method, 1);
+        let config = TrainConfig { way: 3, shot: 1, query: 1, episodes: 2, ..Default::default() };
+        let e = Trainer::new(&mut model, &set, None, &config).err().expect("refused").to_string();
+        assert!(e.contains("method") && e.contains(method.name()), "{e}");
+    }
+}
+
+/// Baseline and Baseline++'s support fit (the paper's SGD settings) classifies every
+/// support embedding of a separable support set correctly, and reproducibly.
+#[test]
+fn the_baseline_support_classifier_fits_a_separable_support_set() {
+    // Four classes around four directions of a 16-d space, 5 shots each, noisy.
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+    let mut rows = Vec::new();
+    for k in 0..4 {
+        for _ in 0..5 {
+            rows.extend((0..16).map(|i| if i % 4 == k { 1.0 } else { 0.0 } + rand::Rng::random_range(&mut rng, -0.3f32..0.3)));
+        }
+    }
+    let s = Tensor::from_vec(rows, (20, 16), &Device::Cpu).unwrap();
+    for kind in [ClassifierKind::Linear, ClassifierKind::Cosine] {
+        let m = Baseline::new(BaselineConfig::new(kind));
+        let fitted = m.fit(&s, &[5; 4]).unwrap();
+        let pred = m.logits(&fitted, &s).unwrap().argmax(1).unwrap().to_vec1::<u32>().unwrap();
+        assert_eq!(pred, (0..4u32).flat_map(|k| [k; 5]).collect::<Vec<_>>(), "{kind:?}");
+        let again = m.logits(&m.fit(&s, &[5; 4]).unwrap(), &s).unwrap();
+        assert_eq!(again.to_vec2::<f32>().unwrap(), m.logits(&fitted, &s).unwrap().to_vec2::<f32>().unwrap(), "{kind:?}: reproducible");
+    }
 }
 
 /// Per method: a classifier saved and loaded answers exactly as before saving (class,
@@ -112,7 +137,7 @@ fn each_method_round_trips_through_a_saved_classifier() {
         assert_eq!(loaded.store().method().config(), method);
         let after: Vec<_> = queries.iter().map(|q| loaded.predict(q).unwrap()).collect();
         assert_eq!(before, after, "{}", method.name());
-        assert_eq!(before[0].distance.is_some(), method.name() != "matching", "{}: distances", method.name());
+        assert_eq!(before[0].distance.is_some(), matches!(method, MethodConfig::Protonet | MethodConfig::Adapted(_)), "{}: distances", method.name());
     }
 }
 
@@ -123,6 +148,13 @@ fn a_threshold_needs_a_method_with_distances() {
     let mut clf = FewShotClassifier::new(small_model(MethodConfig::Matching(MatchingConfig::default()), 1));
     let e = clf.set_threshold(Some(1.0)).unwrap_err().to_string();
     assert!(e.contains("matching") && e.contains("distances"), "{e}");
+    let set = common::glyph_set(2, 3, 28, 1);
+    for c in 0..2 {
+        clf.add_class(&format!("c{c}"), &[set.image(c, 0).to_vec(), set.image(c, 1).to_vec()]).unwrap();
+    }
+    let e = clf.calibrate_threshold(0.95).unwrap_err().to_string();
+    assert!(e.contains("matching") && e.contains("distances"), "{e}");
+    assert!(clf.threshold().is_none());
 }
 
 /// Every model directory shipped in data/ loads with the method its config.json meant

@@ -173,6 +173,12 @@ pub enum MethodName {
     Protonet,
     /// Matching networks (Vinyals et al. 2016), without full-context embeddings.
     Matching,
+    /// Baseline (Chen et al. 2019): a linear classifier of all base classes trained with
+    /// the backbone; at test time a new linear classifier trained on the support set.
+    Baseline,
+    /// Baseline++ (Chen et al. 2019): the same with cosine classifiers.
+    #[value(name = "baseline-pp")]
+    BaselinePp,
 }
 
 impl MethodName {
@@ -181,6 +187,8 @@ impl MethodName {
         match self {
             MethodName::Protonet => protonet::MethodConfig::Protonet,
             MethodName::Matching => protonet::MethodConfig::Matching(protonet::method::MatchingConfig { scale: matching_scale }),
+            MethodName::Baseline => protonet::MethodConfig::Baseline(protonet::method::BaselineConfig::new(protonet::method::ClassifierKind::Linear)),
+            MethodName::BaselinePp => protonet::MethodConfig::Baseline(protonet::method::BaselineConfig::new(protonet::method::ClassifierKind::Cosine)),
         }
     }
 }

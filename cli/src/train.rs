@@ -7,6 +7,7 @@ use clap::Args;
 use protonet::backbone::{BackboneConfig, Conv4Config};
 use protonet::data::ImageConfig;
 use protonet::method::MatchingConfig;
+use protonet::train::supervised::{train_supervised, BaseClassifier, SupervisedConfig};
 use protonet::{Model, ModelConfig, Result, TrainConfig, TrainOptions, Trainer};
 
 use crate::common::{device, output_mode, DataArgs, DatasetKind, MethodName};
@@ -98,6 +99,13 @@ pub struct TrainArgs {
     /// model's config.json, so eval, predict and bench need no flag.
     #[arg(long, value_enum, default_value_t = MethodName::Protonet)]
     method: MethodName,
+    /// --method baseline/baseline-pp: passes over the training images (supervised, over
+    /// all base classes; --episodes and the validation flags are for the episodic methods).
+    #[arg(long, default_value_t = SupervisedConfig::default().epochs)]
+    epochs: usize,
+    /// --method baseline/baseline-pp: images per step.
+    #[arg(long, default_value_t = SupervisedConfig::default().batch)]
+    batch: usize,
     /// --method matching: the cosine similarities are multiplied by this before the softmax.
     #[arg(long, default_value_t = MatchingConfig::default().scale)]
     matching_scale: f32,
@@ -145,6 +153,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     model_config.rotations = if a.rotate { 4 } else { 1 };
     let mut model = Model::new(model_config, a.seed, &dev)?;
     let train_set = a.data.load(&a.train_split, &image, a.quiet)?;
+    if let Some(classifier) = base_classifier(a.method) {
+        return train_base_classes(&a, &mut model, &train_set, classifier);
+    }
     let val_set = match (a.data.dataset, &a.val_data) {
         (DatasetKind::Omniglot, _) if a.val_split == "none" => None,
         (DatasetKind::Omniglot, _) => Some(a.data.load(&a.val_split, &image, a.quiet)?),
@@ -164,6 +175,32 @@ pub fn run(a: TrainArgs) -> Result<()> {
         report.best_val_accuracy.map(|v| format!(", best validation {:.2}% at episode {}", 100.0 * v, report.best_episode)).unwrap_or_default(),
         a.out.display(),
         if report.stopped_early { " (stopped early)" } else { "" }
+    );
+    Ok(())
+}
+
+/// The classifier of all base classes that `method` is trained with, if it is trained so.
+fn base_classifier(method: MethodName) -> Option<BaseClassifier> {
+    match method {
+        MethodName::Baseline => Some(BaseClassifier::Linear),
+        MethodName::BaselinePp => Some(BaseClassifier::baseline_pp()),
+        MethodName::Protonet | MethodName::Matching => None,
+    }
+}
+
+/// Baseline and Baseline++: the backbone trained as a classifier of every training class.
+fn train_base_classes(a: &TrainArgs, model: &mut Model, train_set: &protonet::data::ImageSet, classifier: BaseClassifier) -> Result<()> {
+    let config = SupervisedConfig { classifier, epochs: a.epochs, batch: a.batch, learning_rate: a.lr, seed: a.seed, ..Default::default() };
+    let options = TrainOptions { mode: output_mode(a.resume, a.overwrite), stop_after: None };
+    let bars = Bars::new(!a.quiet);
+    let report = train_supervised(model, train_set, &config, &a.out, &options, &bars)?;
+    outln!(
+        "trained {} epochs over {} classes in {:.0}s (last epoch's loss {:.4}); model saved to {}",
+        report.epochs,
+        train_set.num_classes(),
+        report.seconds,
+        report.losses.last().copied().unwrap_or(f64::NAN),
+        a.out.display()
     );
     Ok(())
 }

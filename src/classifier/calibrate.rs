@@ -131,6 +131,9 @@ impl PrototypeStore {
         if !(quantile > 0.0 && quantile <= 1.0) {
             return Err(Error::param("quantile", format!("must be in (0, 1], got {quantile}")));
         }
+        if !self.method.has_distances() {
+            return Err(Error::param("reject", format!("the `{}` method gives no distances to reject by", self.method.config().name())));
+        }
         let mut d = self.leave_one_out_distances()?;
         if d.is_empty() {
             return Err(Error::param("support", "calibrating a threshold needs a class with at least 2 images"));

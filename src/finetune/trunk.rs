@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -202,16 +202,7 @@ impl CosineClassifier {
     }
 }
 
-/// Cross-entropy of `logits` `(B, C)` against `labels` with label smoothing `eps`.
-pub fn smoothed_cross_entropy(logits: &Tensor, labels: &Tensor, eps: f64) -> Result<Tensor> {
-    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let nll = log_p.gather(&labels.unsqueeze(1)?, 1)?.neg()?.mean_all()?;
-    if eps == 0.0 {
-        return Ok(nll);
-    }
-    let uniform = log_p.mean(D::Minus1)?.neg()?.mean_all()?;
-    Ok(((nll * (1.0 - eps))? + (uniform * eps)?)?)
-}
+use crate::train::supervised::smoothed_cross_entropy;
 
 /// The trained tensors of `model` (`trunk.<name>`) set to the ImageNet weights' `<name>`.
 fn start_from_imagenet(model: &Model, weights: &PretrainedWeights) -> Result<()> {

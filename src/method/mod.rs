@@ -13,8 +13,10 @@
 //! | [`MethodConfig::Protonet`] (Snell et al. 2017) | `prototypes.rs` | class means | negative squared distances |
 //! | [`MethodConfig::Adapted`] | `adapted.rs` | a cosine classifier trained on the support embeddings ([`SupportAdaptation`]) | scaled cosine |
 //! | [`MethodConfig::Matching`] (Vinyals et al. 2016) | `matching.rs` | unit support embeddings and one-hot labels | log of the attention-weighted labels |
+//! | [`MethodConfig::Baseline`] (Chen et al. 2019) | `baseline.rs` | a linear (Baseline) or cosine (Baseline++) classifier trained by SGD on the support embeddings | its logits |
 
 mod adapted;
+mod baseline;
 mod matching;
 mod prototypes;
 
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::adapt::SupportAdaptation;
 use crate::error::{Error, Result};
 
+pub use baseline::{Baseline, BaselineConfig, ClassifierKind};
 pub use matching::{Matching, MatchingConfig};
 pub use prototypes::Prototypes;
 
@@ -54,6 +57,11 @@ pub enum MethodConfig {
     /// Matching networks: softmax attention of each query over the support embeddings by
     /// cosine similarity, summed per class.
     Matching(MatchingConfig),
+    /// Baseline (linear) and Baseline++ (cosine classifier), Chen et al. 2019: a new
+    /// classifier trained on the support embeddings at test time; the backbone is
+    /// trained beforehand as a classifier of all base classes
+    /// ([`crate::train::supervised`]).
+    Baseline(BaselineConfig),
 }
 
 impl MethodConfig {
@@ -63,6 +71,8 @@ impl MethodConfig {
             MethodConfig::Protonet => "protonet",
             MethodConfig::Adapted(_) => "adapted",
             MethodConfig::Matching(_) => "matching",
+            MethodConfig::Baseline(BaselineConfig { classifier: ClassifierKind::Linear, .. }) => "baseline",
+            MethodConfig::Baseline(BaselineConfig { classifier: ClassifierKind::Cosine, .. }) => "baseline-pp",
         }
     }
 
@@ -72,6 +82,7 @@ impl MethodConfig {
             MethodConfig::Protonet => Ok(()),
             MethodConfig::Adapted(a) => a.validate(),
             MethodConfig::Matching(m) => m.validate(),
+            MethodConfig::Baseline(b) => b.validate(),
         }
     }
 
@@ -84,6 +95,7 @@ impl MethodConfig {
             MethodConfig::Protonet => Arc::new(Prototypes),
             MethodConfig::Adapted(a) => Arc::new(*a),
             MethodConfig::Matching(m) => Arc::new(Matching::new(*m)),
+            MethodConfig::Baseline(b) => Arc::new(Baseline::new(*b)),
         })
     }
 

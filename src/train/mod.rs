@@ -13,6 +13,7 @@
 //! optimiser moments, episode, sampler state, history).
 
 mod state;
+pub mod supervised;
 
 use std::collections::VecDeque;
 use std::path::Path;

@@ -1,0 +1,386 @@
+//! Supervised training of a backbone over all base classes: a classifier of every class
+//! of the training set (linear, or cosine with a fixed or learned scale) on top of the
+//! embeddings, cross-entropy (with label smoothing), dropout on the embeddings, Adam
+//! (with decoupled weight decay) on a constant or warm-up-then-cosine schedule, over
+//! shuffled mini-batches. The stage 1 of Baseline and Baseline++ (Chen et al. 2019) and
+//! of Meta-Baseline (Chen et al. 2021); the classifier is thrown away after training.
+//!
+//! A checkpoint after every epoch (`checkpoint.safetensors`: the model's and the
+//! classifier's weights, Adam's moments, and in its metadata the settings and the epoch)
+//! lets a run resume bit for bit ([`OutputMode::Resume`]); a resume with other settings, or
+//! of a model of another backbone, image setting or method, is refused, and a loss that
+//! is not finite stops the run with an error naming the epoch and step.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::TrainOptions;
+use crate::data::ImageSet;
+use crate::error::{Error, Result};
+use crate::io::{read_safetensors, write_safetensors};
+use crate::model::{Model, ModelConfig};
+use crate::observer::Observer;
+use crate::optim::Adam;
+use crate::output::{prepare, OutputMode, CHECKPOINT_FILE};
+use crate::protonet::{cosine_similarities, l2_rows};
+
+const STATE_KEY: &str = "protonet.supervised_state";
+const MODEL_KEY: &str = "protonet.model_config";
+
+/// The classifier over the base classes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BaseClassifier {
+    /// `W x + b` (Baseline, Classifier-Baseline).
+    Linear,
+    /// `scale * g_k cos(x, v_k)`.
+    Cosine {
+        /// The scale (CloserLook's `distLinear`: 10 for more than 200 classes).
+        scale: f32,
+        /// Learn the scale (as a log), starting at `scale`.
+        learn_scale: bool,
+        /// Per-class learned gains `g_k` (weight normalization, as `distLinear`); else 1.
+        class_gains: bool,
+    },
+}
+
+impl BaseClassifier {
+    /// Baseline++'s base classifier, as CloserLook's code has it for Omniglot's 4112
+    /// classes: weight-normalized cosine, fixed scale 10.
+    pub fn baseline_pp() -> Self {
+        BaseClassifier::Cosine { scale: 10.0, learn_scale: false, class_gains: true }
+    }
+}
+
+/// Settings of a supervised run; recorded in its checkpoint and compared on resume.
+///
+/// ```
+/// let c = protonet::train::supervised::SupervisedConfig::default();
+/// c.validate()?;
+/// assert_eq!((c.epochs, c.batch, c.learning_rate), (5, 16, 1e-3));
+/// # Ok::<(), protonet::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SupervisedConfig {
+    /// The classifier over the base classes.
+    pub classifier: BaseClassifier,
+    /// Passes over the training images.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Adam's learning rate (the classifier's and the backbone's).
+    pub learning_rate: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// The share of the steps spent warming the learning rate up linearly, followed by a
+    /// half cosine to 0; `None`: constant.
+    pub warmup_cosine: Option<f64>,
+    /// Label smoothing of the cross-entropy.
+    pub label_smoothing: f64,
+    /// Dropout on the embeddings, before the classifier.
+    pub dropout: f32,
+    /// Seed of the classifier's initialisation, the order of the images and dropout.
+    pub seed: u64,
+}
+
+impl Default for SupervisedConfig {
+    /// CloserLook's Omniglot base training: linear classifier, 5 epochs, batches of 16,
+    /// Adam 1e-3, nothing else.
+    fn default() -> Self {
+        Self {
+            classifier: BaseClassifier::Linear,
+            epochs: 5,
+            batch: 16,
+            learning_rate: 1e-3,
+            weight_decay: 0.0,
+            warmup_cosine: None,
+            label_smoothing: 0.0,
+            dropout: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+impl SupervisedConfig {
+    /// Checks the settings; errors name the setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::param("epochs", "must be at least 1"));
+        }
+        if self.batch == 0 {
+            return Err(Error::param("batch", "must be at least 1"));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(Error::param("lr", format!("must be a positive number, got {}", self.learning_rate)));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::param("weight-decay", format!("must be >= 0, got {}", self.weight_decay)));
+        }
+        if self.warmup_cosine.is_some_and(|w| !(0.0..1.0).contains(&w)) {
+            return Err(Error::param("warmup", "must be in [0, 1)"));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::param("label-smoothing", "must be in [0, 1)"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::param("dropout", "must be in [0, 1)"));
+        }
+        if let BaseClassifier::Cosine { scale, .. } = self.classifier {
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(Error::param("scale", format!("must be a positive number, got {scale}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The learning-rate factor at `step` of `total`.
+    pub fn schedule(&self, step: usize, total: usize) -> f64 {
+        let Some(warmup) = self.warmup_cosine else { return 1.0 };
+        let warm = (warmup * total as f64).ceil().max(1.0);
+        let s = step as f64 + 1.0;
+        if s <= warm {
+            return s / warm;
+        }
+        0.5 * (1.0 + (std::f64::consts::PI * (s - warm) / (total as f64 - warm).max(1.0)).cos())
+    }
+}
+
+/// The state of a supervised run besides its tensors, in the checkpoint's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SupervisedState {
+    config: SupervisedConfig,
+    epoch: usize,
+    adam_steps: usize,
+    losses: Vec<f64>,
+    seconds: f64,
+}
+
+/// What [`train_supervised`] returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SupervisedReport {
+    /// Epochs done (across resumes).
+    pub epochs: usize,
+    /// The mean training loss of every epoch done (across resumes).
+    pub losses: Vec<f64>,
+    /// Seconds of training (across resumes).
+    pub seconds: f64,
+    /// False when the run stopped before its last epoch (`stop_after`).
+    pub finished: bool,
+}
+
+/// The classifier's parameters (`classifier.*`), trained with the backbone and dropped.
+struct Classifier {
+    kind: BaseClassifier,
+    vars: Vec<(String, Var)>,
+}
+
+impl Classifier {
+    fn new(kind: BaseClassifier, classes: usize, dim: usize, rng: &mut ChaCha8Rng, device: &Device) -> Result<Self> {
+        let bound = 1.0 / (dim as f32).sqrt();
+        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
+        let weight = Tensor::from_vec(draw(classes * dim), (classes, dim), device)?;
+        let mut vars = vec![("classifier.weight".to_string(), Var::from_tensor(&weight)?)];
+        match kind {
+            BaseClassifier::Linear => vars.push(("classifier.bias".into(), Var::from_tensor(&Tensor::from_vec(draw(classes), classes, device)?)?)),
+            BaseClassifier::Cosine { scale, learn_scale, class_gains } => {
+                if class_gains {
+                    vars.push(("classifier.gain".into(), Var::from_tensor(&weight.sqr()?.sum(1)?.sqrt()?)?));
+                }
+                if learn_scale {
+                    vars.push(("classifier.log_scale".into(), Var::from_tensor(&Tensor::new(scale.ln(), device)?)?));
+                }
+            }
+        }
+        Ok(Self { kind, vars })
+    }
+
+    fn var(&self, name: &str) -> Option<&Tensor> {
+        self.vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_tensor())
+    }
+
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.var("classifier.weight").expect("always present");
+        match self.kind {
+            BaseClassifier::Linear => Ok(x.matmul(&w.t()?)?.broadcast_add(self.var("classifier.bias").expect("linear has a bias"))?),
+            BaseClassifier::Cosine { scale, .. } => {
+                let mut logits = match self.var("classifier.gain") {
+                    Some(g) => l2_rows(x)?.matmul(&l2_rows(w)?.broadcast_mul(&g.unsqueeze(1)?)?.t()?)?,
+                    None => cosine_similarities(x, w)?,
+                };
+                logits = match self.var("classifier.log_scale") {
+                    Some(s) => logits.broadcast_mul(&s.exp()?)?,
+                    None => (logits * scale as f64)?,
+                };
+                Ok(logits)
+            }
+        }
+    }
+}
+
+/// Cross-entropy of `logits` `(B, C)` against `labels` with label smoothing `eps`.
+pub fn smoothed_cross_entropy(logits: &Tensor, labels: &Tensor, eps: f64) -> Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = log_p.gather(&labels.unsqueeze(1)?, 1)?.neg()?.mean_all()?;
+    if eps == 0.0 {
+        return Ok(nll);
+    }
+    let uniform = log_p.mean(D::Minus1)?.neg()?.mean_all()?;
+    Ok(((nll * (1.0 - eps))? + (uniform * eps)?)?)
+}
+
+/// Trains `model`'s backbone as a classifier of every class of `train_set` (see the module
+/// documentation) and writes the model to `out_dir` at the end; `options.mode` as for
+/// [`crate::train()`], `options.stop_after` counts epochs. Progress goes to `observer`.
+///
+/// ```
+/// use protonet::{backbone::{BackboneConfig, Conv4Config}, data::{ImageConfig, ImageSet}, Model, ModelConfig};
+/// use protonet::train::supervised::{train_supervised, SupervisedConfig};
+/// let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { hidden: 8, depth: 2, ..Default::default() }), ImageConfig::grey(8));
+/// let mut model = Model::new(cfg, 1, &protonet::Device::Cpu)?;
+/// let mut set = ImageSet::new(1, 8, 8);
+/// for c in 0..3 {
+///     set.push_class(format!("{c}"), (0..4).map(|i| vec![(c * 4 + i) as f32 / 12.0; 64]).collect())?;
+/// }
+/// let dir = tempfile::tempdir().unwrap();
+/// let config = SupervisedConfig { epochs: 2, batch: 4, ..Default::default() };
+/// let report = train_supervised(&mut model, &set, &config, dir.path(), &Default::default(), &protonet::Silent)?;
+/// assert_eq!((report.epochs, report.losses.len()), (2, 2));
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn train_supervised(
+    model: &mut Model,
+    train_set: &ImageSet,
+    config: &SupervisedConfig,
+    out_dir: &Path,
+    options: &TrainOptions,
+    observer: &dyn Observer,
+) -> Result<SupervisedReport> {
+    config.validate()?;
+    if train_set.num_classes() < 2 {
+        return Err(Error::param("training set", format!("supervised training needs 2 or more classes, got {}", train_set.num_classes())));
+    }
+    let image = &model.config().image;
+    if train_set.image_dims() != (image.channels, image.size, image.size) {
+        return Err(Error::param(
+            "training set",
+            format!("images are {:?}, the model takes {:?}", train_set.image_dims(), (image.channels, image.size, image.size)),
+        ));
+    }
+    prepare(out_dir, options.mode)?;
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let device = model.device().clone();
+    let classifier =
+        Classifier::new(config.classifier, train_set.num_classes(), model.config().embedding_dim(), &mut ChaCha8Rng::seed_from_u64(config.seed), &device)?;
+    let mut vars = model.trainable_vars();
+    vars.extend(classifier.vars.iter().cloned());
+    let mut adam = Adam::new(vars, config.learning_rate);
+    adam.weight_decay = config.weight_decay;
+    let checkpoint = out_dir.join(CHECKPOINT_FILE);
+    let mut state = SupervisedState { config: *config, epoch: 0, adam_steps: 0, losses: Vec::new(), seconds: 0.0 };
+    if options.mode == OutputMode::Resume && checkpoint.is_file() {
+        state = load_checkpoint(&checkpoint, model, &classifier, &mut adam, config)?;
+        observer.note(&format!("resuming after epoch {} of {}", state.epoch, config.epochs));
+    }
+    let items: Vec<(usize, usize)> = (0..train_set.num_classes()).flat_map(|k| (0..train_set.class_len(k)).map(move |i| (k, i))).collect();
+    let steps_per_epoch = items.len().div_ceil(config.batch);
+    let last = options.stop_after.map_or(config.epochs, |s| s.clamp(state.epoch, config.epochs));
+    observer.start("train", ((last - state.epoch) * steps_per_epoch) as u64);
+    let first = state.epoch;
+    while state.epoch < last {
+        let started = Instant::now();
+        let mut order = items.clone();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed ^ (0x9e37_79b9 * (state.epoch as u64 + 1))));
+        let mut sum = 0.0;
+        for (b, chunk) in order.chunks(config.batch).enumerate() {
+            let step = state.epoch * steps_per_epoch + b;
+            let x = Tensor::from_vec(train_set.gather(chunk), (chunk.len(), image.channels, image.size, image.size), &device)?;
+            let labels = Tensor::new(chunk.iter().map(|&(k, _)| k as u32).collect::<Vec<_>>(), &device)?;
+            let features = dropout(&model.net().embed(&x, true)?, config.dropout, config.seed.wrapping_mul(1_000_003) ^ step as u64)?;
+            let loss = smoothed_cross_entropy(&classifier.logits(&features)?, &labels, config.label_smoothing)?;
+            let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !l.is_finite() {
+                return Err(Error::param("lr", format!("the loss became {l} at epoch {} step {b}: lower the learning rate", state.epoch + 1)));
+            }
+            adam.lr = config.learning_rate * config.schedule(step, steps_per_epoch * config.epochs);
+            adam.step(&loss.backward()?)?;
+            sum += l;
+            observer.progress(((state.epoch - first) * steps_per_epoch + b + 1) as u64, &format!("epoch {} loss {l:.3}", state.epoch + 1));
+        }
+        state.losses.push(sum / steps_per_epoch as f64);
+        state.epoch += 1;
+        state.adam_steps = adam.steps();
+        state.seconds += started.elapsed().as_secs_f64();
+        save_checkpoint(&checkpoint, model, &classifier, &adam, &state)?;
+    }
+    observer.finish();
+    let finished = state.epoch == config.epochs;
+    if finished {
+        model.save_with(out_dir, OutputMode::Overwrite)?;
+    }
+    Ok(SupervisedReport { epochs: state.epoch, losses: state.losses, seconds: state.seconds, finished })
+}
+
+/// Inverted dropout of `x` with probability `p`, the mask drawn from `seed`.
+fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    if p == 0.0 {
+        return Ok(x.clone());
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+    Ok((x * Tensor::from_vec(mask, x.dims(), x.device())?)?)
+}
+
+fn save_checkpoint(path: &Path, model: &Model, classifier: &Classifier, adam: &Adam, state: &SupervisedState) -> Result<()> {
+    let mut tensors: BTreeMap<String, Tensor> = model.tensors().into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect();
+    for (name, var) in &classifier.vars {
+        tensors.insert(name.clone(), var.as_tensor().copy()?);
+    }
+    tensors.extend(adam.state_tensors());
+    let meta = HashMap::from([
+        (STATE_KEY.to_string(), serde_json::to_string(state).expect("state serialises")),
+        (MODEL_KEY.to_string(), serde_json::to_string(model.config()).expect("config serialises")),
+    ]);
+    write_safetensors(path, &tensors, Some(meta))
+}
+
+/// Restores a checkpoint written by a run with the same settings and model.
+fn load_checkpoint(path: &Path, model: &Model, classifier: &Classifier, adam: &mut Adam, config: &SupervisedConfig) -> Result<SupervisedState> {
+    let (tensors, meta) = read_safetensors(path, model.device())?;
+    let state: SupervisedState = meta
+        .get(STATE_KEY)
+        .ok_or_else(|| Error::checkpoint(path, "not a supervised run's checkpoint (no supervised state in its metadata)"))
+        .and_then(|s| serde_json::from_str(s).map_err(|e| Error::checkpoint(path, format!("supervised state: {e}"))))?;
+    if state.config != *config {
+        return Err(Error::checkpoint(
+            path,
+            format!("it was made with other settings ({:?}) than this run ({config:?}); resume with the same settings or start over", state.config),
+        ));
+    }
+    let saved: ModelConfig = meta
+        .get(MODEL_KEY)
+        .ok_or_else(|| Error::checkpoint(path, "no model configuration in its metadata"))
+        .and_then(|s| serde_json::from_str(s).map_err(|e| Error::checkpoint(path, format!("model configuration: {e}"))))?;
+    let mine = model.config();
+    if saved.backbone != mine.backbone || saved.image != mine.image || saved.method != mine.method {
+        return Err(Error::checkpoint(path, "it was made with another backbone, image setting or method than this run"));
+    }
+    let model_tensors: HashMap<String, Tensor> = tensors.iter().filter_map(|(k, v)| k.strip_prefix("model.").map(|n| (n.to_string(), v.clone()))).collect();
+    model.set_tensors(&model_tensors, path)?;
+    for (name, var) in &classifier.vars {
+        let t = tensors.get(name).ok_or_else(|| Error::checkpoint(path, format!("tensor `{name}` is missing")))?;
+        if t.dims() != var.dims() {
+            return Err(Error::checkpoint(path, format!("tensor `{name}` has shape {:?}, expected {:?} (another set of classes?)", t.dims(), var.dims())));
+        }
+        var.set(t)?;
+    }
+    adam.load_state(&tensors, state.adam_steps).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    Ok(state)
+}
