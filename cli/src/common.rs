@@ -192,3 +192,39 @@ impl MethodName {
         }
     }
 }
+
+/// How a model classifies, as flags shared by `eval` and `predict`; each one absent keeps
+/// the model's (or the saved classifier's) own setting, written in its config.json.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct ClassifyArgs {
+    /// Embedding normalization before the method scores (center-l2: centred on the mean
+    /// of the support embeddings, then L2; SimpleShot). Default: the model's own (for
+    /// --backbone: center-l2).
+    #[arg(long, value_enum)]
+    pub normalize: Option<Normalize>,
+    /// Average each image's embedding over this many rotations by 90 degrees (1 to 4; for
+    /// subjects such as coins whose class does not depend on the angle). Default: the
+    /// model's own (for --backbone: 4).
+    #[arg(long)]
+    pub rotations: Option<usize>,
+    /// Adapt to the support set with this many Adam steps of a cosine classifier started
+    /// from the prototypes, once per support set (0: plain prototypes); replaces the
+    /// model's method. Default: the model's own method.
+    #[arg(long)]
+    pub adapt_steps: Option<usize>,
+}
+
+impl ClassifyArgs {
+    /// The flags applied to a model's configuration (what `eval` measures with).
+    pub fn apply(&self, config: &mut protonet::ModelConfig) {
+        if let Some(r) = self.rotations {
+            config.rotations = r;
+        }
+        if let Some(n) = self.normalize {
+            config.normalization = n.feature_norm();
+        }
+        if let Some(steps) = self.adapt_steps {
+            config.method = config.method.with_adaptation_steps(steps);
+        }
+    }
+}

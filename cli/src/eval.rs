@@ -7,7 +7,7 @@ use protonet::data::CoinCrop;
 use protonet::eval::{evaluate_net, EvalConfig};
 use protonet::{EpisodeSpec, Error, FewShotNet, Model, ModelConfig, Result};
 
-use crate::common::{device, DataArgs, Normalize, PretrainedBackbone};
+use crate::common::{device, ClassifyArgs, DataArgs, PretrainedBackbone};
 use crate::support::progress::Bars;
 
 /// Arguments of `protonet eval`.
@@ -26,19 +26,8 @@ pub struct EvalArgs {
     /// Image side for the pretrained backbone (RGB, ImageNet normalization).
     #[arg(long, default_value_t = 224)]
     image_size: usize,
-    /// Embedding normalization before prototypes. Default: the model's own setting (for
-    /// --backbone: center-l2).
-    #[arg(long, value_enum)]
-    normalize: Option<Normalize>,
-    /// Average each image's embedding over this many rotations by 90 degrees (1 to 4).
-    /// Default: the model's own setting (4 for models trained with --rotate; for --backbone: 4).
-    #[arg(long)]
-    rotations: Option<usize>,
-    /// Adapt to each episode's support set with this many Adam steps of a cosine
-    /// classifier started from the prototypes (0: plain prototypes). Default: the model's
-    /// own setting (none for --backbone).
-    #[arg(long)]
-    adapt_steps: Option<usize>,
+    #[command(flatten)]
+    classify: ClassifyArgs,
     /// Crop each photo to its coin (Hough circles) before embedding it. Default: the
     /// model's own setting.
     #[arg(long)]
@@ -83,21 +72,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let quiet = a.quiet || a.json;
     let (net, mut config) = network(&a, &dev)?;
     // The model's own embedding settings, unless the flags say otherwise.
-    if let Some(r) = a.rotations {
-        config.rotations = r;
-    }
-    if let Some(n) = a.normalize {
-        config.normalization = n.feature_norm();
-    }
+    a.classify.apply(&mut config);
     if a.crop {
         config.image.crop = Some(CoinCrop::default());
     }
-    if let Some(steps) = a.adapt_steps {
-        config.method = config.method.with_adaptation_steps(steps);
-    }
     let set = a.data.load(&a.split, &config.image, quiet)?;
     let bars = Bars::new(!quiet);
-    let eval = EvalConfig { method: a.adapt_steps.map(|_| config.method), ..EvalConfig::new(spec, a.episodes, a.seed) };
+    let eval = EvalConfig { method: a.classify.adapt_steps.map(|_| config.method), ..EvalConfig::new(spec, a.episodes, a.seed) };
     let report = evaluate_net(&net, &config.embedder(), &config.normalization, &set, &eval, &dev, &bars)?;
     if let Some(path) = &a.confusion_png {
         crate::support::pictures::confusion_matrix(&report.confusion, set.class_names(), path)?;

@@ -6,7 +6,7 @@ use clap::Args;
 use protonet::data::list_images;
 use protonet::{Error, FewShotClassifier, FilePrediction, OutputMode, Prediction, Result};
 
-use crate::common::{device, Normalize, PretrainedBackbone};
+use crate::common::{device, ClassifyArgs, PretrainedBackbone};
 
 /// Arguments of `protonet predict`.
 #[derive(Args, Debug)]
@@ -22,10 +22,8 @@ pub struct PredictArgs {
     /// Image side for the pretrained backbone (RGB, ImageNet normalization).
     #[arg(long, default_value_t = 224)]
     image_size: usize,
-    /// Embedding normalization before prototypes (center-l2: centred on the mean of all
-    /// support embeddings, then L2; SimpleShot). Default: as saved (for --backbone: center-l2).
-    #[arg(long, value_enum)]
-    normalize: Option<Normalize>,
+    #[command(flatten)]
+    classify: ClassifyArgs,
     /// Support folder: one sub-folder of images per class; the sub-folder's name is the class.
     #[arg(long)]
     support: Option<PathBuf>,
@@ -44,15 +42,6 @@ pub struct PredictArgs {
     /// For calibration: the share of leave-one-out support distances the threshold covers.
     #[arg(long, default_value_t = 0.95)]
     quantile: f32,
-    /// Average embeddings over this many rotations by 90 degrees (1 to 4; for subjects such
-    /// as coins whose class does not depend on the angle). Default: as saved (for --backbone: 4).
-    #[arg(long)]
-    rotations: Option<usize>,
-    /// Adapt to the support set with this many Adam steps of a cosine classifier started
-    /// from the prototypes, once when the support set is read (0: plain prototypes).
-    /// Default: as saved, or the model's own setting.
-    #[arg(long)]
-    adapt_steps: Option<usize>,
     /// Save the classifier (model, prototypes, class names, threshold) to this directory.
     /// A directory that holds a model, classifier or training run is refused unless
     /// --overwrite is given; the --model directory itself is always refused (save the
@@ -99,16 +88,16 @@ fn open(a: &PredictArgs, dev: &protonet::Device) -> Result<FewShotClassifier> {
 /// Refuses (before any query) a classifier that cannot answer.
 fn configure(clf: &mut FewShotClassifier, a: &PredictArgs) -> Result<()> {
     let model_name = a.model.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "the pretrained backbone".into());
-    if let Some(n) = a.normalize {
+    if let Some(n) = a.classify.normalize {
         clf.set_normalization(n.feature_norm())?;
     }
-    if let Some(r) = a.rotations {
+    if let Some(r) = a.classify.rotations {
         if r != clf.rotations() && !clf.class_names().is_empty() {
             return Err(Error::param("rotations", format!("{model_name} was saved with {} rotations; its prototypes cannot change to {r}", clf.rotations())));
         }
         clf.set_rotations(r)?;
     }
-    if let Some(steps) = a.adapt_steps {
+    if let Some(steps) = a.classify.adapt_steps {
         clf.set_method(&clf.store().method().config().with_adaptation_steps(steps))?;
     }
     if let Some(support) = &a.support {

@@ -1,0 +1,72 @@
+//! `protonet train --method`: each method trains from the command line, and `eval`,
+//! `predict` and `bench` need no flag to know which method a model holds.
+
+mod common;
+
+fn protonet(args: &[&str]) -> (bool, String, String) {
+    common::run_protonet(args)
+}
+
+#[test]
+fn each_method_trains_then_evaluates_and_predicts_without_a_method_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("glyphs");
+    common::write_glyph_folder(&data, 8, 6, 28, 5);
+    let d = data.to_str().unwrap();
+    for (method, length, done) in [
+        ("matching", ["--episodes", "6"], "trained 6 episodes"),
+        ("baseline", ["--epochs", "2"], "trained 2 epochs"),
+        ("baseline-pp", ["--epochs", "2"], "trained 2 epochs"),
+    ] {
+        let model = dir.path().join(method);
+        let m = model.to_str().unwrap();
+        let common = ["--dataset", "folder", "--data", d, "--out", m, "--channels", "1", "--image-size", "28", "--hidden", "16"];
+        let episodes = ["--way", "4", "--shot", "1", "--query", "2", "--quiet", "--method", method];
+        let args: Vec<&str> = ["train"].iter().chain(&common).chain(&episodes).chain(&length).copied().collect();
+        let (ok, stdout, stderr) = protonet(&args);
+        assert!(ok, "{method}: train failed: {stderr}");
+        assert!(stdout.contains(done), "{method}: {stdout}");
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+        let kind = config["method"]["kind"].as_str().unwrap();
+        assert_eq!(kind, if method == "matching" { "matching" } else { "baseline" }, "{method}");
+
+        let (ok, stdout, stderr) =
+            protonet(&["eval", "--model", m, "--dataset", "folder", "--data", d, "--way", "3", "--shot", "2", "--query", "2", "--episodes", "4", "--json"]);
+        assert!(ok, "{method}: eval failed: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert!((0.0..=1.0).contains(&v["accuracy"].as_f64().unwrap()), "{method}: {v}");
+
+        // predict: support = the first 4 classes' folders; queries from one of them.
+        let support = dir.path().join(format!("support-{method}"));
+        for c in 0..4 {
+            let name = format!("glyph{c:03}");
+            std::fs::create_dir_all(support.join(&name)).unwrap();
+            for f in std::fs::read_dir(data.join(&name)).unwrap().take(3) {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, support.join(&name).join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        let query = data.join("glyph001");
+        let (ok, stdout, stderr) = protonet(&["predict", "--model", m, "--support", support.to_str().unwrap(), "--query", query.to_str().unwrap(), "--json"]);
+        assert!(ok, "{method}: predict failed: {stderr}");
+        let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+        assert!(first["class"].as_str().unwrap().starts_with("glyph"), "{method}: {first}");
+        assert!(first["distance"].is_null(), "{method} has no distances: {first}");
+        // No distances: rejection is refused with the reason.
+        let (ok, _, stderr) = protonet(&["predict", "--model", m, "--support", support.to_str().unwrap(), "--query", query.to_str().unwrap(), "--reject"]);
+        assert!(!ok && stderr.contains("no distances"), "{method}: {stderr}");
+    }
+}
+
+#[test]
+fn bench_times_each_method() {
+    for method in ["protonet", "matching"] {
+        let (ok, stdout, stderr) =
+            protonet(&["bench", "--way", "3", "--shot", "1", "--query", "2", "--iters", "2", "--warmup", "1", "--train", "--json", "--method", method]);
+        assert!(ok, "{method}: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert!(v["median_ms"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    let (ok, _, stderr) = protonet(&["bench", "--way", "3", "--shot", "1", "--query", "2", "--iters", "2", "--train", "--method", "baseline"]);
+    assert!(!ok && stderr.contains("baseline"), "{stderr}");
+}
