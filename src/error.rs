@@ -96,7 +96,7 @@ pub enum Error {
     },
     /// An output directory already holds a model, a classifier or a training run, and the
     /// caller did not say to resume or overwrite it. Nothing was written.
-    #[error("{path} already holds {holds}; nothing was written. Resume its run or replace it: OutputMode::Resume or OutputMode::Overwrite (for example `save_with(dir, OutputMode::Overwrite)`; on the command line --resume or --overwrite)")]
+    #[error("{path} already holds {holds}; nothing was written. To replace it: `save_with(dir, OutputMode::Overwrite)` (a classifier or model), OutputMode::Overwrite, or --overwrite on the command line; to continue a training run there: OutputMode::Resume or --resume")]
     OutputExists {
         /// The directory.
         path: PathBuf,
