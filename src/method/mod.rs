@@ -90,6 +90,8 @@ impl MethodConfig {
     /// variables under the prefix `method`).
     pub fn build(&self, vb: VarBuilder) -> Result<Arc<dyn Method>> {
         self.validate()?;
+        // None of today's methods has learned parameters (Relation Network and
+        // Meta-Baseline's temperature will take theirs from `vb`).
         let _ = vb;
         Ok(match self {
             MethodConfig::Protonet => Arc::new(Prototypes),
@@ -99,9 +101,19 @@ impl MethodConfig {
         })
     }
 
+    /// Whether the method has learned parameters (kept with the model's weights).
+    pub fn has_parameters(&self) -> bool {
+        match self {
+            MethodConfig::Protonet | MethodConfig::Adapted(_) | MethodConfig::Matching(_) | MethodConfig::Baseline(_) => false,
+        }
+    }
+
     /// Builds a method that has no learned parameters (to score with settings other than
     /// a model's own, as `protonet eval --adapt-steps` does); refuses one that has.
     pub fn build_without_parameters(&self) -> Result<Arc<dyn Method>> {
+        if self.has_parameters() {
+            return Err(Error::param("method", format!("the `{}` method has learned parameters: score with the model that holds them", self.name())));
+        }
         self.build(VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu))
     }
 
