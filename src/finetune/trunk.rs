@@ -154,12 +154,7 @@ impl TrunkConfig {
 
     /// The learning-rate factor at `step` of `total`: linear warm-up, then a half cosine to 0.
     pub fn schedule(&self, step: usize, total: usize) -> f64 {
-        let warm = (self.warmup * total as f64).ceil().max(1.0);
-        let s = step as f64 + 1.0;
-        if s <= warm {
-            return s / warm;
-        }
-        0.5 * (1.0 + (std::f64::consts::PI * (s - warm) / (total as f64 - warm).max(1.0)).cos())
+        crate::train::supervised::warmup_cosine(self.warmup, step, total)
     }
 }
 

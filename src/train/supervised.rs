@@ -142,14 +142,19 @@ impl SupervisedConfig {
 
     /// The learning-rate factor at `step` of `total`.
     pub fn schedule(&self, step: usize, total: usize) -> f64 {
-        let Some(warmup) = self.warmup_cosine else { return 1.0 };
-        let warm = (warmup * total as f64).ceil().max(1.0);
-        let s = step as f64 + 1.0;
-        if s <= warm {
-            return s / warm;
-        }
-        0.5 * (1.0 + (std::f64::consts::PI * (s - warm) / (total as f64 - warm).max(1.0)).cos())
+        self.warmup_cosine.map_or(1.0, |w| warmup_cosine(w, step, total))
     }
+}
+
+/// The learning-rate factor at `step` of `total`: a linear warm-up over the share
+/// `warmup` of the steps, then a half cosine to 0.
+pub(crate) fn warmup_cosine(warmup: f64, step: usize, total: usize) -> f64 {
+    let warm = (warmup * total as f64).ceil().max(1.0);
+    let s = step as f64 + 1.0;
+    if s <= warm {
+        return s / warm;
+    }
+    0.5 * (1.0 + (std::f64::consts::PI * (s - warm) / (total as f64 - warm).max(1.0)).cos())
 }
 
 /// The state of a supervised run besides its tensors, in the checkpoint's metadata.
