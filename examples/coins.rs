@@ -30,7 +30,9 @@ use protonet::embed::Embedder;
 use protonet::eval::{evaluate_net, EvalConfig, EvalReport};
 use protonet::finetune::trunk::{train_trunk, TrunkConfig};
 use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig};
+use protonet::method::{BaselineConfig, ClassifierKind};
 use protonet::pretrained::{PretrainedWeights, CONVERTED_WEIGHTS};
+use protonet::train::supervised::SupervisedConfig;
 use protonet::FeatureNorm;
 use protonet::{EpisodeSpec, Error, FewShotClassifier, FewShotNet, MethodConfig, Model, ModelConfig, Result, TrainConfig, TrainOptions, Trainer};
 use rand::seq::SliceRandom;
@@ -58,6 +60,17 @@ enum BackboneChoice {
     /// EfficientNet-Lite0 with its last 8 MBConv blocks and head trained by cross-entropy
     /// on the training denominations (coin augmentation), then frozen.
     EfficientnetLite0Trunk,
+}
+
+/// How the few-shot method scores the test episodes (the backbone is the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum MethodChoice {
+    /// Prototypes (with the support adaptation when --adapt-steps > 0).
+    Protonet,
+    /// Matching networks: softmax attention over the support embeddings.
+    Matching,
+    /// Baseline++'s test time: a cosine classifier trained on the support set (SGD, 100 epochs).
+    BaselinePp,
 }
 
 /// Few-shot coin classification: denominations from 4 photos each.
@@ -131,6 +144,9 @@ struct Args {
     /// Crop each photo to the coin it shows (Hough circles) before embedding.
     #[arg(long)]
     crop: bool,
+    /// The few-shot method that scores the test episodes.
+    #[arg(long, value_enum, default_value_t = MethodChoice::Protonet)]
+    method: MethodChoice,
     /// With --train/--test: paste every test photo small into a larger scene first (as
     /// phone photos look; the shared coin sets are crops), to measure --crop on.
     #[arg(long, requires = "test")]
@@ -176,7 +192,11 @@ fn run(a: Args) -> Result<()> {
     // 3. Evaluate: `shot` photos per unseen denomination, averaged over 4 rotations.
     println!("Embedding the test photos (4 rotations each)...");
     let embedder = Embedder { rotations: 4, ..Default::default() };
-    let method = Some(MethodConfig::Protonet.with_adaptation_steps(a.adapt_steps));
+    let method = Some(match a.method {
+        MethodChoice::Protonet => MethodConfig::Protonet.with_adaptation_steps(a.adapt_steps),
+        MethodChoice::Matching => MethodConfig::Matching(Default::default()),
+        MethodChoice::BaselinePp => MethodConfig::Baseline(BaselineConfig::new(ClassifierKind::Cosine)),
+    });
     let eval = EvalConfig { method, ..EvalConfig::new(spec, a.episodes, a.seed) };
     let report = evaluate_net(&net, &embedder, &norm, &test_set, &eval, &dev, &Bars::new(true))?;
     print_report(&a, &report, &test_set)
@@ -290,11 +310,10 @@ fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: 
             training_source(a)
         ),
         image: ImageConfig { crop: None, ..image.clone() },
-        epochs: a.trunk_epochs,
-        seed: a.seed,
+        training: SupervisedConfig { epochs: a.trunk_epochs, seed: a.seed, ..SupervisedConfig::coin_trunk() },
         ..TrunkConfig::default()
     };
-    println!("Training the last 8 blocks of EfficientNet-Lite0 on {} denominations, {} epochs:", train_set.num_classes(), config.epochs);
+    println!("Training the last 8 blocks of EfficientNet-Lite0 on {} denominations, {} epochs:", train_set.num_classes(), config.training.epochs);
     let out = a.trunk_model.clone().unwrap_or_else(|| output_dir(&a.save));
     let (model, report) =
         train_trunk(&config, train_set, &out, &TrainOptions { mode: protonet::OutputMode::Resume, ..Default::default() }, dev, &Bars::new(true))?;

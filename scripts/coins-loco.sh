@@ -15,7 +15,14 @@
 #   trunk      EfficientNet-Lite0 with its last 8 MBConv blocks and head trained by
 #              cross-entropy on the training denominations (coin augmentation)
 #   trunk+adapt, trunk+crop+adapt: with the support adaptation, and the crop
-# Environment: EPISODES (1000), TRUNK_MODELS (a folder keeping the trunk models of the folds), TRAIN_EPISODES (400, Conv-4), FINETUNE_EPISODES (300), SEED (7),
+#   baseline-pp  Baseline++ (Chen et al. 2019) on the pretrained backbone: the trunk
+#              recipe's own training (a cosine classifier over all base classes) and the
+#              crop, then the paper's test time (a cosine classifier fitted on each
+#              support set, SGD, 100 epochs) instead of the support adaptation
+#   matching   Matching networks on the trained trunk (with the crop): softmax attention
+#              of each query over the support embeddings, cosine scaled by 10
+# Environment: CURRENCIES (the folder names of the currencies taking part, default all),
+# EPISODES (1000), TRUNK_MODELS (a folder keeping the trunk models of the folds), TRAIN_EPISODES (400, Conv-4), FINETUNE_EPISODES (300), SEED (7),
 # EXTRA (more flags for the coins example, for example --paste-small).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +40,14 @@ trap 'rm -rf "$work"' EXIT
 # (and by later runs with the same TRUNK_MODELS).
 trunks=${TRUNK_MODELS:-$work/trunks}
 mapfile -t currencies < <(find "$coins" -mindepth 1 -maxdepth 1 -type d | sort)
+if [ -n "${CURRENCIES:-}" ]; then
+    chosen=()
+    for c in $CURRENCIES; do
+        [ -d "$coins/$c" ] || { echo "CURRENCIES names $c, which is not a folder of $coins" >&2; exit 1; }
+        chosen+=("$coins/$c")
+    done
+    currencies=("${chosen[@]}")
+fi
 
 run() { # backbone train-dir test-dir [flags...]
     local backbone=$1 train=$2 test=$3
@@ -72,6 +87,8 @@ for held in "${currencies[@]}"; do
             trunk) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name") ;;
             trunk+adapt) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --adapt-steps 50) ;;
             trunk+crop+adapt) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --adapt-steps 50) ;;
+            baseline-pp) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method baseline-pp) ;;
+            matching) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method matching) ;;
             *) echo "unknown column $c" >&2; exit 1 ;;
         esac
         read -r acc ci < <(run "$b" "$train" "$held" "${flags[@]}" ${EXTRA:-})

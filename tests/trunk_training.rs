@@ -11,19 +11,23 @@ use protonet::adapt::SupportAdaptation;
 use protonet::data::rendered_coins::{currency, render_set};
 use protonet::data::ImageConfig;
 use protonet::finetune::trunk::{train_trunk, TrunkConfig};
+use protonet::train::supervised::{SupervisedConfig, TrainingAugment};
 use protonet::{FewShotClassifier, Model, OutputMode, TrainOptions};
 use rand::SeedableRng;
 
 fn small_config() -> TrunkConfig {
     TrunkConfig {
         image: ImageConfig::rgb(64),
-        train_size: 64,
         first_block: 13,
-        epochs: 4,
-        batch: 8,
-        trunk_lr: 1e-3,
-        head_lr: 1e-2,
-        dropout: 0.0,
+        training: SupervisedConfig {
+            epochs: 4,
+            batch: 8,
+            learning_rate: 1e-3,
+            classifier_learning_rate: Some(1e-2),
+            dropout: 0.0,
+            augment: Some(TrainingAugment { size: 64, ..SupervisedConfig::coin_trunk().augment.unwrap() }),
+            ..SupervisedConfig::coin_trunk()
+        },
         ..TrunkConfig::default()
     }
 }
@@ -60,8 +64,9 @@ fn trunk_training_moves_the_tail_lowers_the_loss_and_resumes_needs_data() {
     assert_eq!(first.epochs, 2);
     let rest = TrainOptions { mode: OutputMode::Resume, stop_after: None };
     let (model, second) = train_trunk(&config, &set, &dir, &rest, &dev, &protonet::Silent).unwrap();
-    assert!(second.finished && second.losses.len() == 2);
-    let losses: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
+    assert!(second.finished && second.losses.len() == 4);
+    assert_eq!(first.losses[..], second.losses[..2], "a resume keeps the losses done");
+    let losses = second.losses.clone();
     println!("losses by epoch: {losses:?}");
     assert!(losses[3] < losses[0], "the loss did not fall: {losses:?}");
 

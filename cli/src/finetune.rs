@@ -10,6 +10,7 @@ use protonet::data::{CoinCrop, ImageConfig, ImageSet};
 use protonet::finetune::trunk::{train_trunk, TrunkConfig};
 use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig, HEAD_TRAINING_DIR};
 use protonet::pretrained::PretrainedWeights;
+use protonet::train::supervised::SupervisedConfig;
 use protonet::{Error, Result, TrainConfig, TrainOptions};
 
 use crate::common::output_mode;
@@ -112,8 +113,7 @@ fn run_trunk(a: &FineTuneArgs, train_set: &ImageSet, image: ImageConfig) -> Resu
     let config = TrunkConfig {
         image: ImageConfig { crop: a.crop.then(CoinCrop::default), ..image },
         first_block: a.first_block,
-        epochs: a.epochs,
-        seed: a.seed,
+        training: SupervisedConfig { epochs: a.epochs, seed: a.seed, ..SupervisedConfig::coin_trunk() },
         adaptation: Some(SupportAdaptation { steps: a.adapt_steps, ..Default::default() }).filter(SupportAdaptation::is_active),
         description: a.description.clone(),
         ..TrunkConfig::default()
