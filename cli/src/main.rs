@@ -13,6 +13,7 @@ mod fetch;
 mod finetune;
 mod plot;
 mod predict;
+mod serve;
 mod train;
 
 /// Progress bars, pictures and the allocator settings, shared with the examples.
@@ -52,6 +53,9 @@ enum Command {
     PlotEmbeddings(plot::PlotEmbeddingsArgs),
     /// Draw a model's training curves (from its config.json) as a PNG.
     PlotCurves(plot::PlotCurvesArgs),
+    /// Serve the web page of the coin classifier (or another model): classes from a few
+    /// photos each, then any photo classified.
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -67,6 +71,7 @@ fn main() {
         Command::Embed(a) => embed::run(a),
         Command::PlotEmbeddings(a) => plot::run_embeddings(a),
         Command::PlotCurves(a) => plot::run_curves(a),
+        Command::Serve(a) => serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -226,6 +226,13 @@ impl FewShotClassifier {
         self.store.add(name, embeddings)
     }
 
+    /// Adds support embeddings made by [`FewShotClassifier::embed`] to class `name`
+    /// (creating it if it is new): the two halves of [`FewShotClassifier::add_class`], so
+    /// that a program can embed while others still predict, then add.
+    pub fn add_embeddings(&mut self, name: &str, embeddings: Vec<Vec<f32>>) -> Result<()> {
+        self.store.add(name, embeddings)
+    }
+
     /// Adds image files to class `name` (see [`FewShotClassifier::add_class`]).
     pub fn add_class_files(&mut self, name: &str, files: &[PathBuf]) -> Result<()> {
         let images = self.load_images(files)?;
@@ -235,6 +242,12 @@ impl FewShotClassifier {
     /// Removes class `name`.
     pub fn remove_class(&mut self, name: &str) -> Result<()> {
         self.store.remove(name)
+    }
+
+    /// Removes support image `index` (in the order added) of class `name`; the class goes
+    /// when its last image does (see [`PrototypeStore::remove_embedding`]).
+    pub fn remove_support(&mut self, name: &str, index: usize) -> Result<()> {
+        self.store.remove_embedding(name, index)
     }
 
     /// Renames class `from` to `to`.

@@ -206,6 +206,33 @@ impl PrototypeStore {
         Ok(())
     }
 
+    /// Removes the support embedding at `index` (in the order added) from class `name`,
+    /// whose prototype becomes the mean of the others; removing a class's last embedding
+    /// removes the class.
+    ///
+    /// ```
+    /// let mut store = protonet::classifier::PrototypeStore::new(1);
+    /// store.add("a", vec![vec![0.0], vec![2.0], vec![7.0]])?;
+    /// store.remove_embedding("a", 2)?;
+    /// assert_eq!(store.prototype("a"), Some(&[1.0][..]));
+    /// assert!(store.remove_embedding("a", 5).unwrap_err().to_string().contains("has 2"));
+    /// # Ok::<(), protonet::Error>(())
+    /// ```
+    pub fn remove_embedding(&mut self, name: &str, index: usize) -> Result<()> {
+        let i = self.index_of(name)?;
+        let n = self.classes[i].embeddings.len();
+        if index >= n {
+            return Err(Error::param("image", format!("class `{name}` has {n} support images, no image {index}")));
+        }
+        self.changed();
+        if n == 1 {
+            self.classes.remove(i);
+            return Ok(());
+        }
+        self.classes[i].embeddings.remove(index);
+        self.classes[i].update_prototype()
+    }
+
     /// Renames class `from` to `to` (which must not exist yet).
     pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
         if to.is_empty() {

@@ -19,4 +19,4 @@ pub use folder::{list_image_folder, list_images, load_image_folder, load_image_f
 pub use image_set::ImageSet;
 pub use locate::{Circle, CoinCrop};
 pub use omniglot::{load_omniglot, OmniglotSplit};
-pub use transform::{load_image, load_image_with_warning, rotate_square_ccw, validate_rotations, ImageConfig, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};
+pub use transform::{decode_image, load_image, load_image_with_warning, rotate_square_ccw, validate_rotations, ImageConfig, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE};

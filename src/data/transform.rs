@@ -129,40 +129,51 @@ pub const MIN_IMAGE_SIDE: u32 = 8;
 /// # Ok::<(), protonet::Error>(())
 /// ```
 pub fn load_image(path: &Path, config: &ImageConfig) -> Result<Vec<f32>> {
-    let bad = |reason: String| Error::Image { path: path.to_path_buf(), reason };
-    let open = || -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
-        image::ImageReader::open(path).map_err(|e| Error::io(path, e))?.with_guessed_format().map_err(|e| Error::io(path, e))
-    };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(config.prepare(&decode_image(&bytes, path)?.0))
+}
+
+/// Decodes an image held in memory (PNG or JPEG, recognised by its content) with the
+/// checks and limits of [`load_image`], before any preparation; `name` names it in errors
+/// (a file, or an upload). Returns the image and, when it decodes but looks damaged (a
+/// JPEG without its end-of-image marker, a PNG without `IEND`), a warning saying so.
+///
+/// ```
+/// let img = image::RgbImage::from_pixel(16, 16, image::Rgb([200, 150, 0]));
+/// let mut png = Vec::new();
+/// image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+/// let (decoded, warning) = protonet::data::decode_image(&png, "upload.png".as_ref())?;
+/// assert_eq!((decoded.width(), warning), (16, None));
+/// let err = protonet::data::decode_image(b"hello", "notes.jpg".as_ref()).unwrap_err();
+/// assert!(err.to_string().contains("notes.jpg") && err.to_string().contains("not a PNG or JPEG"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn decode_image(bytes: &[u8], name: &Path) -> Result<(DynamicImage, Option<String>)> {
+    let bad = |reason: String| Error::Image { path: name.to_path_buf(), reason };
     // Recognise the format by the content, not the extension.
-    let mut head = Vec::with_capacity(16);
-    {
-        use std::io::Read;
-        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        f.take(16).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
-    }
-    match image::guess_format(&head) {
-        _ if head.is_empty() => return Err(bad("the file is empty (0 bytes)".into())),
+    match image::guess_format(bytes) {
+        _ if bytes.is_empty() => return Err(bad("the file is empty (0 bytes)".into())),
         Ok(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
         Ok(other) => return Err(bad(format!("a {other:?} file; only PNG and JPEG are read"))),
         Err(_) => return Err(bad("not a PNG or JPEG image (unrecognised content)".into())),
     }
-    let header = open()?;
+    let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(name, e));
     // The size from the header alone, before any pixel is decoded.
-    let (w, h) = header.into_dimensions().map_err(|e| bad(e.to_string()))?;
+    let (w, h) = reader()?.into_dimensions().map_err(|e| bad(e.to_string()))?;
     if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
         return Err(bad(format!("the image is {w}x{h} pixels, larger than the {MAX_IMAGE_SIDE}-pixel limit; downscale it first")));
     }
     if w < MIN_IMAGE_SIDE || h < MIN_IMAGE_SIDE {
         return Err(bad(format!("the image is {w}x{h} pixels, smaller than {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")));
     }
-    let mut reader = open()?;
+    let mut reader = reader()?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(1 << 30);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| bad(e.to_string()))?;
-    Ok(config.prepare(&img))
+    Ok((img, damage_warning(bytes)))
 }
 
 /// Like [`load_image`], with a warning when the file decodes but looks damaged: a JPEG
@@ -178,9 +189,9 @@ pub fn load_image(path: &Path, config: &ImageConfig) -> Result<Vec<f32>> {
 /// # Ok::<(), protonet::Error>(())
 /// ```
 pub fn load_image_with_warning(path: &Path, config: &ImageConfig) -> Result<(Vec<f32>, Option<String>)> {
-    let pixels = load_image(path, config)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok((pixels, damage_warning(&bytes).map(|w| format!("{}: {w}", path.display()))))
+    let (img, warning) = decode_image(&bytes, path)?;
+    Ok((config.prepare(&img), warning.map(|w| format!("{}: {w}", path.display()))))
 }
 
 /// Why an image file that decoded looks damaged, if it does (see [`load_image_with_warning`]).

@@ -357,12 +357,7 @@ pub fn train_supervised(
         let mut sum = 0.0;
         for (b, chunk) in order.chunks(config.batch).enumerate() {
             let step = state.epoch * steps_per_epoch + b;
-            let x = match &config.augment {
-                None => Tensor::from_vec(train_set.gather(chunk), (chunk.len(), image.channels, image.size, image.size), &device)?,
-                Some(a) => {
-                    augmented_batch(train_set, chunk, a, image, config.seed.wrapping_mul(1_000_003).wrapping_add((step * config.batch) as u64), &device)?
-                }
-            };
+            let x = batch(train_set, chunk, config, image, step, &device)?;
             let labels = Tensor::new(chunk.iter().map(|&(k, _)| k as u32).collect::<Vec<_>>(), &device)?;
             let features = dropout(&model.net().embed(&x, true)?, config.dropout, config.seed.wrapping_mul(1_000_003) ^ step as u64)?;
             let loss = smoothed_cross_entropy(&classifier.logits(&features)?, &labels, config.label_smoothing)?;
@@ -390,6 +385,15 @@ pub fn train_supervised(
         model.save_with(out_dir, OutputMode::Overwrite)?;
     }
     Ok(SupervisedReport { epochs: state.epoch, losses: state.losses, seconds: state.seconds, finished })
+}
+
+/// The images of `items` as a batch, augmented when `config` says so (each image drawn
+/// from a seed of the run's seed and the step).
+fn batch(set: &ImageSet, items: &[(usize, usize)], config: &SupervisedConfig, image: &ImageConfig, step: usize, device: &Device) -> Result<Tensor> {
+    match &config.augment {
+        None => Ok(Tensor::from_vec(set.gather(items), (items.len(), image.channels, image.size, image.size), device)?),
+        Some(a) => augmented_batch(set, items, a, image, config.seed.wrapping_mul(1_000_003).wrapping_add((step * config.batch) as u64), device),
+    }
 }
 
 /// One augmented batch `(B, C, s, s)` of the items `(class, index)` of `set` (loaded as
