@@ -179,7 +179,7 @@ pub use episode::{Episode, EpisodeSampler, EpisodeSpec};
 pub use error::{Error, Result};
 pub use eval::{evaluate, EvalConfig, EvalReport};
 pub use method::{Method, MethodConfig};
-pub use model::{Model, ModelConfig};
+pub use model::{checkout_dir, locate_model, Model, ModelConfig};
 pub use net::{EpisodeOutput, FewShotNet};
 pub use observer::{Observer, Silent};
 pub use output::OutputMode;

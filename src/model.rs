@@ -3,7 +3,7 @@
 //! `model.safetensors` and `config.json` (through [`crate::io`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -271,9 +271,12 @@ impl Model {
         Ok(model)
     }
 
-    /// Like [`Model::load`], for a model that embeds images: refuses the head-only models
-    /// that fine-tuning trains on cached features (`head-training/`), naming the folder.
+    /// Like [`Model::load`], for a model that embeds images, found by [`locate_model`]
+    /// (so a shipped model, `data/coins-efficientnet-lite0`, loads from any project);
+    /// refuses the head-only models that fine-tuning trains on cached features
+    /// (`head-training/`), naming the folder.
     pub fn load_for_images(dir: &Path, device: &Device) -> Result<Self> {
+        let dir = &locate_model(dir)?;
         let model = Self::load(dir, device)?;
         if let BackboneConfig::EfficientNetLite0Head { .. } = model.config.backbone {
             return Err(Error::checkpoint(
@@ -376,4 +379,37 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// The protonet checkout this library was built from, where the models it ships live
+/// (`data/<name>`).
+pub fn checkout_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The model directory `dir` names: `dir` itself when it holds a `config.json`; else, for
+/// a relative path, the same path inside the protonet checkout ([`checkout_dir`]), where
+/// the shipped models are (`data/coins-efficientnet-lite0` then loads from any project
+/// that uses protonet by path). The error for neither says both places.
+///
+/// ```
+/// let found = protonet::locate_model("data/coins-efficientnet-lite0".as_ref())?;
+/// assert!(found.join("config.json").is_file());
+/// let err = protonet::locate_model("no/such/model".as_ref()).unwrap_err().to_string();
+/// assert!(err.contains("no/such/model") && err.contains("looked for"));
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn locate_model(dir: &Path) -> Result<PathBuf> {
+    if dir.join(CONFIG_FILE).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let shipped = checkout_dir().join(dir);
+    if dir.is_relative() && shipped.join(CONFIG_FILE).is_file() {
+        return Ok(shipped);
+    }
+    let places = if dir.is_relative() { format!("{} and {}", dir.display(), shipped.display()) } else { dir.display().to_string() };
+    Err(Error::checkpoint(
+        dir,
+        format!("not a model directory (no {CONFIG_FILE}; looked for in {places}): a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}, as training writes them"),
+    ))
 }

@@ -102,6 +102,8 @@ fn configure(clf: &mut FewShotClassifier, a: &PredictArgs) -> Result<()> {
     }
     if let Some(support) = &a.support {
         let added = clf.add_support_folder(support).map_err(|e| match e {
+            // The library's reason already says what a class folder is when that is the fault.
+            Error::Dataset { path, reason } if reason.contains("sub-folder") => Error::param("support", format!("{}: {reason}", path.display())),
             Error::Dataset { path, reason } => {
                 Error::param("support", format!("{}: {reason} (--support takes a folder with one sub-folder of images per class)", path.display()))
             }
@@ -123,7 +125,12 @@ fn configure(clf: &mut FewShotClassifier, a: &PredictArgs) -> Result<()> {
         (None, false) => clf.set_threshold(None)?,
     }
     // One class without rejection would answer every query with it: refused before any query.
-    clf.store().check_ready()?;
+    clf.store().check_ready().map_err(|e| match e {
+        Error::InvalidParameter { reason, .. } if reason.starts_with("only one class") => {
+            Error::param("support", format!("{reason}: --reject (a threshold calibrated on the support set) or --threshold D"))
+        }
+        other => other,
+    })?;
     let names = clf.class_names();
     eprintln!(
         "{} class{} ({}{}){}",

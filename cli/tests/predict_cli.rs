@@ -109,13 +109,24 @@ fn predict_errors_are_clear() {
     common::write_glyph_folder(&one, 1, 4, 28, 2);
     let (o, q) = (one.to_str().unwrap(), s.to_str().unwrap());
     let (ok, stdout, stderr) = protonet(&["predict", "--model", m.to_str().unwrap(), "--support", o, "--query", q]);
-    assert!(!ok && stdout.is_empty() && stderr.contains("only one class") && stderr.contains("threshold"), "{stderr}");
+    assert!(!ok && stdout.is_empty() && stderr.contains("only one class") && stderr.contains("--reject"), "{stderr}");
     let (ok, _, stderr) = protonet(&["predict", "--model", m.to_str().unwrap(), "--support", o, "--query", q, "--reject"]);
     assert!(ok && stderr.contains("1 class ("), "{stderr}");
 
     // A folder that is not a model says so.
     let (ok, _, stderr) = protonet(&["predict", "--model", q, "--support", q, "--query", q]);
-    assert!(!ok && stderr.contains("not a model directory (no config.json)"), "{stderr}");
+    assert!(!ok && stderr.contains("not a model directory (no config.json; looked for in"), "{stderr}");
+
+    // A flat folder of photos as the support set: told once where the class folders go.
+    let flat = dir.path().join("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    for f in std::fs::read_dir(one.join(std::fs::read_dir(&one).unwrap().next().unwrap().unwrap().file_name())).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, flat.join(f.file_name().unwrap())).unwrap();
+    }
+    let (ok, _, stderr) = protonet(&["predict", "--model", m.to_str().unwrap(), "--support", flat.to_str().unwrap(), "--query", q]);
+    assert!(!ok && stderr.contains("directly in this folder"), "{stderr}");
+    assert!(!stderr.contains("--support takes a folder"), "the hint is said once: {stderr}");
 }
 
 #[test]

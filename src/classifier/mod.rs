@@ -31,6 +31,10 @@ use crate::model::{Model, ModelConfig};
 use crate::output::OutputMode;
 use crate::protonet::FeatureNorm;
 
+/// The shipped coin model's directory, relative to the protonet checkout
+/// ([`FewShotClassifier::coin_model`]).
+pub const COIN_MODEL: &str = "data/coins-efficientnet-lite0";
+
 /// Image files decoded at a time by [`FewShotClassifier::predict_files`].
 const FILES_PER_BATCH: usize = 256;
 
@@ -114,8 +118,24 @@ impl FewShotClassifier {
     }
 
     /// A classifier around the model saved in `dir` (as by `protonet train`), no classes.
+    /// A relative `dir` missing here is looked for in the protonet checkout, where the
+    /// shipped models are ([`crate::locate_model`]).
     pub fn from_model_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
         Ok(Self::new(Model::load_for_images(dir.as_ref(), device)?))
+    }
+
+    /// The coin model the crate ships ([`COIN_MODEL`]: EfficientNet-Lite0 with its last
+    /// blocks trained on coin photos; it crops each photo to its coin and adapts to the
+    /// support set), from any project; its ImageNet weights are found as
+    /// [`FewShotClassifier::efficientnet_lite0`]'s.
+    ///
+    /// ```no_run
+    /// let mut coins = protonet::FewShotClassifier::coin_model(&protonet::Device::Cpu)?;
+    /// coins.add_support_folder("my_coins")?;
+    /// # Ok::<(), protonet::Error>(())
+    /// ```
+    pub fn coin_model(device: &Device) -> Result<Self> {
+        Self::from_model_dir(COIN_MODEL, device)
     }
 
     /// A classifier on the frozen ImageNet EfficientNet-Lite0 for photos, with the settings

@@ -69,7 +69,13 @@ pub fn list_image_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
         classes.push((name, files));
     }
     if classes.is_empty() {
-        return Err(Error::Dataset { path: root.to_path_buf(), reason: "no class sub-folders (expected one sub-folder of images per class)".into() });
+        let flat = sorted_entries(root)?.iter().any(|p| p.is_file() && is_image(p));
+        let reason = if flat {
+            "no class sub-folders: the images are directly in this folder; put each class's images in a sub-folder named after the class"
+        } else {
+            "no class sub-folders (expected one sub-folder of images per class)"
+        };
+        return Err(Error::Dataset { path: root.to_path_buf(), reason: reason.into() });
     }
     Ok(classes)
 }

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use protonet::{Error, FewShotClassifier, Result};
 
-/// The coin model, the default model of the page.
-const COIN_MODEL: &str = "data/coins-efficientnet-lite0";
+use protonet::classifier::COIN_MODEL;
 
 /// Serve the web page of a few-shot classifier (by default the coin model): create classes,
 /// add 4 photos to each, then classify any photo.
@@ -54,24 +53,12 @@ pub struct App {
     model_name: String,
 }
 
-/// The model directory: `--model`, else the coin model here or in the checkout.
-fn model_dir(a: &ServeArgs) -> PathBuf {
-    if let Some(m) = &a.model {
-        return m.clone();
-    }
-    let here = PathBuf::from(COIN_MODEL);
-    if here.join("config.json").is_file() {
-        return here;
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(COIN_MODEL)
-}
-
 /// Runs the server until Ctrl-C.
 pub fn run(a: ServeArgs) -> Result<()> {
     if a.max_body_mb == 0 || a.max_predictions == 0 || a.timeout == 0 {
         return Err(Error::param("max-body-mb/max-predictions/timeout", "must be at least 1"));
     }
-    let dir = model_dir(&a);
+    let dir = protonet::locate_model(a.model.as_deref().unwrap_or(COIN_MODEL.as_ref()))?;
     let device = protonet::Device::Cpu;
     let fresh = FewShotClassifier::from_model_dir(&dir, &device)?;
     let store = store::Store::open(&a.store, fresh, &device)?;
