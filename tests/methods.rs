@@ -68,7 +68,7 @@ fn prototypes_score_by_squared_distance_to_class_means() {
 fn a_short_training_lowers_the_loss_of_each_method() {
     let set = common::glyph_set(12, 8, 28, 4);
     let config = TrainConfig { way: 5, shot: 2, query: 3, episodes: 60, learning_rate: 2e-3, val_every: 1000, patience: None, ..Default::default() };
-    for method in [MethodConfig::Protonet, MethodConfig::Matching(MatchingConfig::default())] {
+    for method in [MethodConfig::Protonet, MethodConfig::Matching(MatchingConfig::default()), MethodConfig::MetaBaseline(Default::default())] {
         let mut model = small_model(method, 2);
         let mut trainer = Trainer::new(&mut model, &set, None, &config).unwrap();
         let losses: Vec<f32> = (0..40).map(|_| trainer.step().unwrap().loss).collect();
@@ -123,6 +123,7 @@ fn each_method_round_trips_through_a_saved_classifier() {
         MethodConfig::Protonet,
         MethodConfig::Adapted(SupportAdaptation { steps: 20, ..Default::default() }),
         MethodConfig::Matching(MatchingConfig { scale: 5.0 }),
+        MethodConfig::MetaBaseline(Default::default()),
     ] {
         let mut clf = FewShotClassifier::new(small_model(method, 3));
         for c in 0..3 {
@@ -137,7 +138,12 @@ fn each_method_round_trips_through_a_saved_classifier() {
         assert_eq!(loaded.store().method().config(), method);
         let after: Vec<_> = queries.iter().map(|q| loaded.predict(q).unwrap()).collect();
         assert_eq!(before, after, "{}", method.name());
-        assert_eq!(before[0].distance.is_some(), matches!(method, MethodConfig::Protonet | MethodConfig::Adapted(_)), "{}: distances", method.name());
+        assert_eq!(
+            before[0].distance.is_some(),
+            matches!(method, MethodConfig::Protonet | MethodConfig::Adapted(_) | MethodConfig::MetaBaseline(_)),
+            "{}: distances",
+            method.name()
+        );
     }
 }
 
@@ -216,4 +222,29 @@ fn matching_loss_gradients_match_finite_differences() {
             assert!((fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()), "element {i}: finite difference {fd}, gradient {}", g[i]);
         }
     }
+}
+
+/// Meta-Baseline's temperature starts at 10, is learned by episodic training (it moves),
+/// and a saved model keeps the learned value.
+#[test]
+fn meta_baseline_learns_its_temperature_and_a_saved_model_keeps_it() {
+    let set = common::glyph_set(12, 8, 28, 4);
+    let mut model = small_model(MethodConfig::MetaBaseline(Default::default()), 2);
+    let temperature = |m: &Model| m.tensors()["method.temperature"].to_scalar::<f32>().unwrap();
+    assert_eq!(temperature(&model), 10.0);
+    let config = TrainConfig { way: 5, shot: 2, query: 3, episodes: 20, learning_rate: 2e-2, val_every: 1000, patience: None, ..Default::default() };
+    let mut trainer = Trainer::new(&mut model, &set, None, &config).unwrap();
+    for _ in 0..20 {
+        trainer.step().unwrap();
+    }
+    drop(trainer);
+    let learned = temperature(&model);
+    assert!((learned - 10.0).abs() > 1e-3, "the temperature did not move: {learned}");
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let loaded = Model::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(temperature(&loaded), learned);
+    let x = Tensor::from_vec(set.image(0, 0).to_vec(), (1, 1, 28, 28), &Device::Cpu).unwrap();
+    let (a, b) = (model.net().embed(&x, false).unwrap(), loaded.net().embed(&x, false).unwrap());
+    assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
 }

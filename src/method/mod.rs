@@ -14,10 +14,12 @@
 //! | [`MethodConfig::Adapted`] | `adapted.rs` | a cosine classifier trained on the support embeddings ([`SupportAdaptation`]) | scaled cosine |
 //! | [`MethodConfig::Matching`] (Vinyals et al. 2016) | `matching.rs` | unit support embeddings and one-hot labels | log of the attention-weighted labels |
 //! | [`MethodConfig::Baseline`] (Chen et al. 2019) | `baseline.rs` | a linear (Baseline) or cosine (Baseline++) classifier trained by SGD on the support embeddings | its logits |
+//! | [`MethodConfig::MetaBaseline`] (Chen et al. 2021) | `meta_baseline.rs` | unit class means | cosine times a learned temperature (`method.temperature`) |
 
 mod adapted;
 mod baseline;
 mod matching;
+mod meta_baseline;
 mod prototypes;
 
 use std::collections::BTreeMap;
@@ -32,6 +34,7 @@ use crate::error::{Error, Result};
 
 pub use baseline::{Baseline, BaselineConfig, ClassifierKind};
 pub use matching::{Matching, MatchingConfig};
+pub use meta_baseline::{MetaBaseline, MetaBaselineConfig};
 pub use prototypes::Prototypes;
 
 /// Which few-shot method a network uses to score queries, with its settings; stored in
@@ -62,6 +65,10 @@ pub enum MethodConfig {
     /// trained beforehand as a classifier of all base classes
     /// ([`crate::train::supervised`]).
     Baseline(BaselineConfig),
+    /// Meta-Baseline (Chen et al. 2021): cosine similarity to the class means times a
+    /// learned temperature; the backbone trained as a classifier of all base classes,
+    /// then episodically through this scoring.
+    MetaBaseline(MetaBaselineConfig),
 }
 
 impl MethodConfig {
@@ -73,6 +80,7 @@ impl MethodConfig {
             MethodConfig::Matching(_) => "matching",
             MethodConfig::Baseline(BaselineConfig { classifier: ClassifierKind::Linear, .. }) => "baseline",
             MethodConfig::Baseline(BaselineConfig { classifier: ClassifierKind::Cosine, .. }) => "baseline-pp",
+            MethodConfig::MetaBaseline(_) => "meta-baseline",
         }
     }
 
@@ -83,6 +91,7 @@ impl MethodConfig {
             MethodConfig::Adapted(a) => a.validate(),
             MethodConfig::Matching(m) => m.validate(),
             MethodConfig::Baseline(b) => b.validate(),
+            MethodConfig::MetaBaseline(m) => m.validate(),
         }
     }
 
@@ -90,14 +99,12 @@ impl MethodConfig {
     /// variables under the prefix `method`).
     pub fn build(&self, vb: VarBuilder) -> Result<Arc<dyn Method>> {
         self.validate()?;
-        // None of today's methods has learned parameters (Relation Network and
-        // Meta-Baseline's temperature will take theirs from `vb`).
-        let _ = vb;
         Ok(match self {
             MethodConfig::Protonet => Arc::new(Prototypes),
             MethodConfig::Adapted(a) => Arc::new(*a),
             MethodConfig::Matching(m) => Arc::new(Matching::new(*m)),
             MethodConfig::Baseline(b) => Arc::new(Baseline::new(*b)),
+            MethodConfig::MetaBaseline(m) => Arc::new(MetaBaseline::new(*m, vb)?),
         })
     }
 
@@ -105,6 +112,7 @@ impl MethodConfig {
     pub fn has_parameters(&self) -> bool {
         match self {
             MethodConfig::Protonet | MethodConfig::Adapted(_) | MethodConfig::Matching(_) | MethodConfig::Baseline(_) => false,
+            MethodConfig::MetaBaseline(_) => true,
         }
     }
 
