@@ -179,6 +179,11 @@ pub enum MethodName {
     /// Baseline++ (Chen et al. 2019): the same with cosine classifiers.
     #[value(name = "baseline-pp")]
     BaselinePp,
+    /// Meta-Baseline (Chen et al. 2021): a linear classifier of all base classes trained
+    /// with the backbone, then episodes scored by cosine similarity to the class means
+    /// times a learned temperature; the better stage on validation is kept.
+    #[value(name = "meta-baseline")]
+    MetaBaseline,
 }
 
 impl MethodName {
@@ -189,6 +194,7 @@ impl MethodName {
             MethodName::Matching => protonet::MethodConfig::Matching(protonet::method::MatchingConfig { scale: matching_scale }),
             MethodName::Baseline => protonet::MethodConfig::Baseline(protonet::method::BaselineConfig::new(protonet::method::ClassifierKind::Linear)),
             MethodName::BaselinePp => protonet::MethodConfig::Baseline(protonet::method::BaselineConfig::new(protonet::method::ClassifierKind::Cosine)),
+            MethodName::MetaBaseline => protonet::MethodConfig::MetaBaseline(Default::default()),
         }
     }
 }

@@ -1,14 +1,15 @@
 //! `protonet train`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::support::progress::{Bars, CURVES_FILE};
 use clap::Args;
 use protonet::backbone::{BackboneConfig, Conv4Config};
 use protonet::data::ImageConfig;
+use protonet::eval::{evaluate, EvalConfig};
 use protonet::method::MatchingConfig;
 use protonet::train::supervised::{train_supervised, BaseClassifier, SupervisedConfig};
-use protonet::{Model, ModelConfig, Result, TrainConfig, TrainOptions, Trainer};
+use protonet::{EpisodeSpec, Error, Model, ModelConfig, Result, Silent, TrainConfig, TrainOptions, Trainer};
 
 use crate::common::{device, output_mode, DataArgs, DatasetKind, MethodName};
 
@@ -94,8 +95,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = Conv4Config::default().depth)]
     depth: usize,
     /// The few-shot method trained: protonet (nearest class mean, squared Euclidean
-    /// distance) or matching (Matching Networks: softmax attention over the support
-    /// images by cosine similarity, without full-context embeddings). Recorded in the
+    /// distance), matching (Matching Networks: softmax attention over the support images
+    /// by cosine similarity, without full-context embeddings), baseline / baseline-pp
+    /// (supervised over all base classes, then a classifier fitted on each support set),
+    /// or meta-baseline (supervised with --epochs/--batch in OUT/classifier-stage, then
+    /// episodic with --episodes; the better stage on validation is kept). Recorded in the
     /// model's config.json, so eval, predict and bench need no flag.
     #[arg(long, value_enum, default_value_t = MethodName::Protonet)]
     method: MethodName,
@@ -154,7 +158,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut model = Model::new(model_config, a.seed, &dev)?;
     let train_set = a.data.load(&a.train_split, &image, a.quiet)?;
     if let Some(classifier) = base_classifier(a.method) {
-        return train_base_classes(&a, &mut model, &train_set, classifier);
+        return train_base_classes(&a, &mut model, &train_set, classifier, &a.out);
     }
     let val_set = match (a.data.dataset, &a.val_data) {
         (DatasetKind::Omniglot, _) if a.val_split == "none" => None,
@@ -165,9 +169,26 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         (DatasetKind::Folder, None) => None,
     };
+    // Meta-Baseline: its first stage, a classifier of all base classes, in OUT/classifier-stage.
+    let stage_one = if a.method == MethodName::MetaBaseline {
+        let val = val_set
+            .as_ref()
+            .ok_or_else(|| Error::param("val-data", "--method meta-baseline chooses between its stages on validation: give a validation set"))?;
+        let dir = a.out.join(CLASSIFIER_STAGE);
+        train_base_classes(&a, &mut model, &train_set, BaseClassifier::Linear, &dir)?;
+        let spec = EpisodeSpec { way: a.val_way, shot: a.val_shot.unwrap_or(a.shot), query: a.val_query };
+        let report = evaluate(&model, val, &EvalConfig::new(spec, a.val_episodes, a.seed), &Silent)?;
+        outln!("stage 1 (classifier of all base classes): validation {:.2}%", 100.0 * report.accuracy);
+        Some((dir, report.accuracy))
+    } else {
+        None
+    };
     let options = TrainOptions { mode: output_mode(a.resume, a.overwrite), stop_after: None };
     let bars = Bars::new(!a.quiet).with_curves(a.out.join(CURVES_FILE));
     let report = Trainer::new(&mut model, &train_set, val_set.as_ref(), &config)?.run(&a.out, &options, &bars)?;
+    if let (Some((dir, first)), Some(second)) = (stage_one, report.best_val_accuracy) {
+        keep_better_stage(&a.out, &dir, first, second)?;
+    }
     outln!(
         "trained {} episodes in {:.0}s{}; model saved to {}{}",
         report.episodes,
@@ -184,23 +205,44 @@ fn base_classifier(method: MethodName) -> Option<BaseClassifier> {
     match method {
         MethodName::Baseline => Some(BaseClassifier::Linear),
         MethodName::BaselinePp => Some(BaseClassifier::baseline_pp()),
-        MethodName::Protonet | MethodName::Matching => None,
+        MethodName::Protonet | MethodName::Matching | MethodName::MetaBaseline => None,
     }
 }
 
-/// Baseline and Baseline++: the backbone trained as a classifier of every training class.
-fn train_base_classes(a: &TrainArgs, model: &mut Model, train_set: &protonet::data::ImageSet, classifier: BaseClassifier) -> Result<()> {
+/// Where `train --method meta-baseline` trains its first stage, inside OUT.
+const CLASSIFIER_STAGE: &str = "classifier-stage";
+
+/// Meta-Baseline's model selection: the episodic stage's best model (in `out`) is kept
+/// when its validation accuracy `second` is at least the first stage's `first`; else the
+/// first stage's model (in `stage_one`) replaces it. `config.json` says which.
+fn keep_better_stage(out: &Path, stage_one: &Path, first: f64, second: f64) -> Result<()> {
+    let (kept, from) = if second >= first { ("stage 2 (episodic)", out) } else { ("stage 1 (classifier of all base classes)", stage_one) };
+    let note = format!("model selection on validation: {kept} kept ({:.2}% after stage 1, {:.2}% after stage 2)", 100.0 * first, 100.0 * second);
+    let mut config = ModelConfig::read(from)?;
+    config.description = [config.description.as_str(), note.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("; ");
+    if second < first {
+        let model = Model::load(stage_one, &protonet::Device::Cpu)?;
+        model.save_with(out, protonet::OutputMode::Overwrite)?;
+    }
+    protonet::io::write_atomic(&out.join("config.json"), &serde_json::to_vec_pretty(&config).expect("serialises"))?;
+    outln!("{note}");
+    Ok(())
+}
+
+/// Baseline and Baseline++ (and Meta-Baseline's first stage): the backbone trained as a
+/// classifier of every training class, written to `out`.
+fn train_base_classes(a: &TrainArgs, model: &mut Model, train_set: &protonet::data::ImageSet, classifier: BaseClassifier, out: &Path) -> Result<()> {
     let config = SupervisedConfig { classifier, epochs: a.epochs, batch: a.batch, learning_rate: a.lr, seed: a.seed, ..Default::default() };
     let options = TrainOptions { mode: output_mode(a.resume, a.overwrite), stop_after: None };
     let bars = Bars::new(!a.quiet);
-    let report = train_supervised(model, train_set, &config, &a.out, &options, &bars)?;
+    let report = train_supervised(model, train_set, &config, out, &options, &bars)?;
     outln!(
         "trained {} epochs over {} classes in {:.0}s (last epoch's loss {:.4}); model saved to {}",
         report.epochs,
         train_set.num_classes(),
         report.seconds,
         report.losses.last().copied().unwrap_or(f64::NAN),
-        a.out.display()
+        out.display()
     );
     Ok(())
 }

@@ -60,7 +60,7 @@ fn each_method_trains_then_evaluates_and_predicts_without_a_method_flag() {
 
 #[test]
 fn bench_times_each_method() {
-    for method in ["protonet", "matching"] {
+    for method in ["protonet", "matching", "meta-baseline"] {
         let (ok, stdout, stderr) =
             protonet(&["bench", "--way", "3", "--shot", "1", "--query", "2", "--iters", "2", "--warmup", "1", "--train", "--json", "--method", method]);
         assert!(ok, "{method}: {stderr}");
@@ -69,4 +69,36 @@ fn bench_times_each_method() {
     }
     let (ok, _, stderr) = protonet(&["bench", "--way", "3", "--shot", "1", "--query", "2", "--iters", "2", "--train", "--method", "baseline"]);
     assert!(!ok && stderr.contains("baseline"), "{stderr}");
+}
+
+/// Meta-Baseline trains its two stages (the classifier of all base classes in
+/// OUT/classifier-stage, then episodes), keeps the better on validation and says which in
+/// config.json; it needs a validation set to choose.
+#[test]
+fn meta_baseline_trains_both_stages_and_records_the_stage_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, val) = (dir.path().join("glyphs"), dir.path().join("val"));
+    common::write_glyph_folder(&data, 8, 6, 28, 5);
+    common::write_glyph_folder(&val, 4, 6, 28, 9);
+    let model = dir.path().join("meta");
+    let (d, v, m) = (data.to_str().unwrap(), val.to_str().unwrap(), model.to_str().unwrap());
+    let shape =
+        ["--channels", "1", "--image-size", "28", "--hidden", "16", "--way", "4", "--shot", "1", "--query", "2", "--quiet", "--method", "meta-baseline"];
+    let run = ["--epochs", "2", "--episodes", "6", "--val-every", "3", "--val-episodes", "4", "--val-way", "3", "--val-query", "2"];
+    let args: Vec<&str> = ["train", "--dataset", "folder", "--data", d, "--out", m].iter().chain(&shape).chain(&run).copied().collect();
+    let (ok, _, stderr) = protonet(&[&args[..], &["--val-data", v]].concat());
+    assert!(ok, "train failed: {stderr}");
+    assert!(model.join("classifier-stage/config.json").is_file(), "no first stage");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["method"]["kind"], "meta_baseline");
+    let description = config["description"].as_str().unwrap();
+    assert!(description.contains("model selection on validation") && description.contains("kept"), "{description}");
+    let (ok, stdout, stderr) =
+        protonet(&["eval", "--model", m, "--dataset", "folder", "--data", v, "--way", "3", "--shot", "1", "--query", "2", "--episodes", "4", "--json"]);
+    assert!(ok && stdout.contains("accuracy"), "eval failed: {stderr}");
+    // Without a validation set it cannot choose: refused, saying so.
+    let other = dir.path().join("meta-noval");
+    let args: Vec<&str> = ["train", "--dataset", "folder", "--data", d, "--out", other.to_str().unwrap()].iter().chain(&shape).chain(&run).copied().collect();
+    let (ok, _, stderr) = protonet(&args);
+    assert!(!ok && stderr.contains("validation"), "{stderr}");
 }
