@@ -1,7 +1,7 @@
 //! The web page of `protonet serve` in a real headless browser (Chromium through
 //! chromedriver, WebDriver by fantoccini): create two classes, upload support photos of
 //! `../shared/data/coins`, classify a held-out photo and read the label shown; reload and
-//! the classes are still there. Saves a screenshot (`$CARGO_TARGET_TMPDIR/serve.png`; also
+//! the classes are still there; at a phone's width nothing is wider than the screen. Saves a screenshot (`$CARGO_TARGET_TMPDIR/serve.png`; also
 //! `docs/serve.png`, the README's, with `PROTONET_UPDATE_SCREENSHOT=1`).
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `apt-get install chromium chromium-driver`,
@@ -115,5 +115,11 @@ async fn the_page_creates_classes_classifies_a_photo_and_keeps_them_after_a_relo
         let section = format!(".class[data-name=\"{name}\"] .count");
         wait_for(&format!("{name} after a reload"), 30, || async { text(&c, &section).await.filter(|t| t == "4 photos") }).await;
     }
+
+    // A phone's screen: nothing wider than the window, the query button in reach.
+    c.set_window_size(390, 844).await.unwrap();
+    let fits = c.execute("return document.documentElement.scrollWidth <= window.innerWidth + 1;", vec![]).await.unwrap();
+    assert_eq!(fits, serde_json::Value::Bool(true), "the page is wider than a 390-pixel phone screen");
+    assert!(c.find(Locator::Css("label[for=query]")).await.unwrap().is_displayed().await.unwrap());
     c.close().await.unwrap();
 }
