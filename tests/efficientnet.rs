@@ -131,7 +131,7 @@ fn pretrained_classifier_from_a_support_folder_saves_and_predicts_the_same_needs
     let after: Vec<_> = loaded.predict_files(&queries).unwrap().into_iter().map(|p| p.answer.unwrap()).collect();
     assert_eq!(after, before);
     let err = FewShotClassifier::load(&support, &Device::Cpu).err().expect("a support folder is not a classifier").to_string();
-    assert!(err.contains("not a model directory (no config.json)"), "{err}");
+    assert!(err.contains("not a model directory (no config.json"), "{err}");
 }
 
 /// The Rust converter of legacy `.pth` files gives, tensor for tensor, what the
