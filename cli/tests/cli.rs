@@ -113,6 +113,7 @@ fn help_explains_every_subcommand() {
         ("plot-embeddings", "--shot"),
         ("plot-curves", "--model"),
         ("fetch-weights", "--dir"),
+        ("serve", "--store"),
     ];
     // No subcommand goes unchecked: the list above covers --help's.
     let listed = top
