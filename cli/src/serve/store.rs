@@ -47,6 +47,11 @@ pub fn check_class_name(name: &str) -> Result<String> {
     Ok(name.to_string())
 }
 
+/// Whether two classifiers hold the same model (the same `config.json`).
+fn same_model(a: &FewShotClassifier, b: &FewShotClassifier) -> bool {
+    serde_json::to_value(a.model().config()).ok() == serde_json::to_value(b.model().config()).ok()
+}
+
 /// One class of the page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassEntry {
@@ -78,8 +83,7 @@ impl Store {
         let saved = dir.join("classifier");
         let classifier = if saved.join("classifier.json").is_file() {
             let loaded = FewShotClassifier::load(&saved, device)?;
-            let same = serde_json::to_value(loaded.model().config()).ok() == serde_json::to_value(fresh.model().config()).ok();
-            if !same {
+            if !same_model(&loaded, &fresh) {
                 return Err(Error::param(
                     "store",
                     format!("{} was made with another model than the one served; give another --store (or the model it was made with)", dir.display()),
@@ -194,8 +198,7 @@ impl Store {
 
     /// Replaces every class with those of `imported` (a classifier of the same model).
     pub fn replace(&mut self, imported: FewShotClassifier) -> Result<()> {
-        let same = serde_json::to_value(imported.model().config()).ok() == serde_json::to_value(self.classifier.model().config()).ok();
-        if !same {
+        if !same_model(&imported, &self.classifier) {
             return Err(Error::param("import", "the classifier was made with another model than the one served"));
         }
         let old: Vec<u64> = self.catalog.classes.iter().flat_map(|c| c.photos.clone()).collect();
