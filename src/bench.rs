@@ -56,7 +56,7 @@ impl Workload {
     /// A workload of a Conv-4 scored by `method` (see [`Workload::new`]).
     pub fn with_method(kind: WorkloadKind, channels: usize, image_size: usize, method: MethodConfig, device: &Device) -> Result<Self> {
         let image = if channels == 3 { ImageConfig::rgb(image_size) } else { ImageConfig { channels, ..ImageConfig::grey(image_size) } };
-        let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: channels, ..Default::default() });
+        let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: channels, layout: method.conv4_layout(), ..Default::default() });
         let model = Model::new(ModelConfig { method, ..ModelConfig::new(backbone, image) }, 0, device)?;
         if let (WorkloadKind::TrainStep(_), false) = (kind, model.net().method().trains_episodically()) {
             return Err(Error::param("method", format!("the `{}` method has no episodic training step to time", method.name())));

@@ -98,6 +98,7 @@ impl Embedder {
 
     /// One batch `(n, c, h, w)`, embedded at each rotation and averaged.
     fn embed_rotations(&self, net: &FewShotNet, flat: Vec<f32>, (n, c, h, w): (usize, usize, usize, usize), device: &Device) -> Result<Vec<Vec<f32>>> {
+        net.method().config().check_rotations(self.rotations)?;
         if self.rotations > 1 && h != w {
             return Err(Error::param("rotations", format!("rotating needs square images, these are {h}x{w}")));
         }

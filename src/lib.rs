@@ -41,7 +41,7 @@
 //!     }
 //! }
 //!
-//! let model = Model::new(ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 3, hidden: 8, depth: 2 }), ImageConfig::rgb(32)), 1, &Device::Cpu)?;
+//! let model = Model::new(ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 3, hidden: 8, depth: 2, ..Default::default() }), ImageConfig::rgb(32)), 1, &Device::Cpu)?;
 //! let mut clf = FewShotClassifier::new(model);
 //! clf.add_support_folder(dir.join("support"))?;
 //! let photos = list_images(&[dir.join("new")])?;
@@ -74,7 +74,7 @@
 //!     set.push_class(format!("class{c}"), (0..5).map(|i| image(c, i)).collect())?;
 //! }
 //! // A small Conv-4 (2 blocks of 8 filters) for 8x8 grey input.
-//! let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 8, depth: 2 });
+//! let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 8, depth: 2, ..Default::default() });
 //! let mut model = Model::new(ModelConfig::new(backbone, ImageConfig::grey(8)), 42, &Device::Cpu)?;
 //!
 //! // Train on 3-way 2-shot episodes; the best model is saved in `dir`.

@@ -173,6 +173,7 @@ impl ModelConfig {
         self.backbone.validate()?;
         validate_rotations(self.rotations)?;
         self.method.validate()?;
+        self.method.check_rotations(self.rotations)?;
         if let FeatureNorm::CenterL2(centre) = &self.normalization {
             if centre.len() != self.embedding_dim() {
                 return Err(Error::param("normalize", format!("the centre has {} values, embeddings have {}", centre.len(), self.embedding_dim())));
@@ -198,7 +199,8 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// The embedding size for this configuration's images.
+    /// The size of the rows the method scores for this configuration's images (the
+    /// flattened feature maps for a method that scores maps).
     pub fn embedding_dim(&self) -> usize {
         match &self.backbone {
             BackboneConfig::Conv4(c) => c.embedding_dim(self.image.size),

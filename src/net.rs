@@ -66,8 +66,12 @@ impl FewShotNet {
         &self.method
     }
 
-    /// Embeds `(N, C, H, W)` images.
+    /// Embeds `(N, C, H, W)` images into the rows the method scores: the backbone's
+    /// embeddings, or its feature maps flattened for a method that scores maps.
     pub fn embed(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        if self.method.scores_maps() {
+            return Ok(self.backbone.feature_maps(images, train)?.flatten_from(1)?);
+        }
         self.backbone.embed(images, train)
     }
 
@@ -84,7 +88,7 @@ impl FewShotNet {
         let support = emb.narrow(0, 0, spec.num_support())?;
         let query = emb.narrow(0, spec.num_support(), spec.num_query())?;
         let fitted = self.method.fit(&support, &vec![spec.shot; spec.way])?;
-        let logits = self.method.logits(&fitted, &query)?;
+        let logits = self.method.logits_t(&fitted, &query, train)?;
         let loss = self.method.loss(&logits, query_labels)?;
         let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let accuracy = accuracy(&logits, query_labels)?;

@@ -8,7 +8,7 @@ use protonet::data::ImageConfig;
 use protonet::{train, Model, ModelConfig, TrainConfig, TrainOptions};
 
 fn small_config() -> ModelConfig {
-    ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 16, depth: 4 }), ImageConfig::grey(28))
+    ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 16, depth: 4, ..Default::default() }), ImageConfig::grey(28))
 }
 
 fn small_training(episodes: usize) -> TrainConfig {

@@ -12,7 +12,7 @@ use protonet::openset::evaluate_open_set;
 use protonet::{prototypes, squared_distances, FewShotClassifier, Model, ModelConfig};
 
 fn small_model(seed: u64) -> Model {
-    let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 16, depth: 4 }), ImageConfig::grey(28));
+    let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 16, depth: 4, ..Default::default() }), ImageConfig::grey(28));
     Model::new(cfg, seed, &Device::Cpu).unwrap()
 }
 

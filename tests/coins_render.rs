@@ -38,7 +38,7 @@ fn unseen_denominations_are_recognised_after_brief_training() {
     let config = ImageConfig::rgb(32);
     let train_set = render_set(&designs(6, 5, 1), 12, &config, 100, "train-").unwrap();
     let test_set = render_set(&designs(3, 5, 2), 12, &config, 200, "test-").unwrap();
-    let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: 3, hidden: 32, depth: 4 });
+    let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: 3, hidden: 32, depth: 4, ..Default::default() });
     let mut model = Model::new(ModelConfig::new(backbone, config), 3, &Device::Cpu).unwrap();
     let cfg = TrainConfig {
         way: 10,

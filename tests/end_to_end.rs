@@ -20,7 +20,7 @@ fn trains_on_generated_glyphs_and_recognises_unseen_ones() {
     let test_set = load_image_folder(&test_dir, &image, &FolderOptions::default()).unwrap();
     assert_eq!((train_set.num_classes(), train_set.num_images()), (40, 400));
 
-    let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 32, depth: 4 });
+    let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 32, depth: 4, ..Default::default() });
     let mut model = Model::new(ModelConfig::new(backbone, image), 7, &Device::Cpu).unwrap();
     let spec = EpisodeSpec::new(5, 1, 9).unwrap();
     let before = evaluate(&model, &test_set, &protonet::EvalConfig::new(spec, 100, 1), &protonet::Silent).unwrap();

@@ -63,7 +63,7 @@ fn no_panic(target: &str, i: usize, input: &[u8], f: impl FnOnce()) {
 }
 
 fn small_model() -> Model {
-    let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 4, depth: 2 }), ImageConfig::grey(12));
+    let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 4, depth: 2, ..Default::default() }), ImageConfig::grey(12));
     Model::new(cfg, 1, &Device::Cpu).unwrap()
 }
 

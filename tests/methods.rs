@@ -8,11 +8,12 @@ use candle_core::{Device, Tensor};
 use protonet::adapt::SupportAdaptation;
 use protonet::backbone::{BackboneConfig, Conv4Config};
 use protonet::data::ImageConfig;
-use protonet::method::{Baseline, BaselineConfig, ClassifierKind, Matching, MatchingConfig, Method, Prototypes};
+use protonet::method::{Baseline, BaselineConfig, ClassifierKind, Matching, MatchingConfig, Method, Prototypes, Relation, RelationConfig};
 use protonet::{FewShotClassifier, MethodConfig, Model, ModelConfig, TrainConfig, Trainer};
 
 fn small_model(method: MethodConfig, seed: u64) -> Model {
-    let mut cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 16, depth: 4 }), ImageConfig::grey(28));
+    let conv4 = Conv4Config { in_channels: 1, hidden: 16, depth: 4, layout: method.conv4_layout() };
+    let mut cfg = ModelConfig::new(BackboneConfig::Conv4(conv4), ImageConfig::grey(28));
     cfg.method = method;
     Model::new(cfg, seed, &Device::Cpu).unwrap()
 }
@@ -68,7 +69,12 @@ fn prototypes_score_by_squared_distance_to_class_means() {
 fn a_short_training_lowers_the_loss_of_each_method() {
     let set = common::glyph_set(12, 8, 28, 4);
     let config = TrainConfig { way: 5, shot: 2, query: 3, episodes: 60, learning_rate: 2e-3, val_every: 1000, patience: None, ..Default::default() };
-    for method in [MethodConfig::Protonet, MethodConfig::Matching(MatchingConfig::default()), MethodConfig::MetaBaseline(Default::default())] {
+    for method in [
+        MethodConfig::Protonet,
+        MethodConfig::Matching(MatchingConfig::default()),
+        MethodConfig::MetaBaseline(Default::default()),
+        MethodConfig::Relation(RelationConfig::new(16)),
+    ] {
         let mut model = small_model(method, 2);
         let mut trainer = Trainer::new(&mut model, &set, None, &config).unwrap();
         let losses: Vec<f32> = (0..40).map(|_| trainer.step().unwrap().loss).collect();
@@ -124,6 +130,7 @@ fn each_method_round_trips_through_a_saved_classifier() {
         MethodConfig::Adapted(SupportAdaptation { steps: 20, ..Default::default() }),
         MethodConfig::Matching(MatchingConfig { scale: 5.0 }),
         MethodConfig::MetaBaseline(Default::default()),
+        MethodConfig::Relation(RelationConfig::new(16)),
     ] {
         let mut clf = FewShotClassifier::new(small_model(method, 3));
         for c in 0..3 {
@@ -247,4 +254,78 @@ fn meta_baseline_learns_its_temperature_and_a_saved_model_keeps_it() {
     let x = Tensor::from_vec(set.image(0, 0).to_vec(), (1, 1, 28, 28), &Device::Cpu).unwrap();
     let (a, b) = (model.net().embed(&x, false).unwrap(), loaded.net().embed(&x, false).unwrap());
     assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+}
+
+/// A tiny relation network scored by hand: 2-channel 1x1 maps (so each 3x3 convolution
+/// is its centre tap), known weights, BatchNorm on its initial running statistics; the
+/// class map is the mean of its two support maps and is stacked before the query map.
+#[test]
+fn relation_scores_of_a_tiny_episode_computed_by_hand() {
+    let mut vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu);
+    let settings = RelationConfig { hidden: 2, fc: 2, ..RelationConfig::new(2) };
+    Relation::new(settings, vb).unwrap(); // creates the variables
+                                          // conv1: (2 out, 4 in = class c0 c1, query c0 c1); conv2: (2, 2); centre taps only.
+    let w1 = [[0.5f32, -1.0, 1.0, 0.25], [-0.5, 0.75, 0.5, 1.0]];
+    let w2 = [[1.0f32, -0.5], [0.25, 0.5]];
+    let (f1, b1, f2, b2) = ([[0.8f32, -0.3], [0.4, 0.6]], [0.1f32, -0.2], [1.5f32, -0.7], 0.05f32);
+    let centre = |w: &[&[f32]], cin: usize| {
+        let mut k = vec![0f32; w.len() * cin * 9];
+        for (o, row) in w.iter().enumerate() {
+            for (i, v) in row.iter().enumerate() {
+                k[(o * cin + i) * 9 + 4] = *v;
+            }
+        }
+        Tensor::from_vec(k, (w.len(), cin, 3, 3), &Device::Cpu).unwrap()
+    };
+    vm.set_one("conv1.weight", centre(&[&w1[0], &w1[1]], 4)).unwrap();
+    vm.set_one("conv2.weight", centre(&[&w2[0], &w2[1]], 2)).unwrap();
+    vm.set_one("fc1.weight", tensor(&[&f1[0], &f1[1]])).unwrap();
+    vm.set_one("fc1.bias", Tensor::new(&b1, &Device::Cpu).unwrap()).unwrap();
+    vm.set_one("fc2.weight", tensor(&[&f2])).unwrap();
+    vm.set_one("fc2.bias", Tensor::new(&[b2], &Device::Cpu).unwrap()).unwrap();
+    let m = Relation::new(settings, candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu)).unwrap();
+    let support: [&[f32]; 4] = [&[1.0, 0.0], &[0.0, 2.0], &[-1.0, 1.0], &[0.5, 0.5]];
+    let queries: [&[f32]; 2] = [&[0.3, -0.4], &[1.0, 1.0]];
+    let fitted = m.fit(&tensor(&support), &[2, 2]).unwrap();
+    let got = m.logits(&fitted, &tensor(&queries)).unwrap().to_vec2::<f32>().unwrap();
+    let bn = |x: f64| (x / (1.0 + 1e-5f64).sqrt()).max(0.0); // running mean 0, variance 1
+    let class_maps = [[0.5f64, 1.0], [-0.25, 0.75]];
+    for (qi, q) in queries.iter().enumerate() {
+        for (k, c) in class_maps.iter().enumerate() {
+            let input = [c[0], c[1], q[0] as f64, q[1] as f64];
+            let h1: Vec<f64> = w1.iter().map(|w| bn(w.iter().zip(&input).map(|(a, b)| *a as f64 * b).sum())).collect();
+            let h2: Vec<f64> = w2.iter().map(|w| bn(w.iter().zip(&h1).map(|(a, b)| *a as f64 * b).sum())).collect();
+            let h3: Vec<f64> = f1.iter().zip(b1).map(|(w, b)| (w[0] as f64 * h2[0] + w[1] as f64 * h2[1] + b as f64).max(0.0)).collect();
+            let z = f2[0] as f64 * h3[0] + f2[1] as f64 * h3[1] + b2 as f64;
+            let want = 1.0 / (1.0 + (-z).exp());
+            assert!((got[qi][k] as f64 - want).abs() < 1e-5, "query {qi} class {k}: {} vs {want}", got[qi][k]);
+        }
+    }
+    // The loss is the mean squared error against the one-hot labels.
+    let scores = tensor(&[&[0.9, 0.2], &[0.4, 0.7]]);
+    let loss = m.loss(&scores, &Tensor::new(&[0u32, 1], &Device::Cpu).unwrap()).unwrap().to_scalar::<f32>().unwrap();
+    assert!((loss - (0.01 + 0.04 + 0.16 + 0.09) / 4.0).abs() < 1e-6, "{loss}");
+}
+
+/// The relation network's Conv-4 keeps 64x5x5 maps of 28 px glyphs (no pooling in its
+/// last two blocks, as the paper's encoder), and a model that would average its maps over
+/// rotations is refused with the reason.
+#[test]
+fn relation_scores_five_by_five_maps_and_refuses_rotations() {
+    let method = MethodConfig::Relation(RelationConfig::new(64));
+    let conv4 = Conv4Config { layout: method.conv4_layout(), ..Default::default() };
+    let mut cfg = ModelConfig::new(BackboneConfig::Conv4(conv4), ImageConfig::grey(28));
+    cfg.method = method;
+    assert_eq!(cfg.embedding_dim(), 64 * 5 * 5);
+    let model = Model::new(cfg.clone(), 1, &Device::Cpu).unwrap();
+    let x = Tensor::zeros((2, 1, 28, 28), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(model.net().backbone().feature_maps(&x, false).unwrap().dims(), &[2, 64, 5, 5]);
+    assert_eq!(model.net().embed(&x, false).unwrap().dims(), &[2, 1600]);
+    cfg.rotations = 4;
+    let e = Model::new(cfg, 1, &Device::Cpu).err().expect("refused").to_string();
+    assert!(e.contains("rotations") && e.contains("relation") && e.contains("feature maps"), "{e}");
+    let embedder = protonet::embed::Embedder { rotations: 2, ..Default::default() };
+    let e = embedder.embed_tensor(model.net(), &x).unwrap_err().to_string();
+    assert!(e.contains("rotations") && e.contains("feature maps"), "{e}");
 }

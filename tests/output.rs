@@ -10,7 +10,12 @@ use protonet::data::ImageConfig;
 use protonet::{train, Error, FewShotClassifier, Model, ModelConfig, OutputMode, TrainConfig, TrainOptions};
 
 fn model() -> Model {
-    Model::new(ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 8, depth: 2 }), ImageConfig::grey(16)), 1, &Device::Cpu).unwrap()
+    Model::new(
+        ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 8, depth: 2, ..Default::default() }), ImageConfig::grey(16)),
+        1,
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn training(episodes: usize) -> TrainConfig {

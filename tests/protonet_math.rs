@@ -92,7 +92,7 @@ fn loss_gradient_matches_finite_differences() {
     let dev = Device::Cpu;
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F64, &dev);
-    let cfg = Conv4Config { in_channels: 2, hidden: 3, depth: 2 };
+    let cfg = Conv4Config { in_channels: 2, hidden: 3, depth: 2, ..Default::default() };
     let net = FewShotNet::new(Box::new(Conv4::new(&cfg, vb).unwrap()));
     let spec = EpisodeSpec::new(3, 2, 2).unwrap();
     let n = spec.num_support() + spec.num_query();
@@ -180,7 +180,7 @@ fn fast_and_plain_conv4_agree() {
     for (n, c, size, hidden) in [(1, 1, 28, 8), (3, 3, 21, 8), (5, 1, 16, 8), (1, 1, 28, 16), (4, 3, 19, 16)] {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-        let cfg = Conv4Config { in_channels: c, hidden, depth: 4 };
+        let cfg = Conv4Config { in_channels: c, hidden, depth: 4, ..Default::default() };
         let fast = Conv4::with_ops(&cfg, vb.clone(), Ops::Fast).unwrap();
         let plain = Conv4::with_ops(&cfg, vb, Ops::Plain).unwrap();
         let x = Tensor::randn(0f32, 1.0, (n, c, size, size), &Device::Cpu).unwrap();
@@ -207,7 +207,7 @@ fn the_gpu_path_gives_the_cpu_gradients() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let v: Vec<f32> = (0..12 * 28 * 28).map(|_| rng.random_range(-1.0..1.0)).collect();
     let images = Tensor::from_vec(v, (12, 1, 28, 28), &dev).unwrap();
-    let cfg = Conv4Config { in_channels: 1, hidden: 16, depth: 4 };
+    let cfg = Conv4Config { in_channels: 1, hidden: 16, depth: 4, ..Default::default() };
     // Gradients by parameter name, from the same initial weights.
     let grads_with = |ops: Ops| -> (f32, Vec<(String, Vec<f32>)>) {
         let vm = VarMap::new();

@@ -11,7 +11,7 @@ use protonet::train::supervised::{train_supervised, BaseClassifier, SupervisedCo
 use protonet::{MethodConfig, Model, ModelConfig, OutputMode, Silent, TrainOptions};
 
 fn model(seed: u64) -> Model {
-    let mut cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 16, depth: 4 }), ImageConfig::grey(28));
+    let mut cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 16, depth: 4, ..Default::default() }), ImageConfig::grey(28));
     cfg.method = MethodConfig::Baseline(BaselineConfig::new(ClassifierKind::Cosine));
     Model::new(cfg, seed, &Device::Cpu).unwrap()
 }

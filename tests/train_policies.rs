@@ -13,7 +13,12 @@ use protonet::train::EarlyStopping;
 use protonet::{train, Model, ModelConfig, TrainConfig, TrainOptions};
 
 fn model() -> Model {
-    Model::new(ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 8, depth: 2 }), ImageConfig::grey(16)), 4, &Device::Cpu).unwrap()
+    Model::new(
+        ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 8, depth: 2, ..Default::default() }), ImageConfig::grey(16)),
+        4,
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn config(episodes: usize, patience: Option<usize>) -> TrainConfig {

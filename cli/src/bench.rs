@@ -1,6 +1,7 @@
 //! `protonet bench`.
 
 use clap::Args;
+use protonet::backbone::Conv4Config;
 use protonet::bench::{time_workload, Workload, WorkloadKind};
 use protonet::method::MatchingConfig;
 use protonet::{EpisodeSpec, Result};
@@ -79,7 +80,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 (Workload::frozen(net, kind, a.image_size, &dev)?, 3)
             }
         },
-        None => (Workload::with_method(kind, a.channels, a.image_size, a.method.config(MatchingConfig::default().scale), &dev)?, a.channels),
+        None => (
+            Workload::with_method(kind, a.channels, a.image_size, a.method.config(MatchingConfig::default().scale, Conv4Config::default().hidden), &dev)?,
+            a.channels,
+        ),
     };
     let r = time_workload(&mut w, a.warmup, a.iters)?;
     let what = match kind {

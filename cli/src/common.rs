@@ -184,17 +184,23 @@ pub enum MethodName {
     /// times a learned temperature; the better stage on validation is kept.
     #[value(name = "meta-baseline")]
     MetaBaseline,
+    /// Relation Network (Sung et al. 2018): a learned relation module scores each
+    /// (class, query) pair of feature maps; the Conv-4 keeps 5x5 maps (no pooling in its
+    /// last two blocks). It gives no distances, so it cannot reject by distance.
+    Relation,
 }
 
 impl MethodName {
-    /// The method with its settings (`matching_scale` for matching networks).
-    pub fn config(self, matching_scale: f32) -> protonet::MethodConfig {
+    /// The method with its settings (`matching_scale` for matching networks,
+    /// `map_channels` the backbone's feature-map channels for the relation module).
+    pub fn config(self, matching_scale: f32, map_channels: usize) -> protonet::MethodConfig {
         match self {
             MethodName::Protonet => protonet::MethodConfig::Protonet,
             MethodName::Matching => protonet::MethodConfig::Matching(protonet::method::MatchingConfig { scale: matching_scale }),
             MethodName::Baseline => protonet::MethodConfig::Baseline(protonet::method::BaselineConfig::new(protonet::method::ClassifierKind::Linear)),
             MethodName::BaselinePp => protonet::MethodConfig::Baseline(protonet::method::BaselineConfig::new(protonet::method::ClassifierKind::Cosine)),
             MethodName::MetaBaseline => protonet::MethodConfig::MetaBaseline(Default::default()),
+            MethodName::Relation => protonet::MethodConfig::Relation(protonet::method::RelationConfig::new(map_channels)),
         }
     }
 }

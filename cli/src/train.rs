@@ -131,7 +131,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         DatasetKind::Folder if a.channels == 1 => ImageConfig::grey(a.image_size),
         DatasetKind::Folder => ImageConfig { channels: a.channels, ..ImageConfig::rgb(a.image_size) },
     };
-    let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: image.channels, hidden: a.hidden, depth: a.depth });
+    let method = a.method.config(a.matching_scale, a.hidden);
+    let backbone = BackboneConfig::Conv4(Conv4Config { in_channels: image.channels, hidden: a.hidden, depth: a.depth, layout: method.conv4_layout() });
     let config = TrainConfig {
         way: a.way,
         shot: a.shot,
@@ -152,9 +153,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     config.validate()?;
     let mut model_config = ModelConfig::new(backbone, image.clone());
     model_config.description = a.description.clone();
-    model_config.method = a.method.config(a.matching_scale);
-    // Trained for angle-free subjects: classify with embeddings averaged over 4 quarter turns.
-    model_config.rotations = if a.rotate { 4 } else { 1 };
+    model_config.method = method;
+    // Trained for angle-free subjects: classify with embeddings averaged over 4 quarter
+    // turns (not for a method that scores maps, which rotations would mix).
+    model_config.rotations = if a.rotate && !model_config.method.scores_maps() { 4 } else { 1 };
     let mut model = Model::new(model_config, a.seed, &dev)?;
     let train_set = a.data.load(&a.train_split, &image, a.quiet)?;
     if let Some(classifier) = base_classifier(a.method) {
@@ -205,7 +207,7 @@ fn base_classifier(method: MethodName) -> Option<BaseClassifier> {
     match method {
         MethodName::Baseline => Some(BaseClassifier::Linear),
         MethodName::BaselinePp => Some(BaseClassifier::baseline_pp()),
-        MethodName::Protonet | MethodName::Matching | MethodName::MetaBaseline => None,
+        MethodName::Protonet | MethodName::Matching | MethodName::MetaBaseline | MethodName::Relation => None,
     }
 }
 

@@ -349,7 +349,7 @@ fn a_nan_loss_stops_training_without_saving_nan_weights() {
     use protonet::{train, Error, Model, ModelConfig, TrainConfig, TrainOptions};
     let mut set = common::glyph_set(6, 6, 28, 1);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 8, depth: 4 }), ImageConfig::grey(28));
+    let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 8, depth: 4, ..Default::default() }), ImageConfig::grey(28));
     let config = TrainConfig { way: 3, shot: 1, query: 1, episodes: 4, val_every: 2, checkpoint_every: 1, ..Default::default() };
     let mut model = Model::new(cfg.clone(), 1, &Device::Cpu).unwrap();
     train(&mut model, &set, None, &config, dir.path(), &TrainOptions::default()).unwrap();

@@ -17,6 +17,7 @@ fn each_method_trains_then_evaluates_and_predicts_without_a_method_flag() {
         ("matching", ["--episodes", "6"], "trained 6 episodes"),
         ("baseline", ["--epochs", "2"], "trained 2 epochs"),
         ("baseline-pp", ["--epochs", "2"], "trained 2 epochs"),
+        ("relation", ["--episodes", "6"], "trained 6 episodes"),
     ] {
         let model = dir.path().join(method);
         let m = model.to_str().unwrap();
@@ -28,7 +29,11 @@ fn each_method_trains_then_evaluates_and_predicts_without_a_method_flag() {
         assert!(stdout.contains(done), "{method}: {stdout}");
         let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
         let kind = config["method"]["kind"].as_str().unwrap();
-        assert_eq!(kind, if method == "matching" { "matching" } else { "baseline" }, "{method}");
+        let expected = match method {
+            "matching" | "relation" => method,
+            _ => "baseline",
+        };
+        assert_eq!(kind, expected, "{method}");
 
         let (ok, stdout, stderr) =
             protonet(&["eval", "--model", m, "--dataset", "folder", "--data", d, "--way", "3", "--shot", "2", "--query", "2", "--episodes", "4", "--json"]);
@@ -60,7 +65,7 @@ fn each_method_trains_then_evaluates_and_predicts_without_a_method_flag() {
 
 #[test]
 fn bench_times_each_method() {
-    for method in ["protonet", "matching", "meta-baseline"] {
+    for method in ["protonet", "matching", "meta-baseline", "relation"] {
         let (ok, stdout, stderr) =
             protonet(&["bench", "--way", "3", "--shot", "1", "--query", "2", "--iters", "2", "--warmup", "1", "--train", "--json", "--method", method]);
         assert!(ok, "{method}: {stderr}");
@@ -101,4 +106,68 @@ fn meta_baseline_trains_both_stages_and_records_the_stage_kept() {
     let args: Vec<&str> = ["train", "--dataset", "folder", "--data", d, "--out", other.to_str().unwrap()].iter().chain(&shape).chain(&run).copied().collect();
     let (ok, _, stderr) = protonet(&args);
     assert!(!ok && stderr.contains("validation"), "{stderr}");
+}
+
+/// The relation network scores feature maps: its Conv-4 keeps 5x5 maps of 28 px images,
+/// and averaging over rotations is refused with the reason, in `train --rotate`'s model
+/// (which keeps 1) and in `eval --rotations 4`.
+#[test]
+fn relation_refuses_rotations_and_keeps_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("glyphs");
+    common::write_glyph_folder(&data, 6, 4, 28, 3);
+    let (d, model) = (data.to_str().unwrap(), dir.path().join("relation"));
+    let m = model.to_str().unwrap();
+    let (ok, _, stderr) = protonet(&[
+        "train",
+        "--dataset",
+        "folder",
+        "--data",
+        d,
+        "--out",
+        m,
+        "--channels",
+        "1",
+        "--image-size",
+        "28",
+        "--hidden",
+        "8",
+        "--way",
+        "3",
+        "--shot",
+        "1",
+        "--query",
+        "1",
+        "--episodes",
+        "2",
+        "--rotate",
+        "--quiet",
+        "--method",
+        "relation",
+    ]);
+    assert!(ok, "{stderr}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["rotations"].as_u64().unwrap_or(1), 1, "{config}");
+    assert_eq!(config["backbone"]["layout"], "relation", "{config}");
+    assert_eq!(config["method"]["channels"], 8, "{config}");
+    let (ok, _, stderr) = protonet(&[
+        "eval",
+        "--model",
+        m,
+        "--dataset",
+        "folder",
+        "--data",
+        d,
+        "--way",
+        "3",
+        "--shot",
+        "1",
+        "--query",
+        "1",
+        "--episodes",
+        "2",
+        "--rotations",
+        "4",
+    ]);
+    assert!(!ok && stderr.contains("rotations") && stderr.contains("feature maps"), "{stderr}");
 }

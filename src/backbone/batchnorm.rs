@@ -62,7 +62,7 @@ impl BatchNormRelu {
             return Ok(y.relu()?);
         }
         if self.ops.on(x.device()) != Ops::Fast {
-            return self.forward_train_plain(x);
+            return self.forward_train_plain(x, true);
         }
         let stats = Arc::new(Mutex::new(None));
         let op = BnReluTrain { stats: stats.clone() };
@@ -70,6 +70,18 @@ impl BatchNormRelu {
         let (mean, var) = stats.lock().expect("stats lock").clone().expect("forward ran");
         self.update_running_from(x.elem_count() / c, x, mean, var)?;
         Ok(y)
+    }
+
+    /// `relu(batchnorm(x))` with the batch's own statistics, leaving the running
+    /// statistics as they are: for a module whose test-time batches are episodes (the
+    /// Relation Network's relation module, whose reference code never switches to
+    /// evaluation mode).
+    pub fn forward_batch_statistics(&self, x: &Tensor) -> Result<Tensor> {
+        if self.ops.on(x.device()) != Ops::Fast {
+            return self.forward_train_plain(x, false);
+        }
+        let op = BnReluTrain { stats: Arc::new(Mutex::new(None)) };
+        Ok(x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?)
     }
 
     /// Evaluation mode's per-channel scale and shift, from the running statistics:
@@ -168,7 +180,7 @@ impl BatchNormRelu {
     }
 
     /// Training-mode BatchNorm + ReLU from candle's ops (the reference).
-    fn forward_train_plain(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward_train_plain(&self, x: &Tensor, update: bool) -> Result<Tensor> {
         let c = x.dim(1)?;
         let shape = (1, c, 1, 1);
         let n = (x.elem_count() / c) as f64;
@@ -176,7 +188,9 @@ impl BatchNormRelu {
         let mean = xt.mean_keepdim(1)?;
         let centred = xt.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(1)?;
-        self.update_running(&mean.flatten_all()?, &var.flatten_all()?, n)?;
+        if update {
+            self.update_running(&mean.flatten_all()?, &var.flatten_all()?, n)?;
+        }
         let mean = mean.reshape(shape)?;
         let inv_std = (var + EPS)?.sqrt()?.recip()?.reshape(shape)?;
         let xhat = x.broadcast_sub(&mean)?.broadcast_mul(&inv_std)?;

@@ -8,7 +8,7 @@ mod conv4;
 mod efficientnet;
 
 pub use batchnorm::BatchNormRelu;
-pub use conv4::{Conv4, Conv4Config};
+pub use conv4::{Conv4, Conv4Config, Conv4Layout};
 pub use efficientnet::{
     same_padding, trunk_side, EfficientNetLite0, FineTunedEfficientNet, HeadConfig, TunedHead, EFFICIENTNET_LITE0_BLOCKS, EFFICIENTNET_LITE0_DIM,
     EFFICIENTNET_LITE0_NUM_BLOCKS, EFFICIENTNET_LITE0_TRUNK_CHANNELS,
@@ -31,6 +31,14 @@ pub trait Backbone: ModuleT + Send + Sync {
     /// crate's error type.
     fn embed(&self, images: &Tensor, train: bool) -> Result<Tensor> {
         Ok(self.forward_t(images, train)?)
+    }
+
+    /// The feature maps `(N, C, h, w)` before the last pooling, for methods that score
+    /// maps rather than vectors ([`crate::method::Method::scores_maps`]); an error for a
+    /// backbone that gives none.
+    fn feature_maps(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        let _ = (images, train);
+        Err(crate::error::Error::param("method", "this backbone gives no feature maps (a method that scores maps needs Conv-4 or EfficientNet-Lite0)"))
     }
 }
 

@@ -361,8 +361,8 @@ impl PrototypeStore {
     /// ([`PrototypeStore::fitted`]). With a method that has distances (prototypes: the
     /// squared Euclidean distance to every prototype), the softmax over the negative
     /// distances scaled by [`PrototypeStore::confidence_scale`], nearest first, and
-    /// "unknown" past the threshold, if one is set; without, the softmax of the method's
-    /// logits, likeliest first. Needs what [`PrototypeStore::check_ready`] checks.
+    /// "unknown" past the threshold, if one is set; without, the method's probabilities
+    /// from its logits ([`Method::probabilities`]), likeliest first. Needs what [`PrototypeStore::check_ready`] checks.
     pub fn predict(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Prediction>> {
         self.check_ready()?;
         if let Some(bad) = embeddings.iter().find(|e| e.len() != self.dim) {
@@ -378,17 +378,16 @@ impl PrototypeStore {
             let d = self.method.distances(&fitted, &query)?.to_vec2::<f32>()?;
             return Ok(d.into_iter().map(|dist| self.answer(&dist, beta)).collect());
         }
-        let logits = self.method.logits(&fitted, &query)?.to_vec2::<f32>()?;
-        Ok(logits.into_iter().map(|l| self.answer_by_logits(&l)).collect())
+        let logits = self.method.logits(&fitted, &query)?;
+        let p = self.method.probabilities(&logits)?.to_vec2::<f32>()?;
+        Ok(p.into_iter().map(|p| self.answer_by_probabilities(&p)).collect())
     }
 
-    /// The answer for one query from its logits, for a method without distances.
-    fn answer_by_logits(&self, logits: &[f32]) -> Prediction {
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let w: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
-        let total: f64 = w.iter().sum();
+    /// The answer for one query from its class probabilities, for a method without
+    /// distances.
+    fn answer_by_probabilities(&self, p: &[f32]) -> Prediction {
         let mut ranked: Vec<ClassScore> =
-            self.classes.iter().zip(&w).map(|(c, &w)| ClassScore { class: c.name.clone(), distance: None, probability: (w / total) as f32 }).collect();
+            self.classes.iter().zip(p).map(|(c, &p)| ClassScore { class: c.name.clone(), distance: None, probability: p }).collect();
         ranked.sort_by(|a, b| b.probability.total_cmp(&a.probability));
         let best = &ranked[0];
         Prediction { class: Some(best.class.clone()), confidence: best.probability, distance: None, ranked }

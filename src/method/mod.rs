@@ -15,12 +15,14 @@
 //! | [`MethodConfig::Matching`] (Vinyals et al. 2016) | `matching.rs` | unit support embeddings and one-hot labels | log of the attention-weighted labels |
 //! | [`MethodConfig::Baseline`] (Chen et al. 2019) | `baseline.rs` | a linear (Baseline) or cosine (Baseline++) classifier trained by SGD on the support embeddings | its logits |
 //! | [`MethodConfig::MetaBaseline`] (Chen et al. 2021) | `meta_baseline.rs` | unit class means | cosine times a learned temperature (`method.temperature`) |
+//! | [`MethodConfig::Relation`] (Sung et al. 2018) | `relation.rs` | mean feature map of each class | a learned relation module on each (class, query) pair of maps (`method.*`) |
 
 mod adapted;
 mod baseline;
 mod matching;
 mod meta_baseline;
 mod prototypes;
+mod relation;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,12 +32,14 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::adapt::SupportAdaptation;
+use crate::backbone::Conv4Layout;
 use crate::error::{Error, Result};
 
 pub use baseline::{Baseline, BaselineConfig, ClassifierKind};
 pub use matching::{Matching, MatchingConfig};
 pub use meta_baseline::{MetaBaseline, MetaBaselineConfig};
 pub use prototypes::Prototypes;
+pub use relation::{Relation, RelationConfig, SupportCombine, TestStatistics};
 
 /// Which few-shot method a network uses to score queries, with its settings; stored in
 /// a model's `config.json` under `method` (absent: [`MethodConfig::Protonet`], so models
@@ -69,6 +73,10 @@ pub enum MethodConfig {
     /// learned temperature; the backbone trained as a classifier of all base classes,
     /// then episodically through this scoring.
     MetaBaseline(MetaBaselineConfig),
+    /// Relation Network (Sung et al. 2018): a learned relation module scores each (class,
+    /// query) pair of feature maps, trained by mean squared error; it gives no distances,
+    /// so it cannot reject by a distance threshold.
+    Relation(RelationConfig),
 }
 
 impl MethodConfig {
@@ -81,6 +89,34 @@ impl MethodConfig {
             MethodConfig::Baseline(BaselineConfig { classifier: ClassifierKind::Linear, .. }) => "baseline",
             MethodConfig::Baseline(BaselineConfig { classifier: ClassifierKind::Cosine, .. }) => "baseline-pp",
             MethodConfig::MetaBaseline(_) => "meta-baseline",
+            MethodConfig::Relation(_) => "relation",
+        }
+    }
+
+    /// Whether the method scores feature maps rather than pooled embeddings (the
+    /// Relation Network).
+    pub fn scores_maps(&self) -> bool {
+        matches!(self, MethodConfig::Relation(_))
+    }
+
+    /// Refuses averaging over `rotations > 1` for a method that scores feature maps: the
+    /// average of rotated maps mixes their positions (it applies to pooled vectors only).
+    pub fn check_rotations(&self, rotations: usize) -> Result<()> {
+        if self.scores_maps() && rotations > 1 {
+            return Err(Error::param(
+                "rotations",
+                format!("the `{}` method scores feature maps, and averaging over {rotations} rotations applies to pooled embeddings only: use 1", self.name()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The Conv-4 layout of the method's paper: the Relation Network's encoder keeps
+    /// 5x5 maps of 28 px glyphs; the others pool every block.
+    pub fn conv4_layout(&self) -> Conv4Layout {
+        match self {
+            MethodConfig::Relation(_) => Conv4Layout::Relation,
+            _ => Conv4Layout::Pooled,
         }
     }
 
@@ -92,6 +128,7 @@ impl MethodConfig {
             MethodConfig::Matching(m) => m.validate(),
             MethodConfig::Baseline(b) => b.validate(),
             MethodConfig::MetaBaseline(m) => m.validate(),
+            MethodConfig::Relation(r) => r.validate(),
         }
     }
 
@@ -105,6 +142,7 @@ impl MethodConfig {
             MethodConfig::Matching(m) => Arc::new(Matching::new(*m)),
             MethodConfig::Baseline(b) => Arc::new(Baseline::new(*b)),
             MethodConfig::MetaBaseline(m) => Arc::new(MetaBaseline::new(*m, vb)?),
+            MethodConfig::Relation(r) => Arc::new(Relation::new(*r, vb)?),
         })
     }
 
@@ -112,7 +150,7 @@ impl MethodConfig {
     pub fn has_parameters(&self) -> bool {
         match self {
             MethodConfig::Protonet | MethodConfig::Adapted(_) | MethodConfig::Matching(_) | MethodConfig::Baseline(_) => false,
-            MethodConfig::MetaBaseline(_) => true,
+            MethodConfig::MetaBaseline(_) | MethodConfig::Relation(_) => true,
         }
     }
 
@@ -193,10 +231,30 @@ pub trait Method: std::fmt::Debug + Send + Sync {
     /// training loss and the prediction (the argmax) read them.
     fn logits(&self, fitted: &Fitted, query: &Tensor) -> Result<Tensor>;
 
+    /// [`Method::logits`] in training (`train`) or evaluation behaviour, for a method with
+    /// layers that differ between the two (BatchNorm); the same as `logits` by default.
+    fn logits_t(&self, fitted: &Fitted, query: &Tensor, train: bool) -> Result<Tensor> {
+        let _ = train;
+        self.logits(fitted, query)
+    }
+
+    /// Whether the method scores feature maps ([`crate::backbone::Backbone::feature_maps`],
+    /// flattened to rows) rather than pooled embeddings. Averaging over rotations, which
+    /// would mix the maps' positions, is refused for such a method.
+    fn scores_maps(&self) -> bool {
+        self.config().scores_maps()
+    }
+
     /// The training loss of `logits` against the queries' `labels` (`u32`): cross-entropy
     /// through log-softmax by default.
     fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         crate::protonet::episode_loss(logits, labels)
+    }
+
+    /// Class probabilities `(Q, way)` from the method's logits, for confidences: their
+    /// softmax by default.
+    fn probabilities(&self, logits: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::softmax_last_dim(logits)?)
     }
 
     /// Whether the method gives distances ([`Method::distances`]); one that does not
