@@ -9,7 +9,7 @@ use crate::ops::{conv2d, conv2d_bias_relu_pool, max_pool2x2_portable, Ops};
 /// Hyper-parameters of [`Conv4`].
 ///
 /// ```
-/// use protonet::backbone::Conv4Config;
+/// use protonet::backbone::{Conv4Config, Conv4Layout};
 /// let c = Conv4Config::default();
 /// assert_eq!((c.in_channels, c.hidden, c.depth), (1, 64, 4));
 /// assert_eq!(c.embedding_dim(28), 64);
