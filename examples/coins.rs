@@ -137,6 +137,10 @@ struct Args {
     /// Also draw the confusion matrix as a PNG here.
     #[arg(long)]
     confusion_png: Option<PathBuf>,
+    /// Also write the calibration of the classifier's confidences (bins, ECE) as JSON
+    /// here (for `cargo run --example reliability`).
+    #[arg(long)]
+    calibration_json: Option<PathBuf>,
     /// Adapt to each support set: Adam steps of the cosine classifier started from the
     /// prototypes (0: plain prototypes).
     #[arg(long, default_value_t = 0)]
@@ -197,7 +201,7 @@ fn run(a: Args) -> Result<()> {
         MethodChoice::Matching => MethodConfig::Matching(Default::default()),
         MethodChoice::BaselinePp => MethodConfig::Baseline(BaselineConfig::new(ClassifierKind::Cosine)),
     });
-    let eval = EvalConfig { method, ..EvalConfig::new(spec, a.episodes, a.seed) };
+    let eval = EvalConfig { method, confidences: true, ..EvalConfig::new(spec, a.episodes, a.seed) };
     let report = evaluate_net(&net, &embedder, &norm, &test_set, &eval, &dev, &Bars::new(true))?;
     print_report(&a, &report, &test_set)
 }
@@ -387,6 +391,18 @@ fn print_report(a: &Args, report: &EvalReport, test_set: &ImageSet) -> Result<()
         a.episodes,
         a.query_per_class
     );
+    if let Some(c) = &report.calibration {
+        println!(
+            "Confidence as the classifier reports it: mean {:.1}% against {:.1}% right; expected calibration error {:.1} points ({} bins)\n",
+            100.0 * c.mean_confidence,
+            100.0 * c.accuracy,
+            100.0 * c.ece,
+            c.bins.len()
+        );
+        if let Some(path) = &a.calibration_json {
+            protonet::io::write_atomic(path, serde_json::to_string_pretty(c).expect("serialises").as_bytes())?;
+        }
+    }
     println!("Confusion (% of each true class's queries):\n{}", report.confusion_table(test_set.class_names()));
     if let Some(path) = &a.confusion_png {
         support::pictures::confusion_matrix(&report.confusion, test_set.class_names(), path)?;

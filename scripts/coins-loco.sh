@@ -23,7 +23,9 @@
 #              of each query over the support embeddings, cosine scaled by 10
 # Environment: CURRENCIES (the folder names of the currencies taking part, default all),
 # EPISODES (1000), TRUNK_MODELS (a folder keeping the trunk models of the folds), TRAIN_EPISODES (400, Conv-4), FINETUNE_EPISODES (300), SEED (7),
-# EXTRA (more flags for the coins example, for example --paste-small).
+# EXTRA (more flags for the coins example, for example --paste-small), CALIBRATION_DIR (write
+# each fold and column's calibration there as FOLD-COLUMN.json and add the mean confidence and the
+# expected calibration error to each cell; `cargo run --example reliability` draws them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 coins="${PROTONET_DATA:-../shared/data}/coins"
@@ -49,12 +51,13 @@ if [ -n "${CURRENCIES:-}" ]; then
     currencies=("${chosen[@]}")
 fi
 
-run() { # backbone train-dir test-dir [flags...]
-    local backbone=$1 train=$2 test=$3
+run() { # backbone train-dir test-dir [flags...]; prints "accuracy ci mean-confidence ece"
+    local backbone=$1 train=$2 test=$3 out
     shift 3
-    ./target/release/examples/coins --backbone "$backbone" --train "$train" --test "$test" --episodes "$episodes" "$@" \
-        --train-episodes "$train_episodes" --finetune-episodes "$finetune_episodes" --seed "$seed" 2>/dev/null \
-        | sed -n 's/.*shot accuracy on unseen denominations: \([0-9.]*\)% ± \([0-9.]*\)%.*/\1 \2/p'
+    out=$(./target/release/examples/coins --backbone "$backbone" --train "$train" --test "$test" --episodes "$episodes" "$@" \
+        --train-episodes "$train_episodes" --finetune-episodes "$finetune_episodes" --seed "$seed" 2>/dev/null)
+    echo "$(sed -n 's/.*shot accuracy on unseen denominations: \([0-9.]*\)% ± \([0-9.]*\)%.*/\1 \2/p' <<<"$out")" \
+        "$(sed -n 's/.*reports it: mean \([0-9.]*\)% against [0-9.]*% right; expected calibration error \([0-9.]*\) points.*/\1 \2/p' <<<"$out")"
 }
 
 header="| held out (N-way) | trained on |"
@@ -91,8 +94,10 @@ for held in "${currencies[@]}"; do
             matching) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method matching) ;;
             *) echo "unknown column $c" >&2; exit 1 ;;
         esac
-        read -r acc ci < <(run "$b" "$train" "$held" "${flags[@]}" ${EXTRA:-})
-        row+=" $acc ± $ci |"
+        calibration=()
+        [ -n "${CALIBRATION_DIR:-}" ] && mkdir -p "$CALIBRATION_DIR" && calibration=(--calibration-json "$CALIBRATION_DIR/$name-$c.json")
+        read -r acc ci conf ece < <(run "$b" "$train" "$held" "${flags[@]}" "${calibration[@]}" ${EXTRA:-})
+        if [ -n "${CALIBRATION_DIR:-}" ]; then row+=" $acc ± $ci (conf $conf, ECE $ece) |"; else row+=" $acc ± $ci |"; fi
         sum[$c]=$(echo "${sum[$c]:-0} + $acc" | bc -l)
     done
     echo "$row"

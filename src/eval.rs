@@ -4,8 +4,13 @@
 //! [`evaluate_net`] is the same measurement with the embedding settings given, which is
 //! what `protonet eval` runs, so the library and the command line agree.
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
+
+use crate::calibration::{Calibration, CALIBRATION_BINS};
+use crate::classifier::PrototypeStore;
 
 use crate::data::ImageSet;
 use crate::embed::Embedder;
@@ -39,6 +44,10 @@ pub struct EvalReport {
     /// `confusion[true][predicted]`: query counts over all episodes, by dataset class.
     #[serde(skip)]
     pub confusion: Vec<Vec<u64>>,
+    /// With [`EvalConfig::confidences`]: how the confidences the classifier reports for
+    /// these episodes' queries match how often its answers are right.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
 }
 
 impl EvalReport {
@@ -47,7 +56,7 @@ impl EvalReport {
     /// longest class name, so names are never cut.
     ///
     /// ```
-    /// let mut r = protonet::EvalReport { way: 2, shot: 1, query: 1, episodes: 1, accuracy: 1.0, ci95: 0.0, std: 0.0, seed: 0, confusion: vec![vec![3, 1], vec![0, 4]] };
+    /// let mut r = protonet::EvalReport { way: 2, shot: 1, query: 1, episodes: 1, accuracy: 1.0, ci95: 0.0, std: 0.0, seed: 0, confusion: vec![vec![3, 1], vec![0, 4]], calibration: None };
     /// let table = r.confusion_table(&["test-1000-eur".into(), "b".into()]);
     /// assert!(table.contains("test-1000-eur") && table.contains("75.0"));
     /// ```
@@ -129,12 +138,17 @@ pub struct EvalConfig {
     /// [`MethodConfig::build_without_parameters`]), for example another support adaptation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<MethodConfig>,
+    /// Also measure the confidences as the deployable classifier reports them: each
+    /// episode's support set in a [`PrototypeStore`] (its confidence scale fitted on the
+    /// support set), each query classified by it ([`EvalReport::calibration`]).
+    #[serde(default)]
+    pub confidences: bool,
 }
 
 impl EvalConfig {
     /// `episodes` episodes of shape `spec` drawn with `seed`.
     pub fn new(spec: EpisodeSpec, episodes: usize, seed: u64) -> Self {
-        Self { spec, episodes, seed, method: None }
+        Self { spec, episodes, seed, method: None, confidences: false }
     }
 
     /// Checks the settings.
@@ -198,21 +212,55 @@ pub fn evaluate_net(
     };
     if config.episodes * (spec.num_support() + spec.num_query()) > set.num_images() {
         let embedded = embedder.embed_set(net, set, device, observer)?;
-        return evaluate_embedded(&embedded, config, norm, method.as_ref(), device, observer);
+        return evaluate_embedded(&embedded, config, norm, &method, device, observer);
     }
     run_episodes(set, config, observer, |ep| {
         let (images, labels) = ep.tensors(set, device)?;
         let emb = embedder.embed_tensor(net, &images.detach())?;
         let support = emb.narrow(0, 0, spec.num_support())?;
         let query = emb.narrow(0, spec.num_support(), spec.num_query())?;
-        let (support, query) = norm.apply(&support, &query)?;
-        Ok((episode_logits(method.as_ref(), &support, &query, spec)?, labels))
+        score_episode(&method, &support, &query, labels, norm, config)
     })
 }
 
-/// An episode's logits: `method` fitted to the support embeddings, scoring the queries.
-fn episode_logits(method: &dyn Method, support: &Tensor, query: &Tensor, spec: EpisodeSpec) -> Result<Tensor> {
-    method.logits(&method.fit(support, &vec![spec.shot; spec.way])?, query)
+/// What one episode gives the report: the method's logits for its queries, their
+/// labels, and with [`EvalConfig::confidences`] the classifier's (confidence, right) per query.
+struct EpisodeScores {
+    logits: Tensor,
+    labels: Tensor,
+    answers: Vec<(f32, bool)>,
+}
+
+/// An episode's scores from its support and query embeddings (before normalization):
+/// `method` fitted to the normalized support embeddings, scoring the queries.
+fn score_episode(method: &Arc<dyn Method>, support: &Tensor, query: &Tensor, labels: Tensor, norm: &FeatureNorm, config: &EvalConfig) -> Result<EpisodeScores> {
+    let spec = config.spec;
+    let answers = if config.confidences { classifier_answers(method, support, query, &labels, norm, spec)? } else { Vec::new() };
+    let (support, query) = norm.apply(support, query)?;
+    let logits = method.logits(&method.fit(&support, &vec![spec.shot; spec.way])?, &query)?;
+    Ok(EpisodeScores { logits, labels, answers })
+}
+
+/// The deployable classifier's answers for an episode's queries: its support set in a
+/// [`PrototypeStore`] (classes named by their episode labels), each query's confidence
+/// and whether its answer is right.
+fn classifier_answers(
+    method: &Arc<dyn Method>,
+    support: &Tensor,
+    query: &Tensor,
+    labels: &Tensor,
+    norm: &FeatureNorm,
+    spec: EpisodeSpec,
+) -> Result<Vec<(f32, bool)>> {
+    let mut store = PrototypeStore::new(support.dim(1)?);
+    store.set_method(method.clone())?;
+    store.set_normalization(norm.clone())?;
+    for (k, rows) in support.to_vec2::<f32>()?.chunks(spec.shot).enumerate() {
+        store.add(&k.to_string(), rows.to_vec())?;
+    }
+    let predictions = store.predict(&query.to_vec2::<f32>()?)?;
+    let labels = labels.to_vec1::<u32>()?;
+    Ok(predictions.iter().zip(labels).map(|(p, l)| (p.confidence, p.class.as_deref() == Some(l.to_string().as_str()))).collect())
 }
 
 /// Draws `episodes` episodes from `set`, gets each one's logits from `logits_of`, and
@@ -221,18 +269,20 @@ fn run_episodes(
     set: &ImageSet,
     config: &EvalConfig,
     observer: &dyn Observer,
-    mut logits_of: impl FnMut(&Episode) -> Result<(Tensor, Tensor)>,
+    mut scores_of: impl FnMut(&Episode) -> Result<EpisodeScores>,
 ) -> Result<EvalReport> {
     let EvalConfig { spec, episodes, seed, .. } = *config;
     let mut sampler = EpisodeSampler::new(set, spec, seed)?;
     observer.start("eval", episodes as u64);
     let mut accs = Vec::with_capacity(episodes);
     let mut confusion = vec![vec![0u64; set.num_classes()]; set.num_classes()];
+    let mut answers = Vec::new();
     for _ in 0..episodes {
         let ep = sampler.sample();
-        let (logits, labels) = logits_of(&ep)?;
-        accs.push(crate::protonet::accuracy(&logits, &labels)? as f64);
-        count_predictions(&mut confusion, &ep, &logits)?;
+        let scores = scores_of(&ep)?;
+        accs.push(crate::protonet::accuracy(&scores.logits, &scores.labels)? as f64);
+        count_predictions(&mut confusion, &ep, &scores.logits)?;
+        answers.extend(scores.answers);
         let status = if accs.len() % 10 == 0 {
             let (m, ci) = mean_ci95(&accs);
             format!("acc {:.2}% ± {:.2}", 100.0 * m, 100.0 * ci)
@@ -243,7 +293,9 @@ fn run_episodes(
     }
     observer.finish();
     let (accuracy, std) = mean_std(&accs);
-    Ok(EvalReport { way: spec.way, shot: spec.shot, query: spec.query, episodes, accuracy, ci95: 1.96 * std / (episodes as f64).sqrt(), std, seed, confusion })
+    let calibration = config.confidences.then(|| Calibration::from_answers(&answers, CALIBRATION_BINS));
+    let ci95 = 1.96 * std / (episodes as f64).sqrt();
+    Ok(EvalReport { way: spec.way, shot: spec.shot, query: spec.query, episodes, accuracy, ci95, std, seed, confusion, calibration })
 }
 
 /// Adds an episode's predictions (argmax of `logits`) to `confusion`, by dataset class.
@@ -262,7 +314,7 @@ pub fn evaluate_embedded(
     embedded: &ImageSet,
     config: &EvalConfig,
     norm: &FeatureNorm,
-    method: &dyn Method,
+    method: &Arc<dyn Method>,
     device: &Device,
     observer: &dyn Observer,
 ) -> Result<EvalReport> {
@@ -271,8 +323,7 @@ pub fn evaluate_embedded(
     run_episodes(embedded, config, observer, |ep| {
         let support = Tensor::from_vec(embedded.gather(&ep.support), (ep.support.len(), dim), device)?;
         let query = Tensor::from_vec(embedded.gather(&ep.query), (ep.query.len(), dim), device)?;
-        let (support, query) = norm.apply(&support, &query)?;
         let labels = Tensor::new(ep.query_labels(), device)?;
-        Ok((episode_logits(method, &support, &query, config.spec)?, labels))
+        score_episode(method, &support, &query, labels, norm, config)
     })
 }

@@ -152,6 +152,7 @@
 pub mod adapt;
 pub mod backbone;
 pub mod bench;
+pub mod calibration;
 pub mod classifier;
 pub mod data;
 pub mod embed;

@@ -24,7 +24,7 @@ fn embedding_once_gives_the_same_episodes_and_accuracy() {
         &embedded,
         &protonet::EvalConfig::new(spec, 2, 9),
         &FeatureNorm::None,
-        &protonet::method::Prototypes,
+        &(std::sync::Arc::new(protonet::method::Prototypes) as std::sync::Arc<dyn protonet::Method>),
         &Device::Cpu,
         &protonet::Silent,
     )
@@ -62,4 +62,27 @@ fn feature_normalizations_have_unit_norm_and_centre() {
     assert!((a[0][0] + a[1][0]).abs() < 1e-6 && (a[0][1] - 2.0 / 5f32.sqrt()).abs() < 1e-6);
     let (_, b) = FeatureNorm::CenterL2(vec![0.0, 1.0]).apply(&s, &q).unwrap();
     assert_eq!(b.to_vec2::<f32>().unwrap(), vec![vec![0.0, 1.0]]);
+}
+
+/// With `confidences`, every query's answer from the deployable classifier (a
+/// `PrototypeStore` of the episode's support set) is counted: its answers are right as
+/// often as the method's argmax (the same classes), and the calibration sums up.
+#[test]
+fn confidences_are_measured_as_the_classifier_reports_them() {
+    let set = common::glyph_set(8, 6, 28, 4);
+    let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { hidden: 16, ..Default::default() }), ImageConfig::grey(28));
+    let model = Model::new(cfg, 2, &Device::Cpu).unwrap();
+    let spec = EpisodeSpec::new(4, 2, 3).unwrap();
+    for episodes in [2, 30] {
+        let config = protonet::EvalConfig { confidences: true, ..protonet::EvalConfig::new(spec, episodes, 9) };
+        let r = evaluate(&model, &set, &config, &protonet::Silent).unwrap();
+        let c = r.calibration.expect("calibration measured");
+        assert_eq!(c.count, episodes * 4 * 3);
+        assert!((c.accuracy - r.accuracy).abs() < 1e-6, "classifier {} vs argmax {}", c.accuracy, r.accuracy);
+        assert!(c.mean_confidence > 0.25 && c.mean_confidence <= 1.0, "{c:?}");
+        assert!(c.ece >= 0.0 && c.ece <= 1.0);
+        assert_eq!(c.bins.iter().map(|b| b.count).sum::<usize>(), c.count);
+    }
+    let plain = evaluate(&model, &set, &protonet::EvalConfig::new(spec, 2, 9), &protonet::Silent).unwrap();
+    assert!(plain.calibration.is_none());
 }

@@ -164,6 +164,47 @@ pub fn training_curves(history: &[HistoryPoint], path: &Path) -> Result<()> {
     })
 }
 
+/// Draws a reliability diagram: for each series (a label and its calibration), the
+/// accuracy of each non-empty confidence bin against the bin's mean confidence, with the
+/// diagonal of perfect calibration and each series' ECE in its label.
+pub fn reliability_diagram(series: &[(String, protonet::calibration::Calibration)], path: &Path) -> Result<()> {
+    if series.is_empty() {
+        return Err(Error::param("calibration", "no series to draw"));
+    }
+    let colours = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    render_png(path, (560, 560), |root, text| {
+        let e = |e: plotters::drawing::DrawingAreaErrorKind<_>| e.to_string();
+        let mut chart = ChartBuilder::on(&root);
+        chart.margin(14).x_label_area_size(if text { 40 } else { 0 }).y_label_area_size(if text { 50 } else { 0 });
+        if text {
+            chart.caption("reliability: accuracy against confidence", ("sans-serif", 18));
+        }
+        let mut chart = chart.build_cartesian_2d(0.0..100.0, 0.0..100.0).map_err(e)?;
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc("mean confidence of the bin (%)").y_desc("accuracy in the bin (%)");
+        } else {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.draw().map_err(e)?;
+        chart.draw_series(LineSeries::new([(0.0, 0.0), (100.0, 100.0)], BLACK.mix(0.4).stroke_width(1))).map_err(e)?;
+        for (i, (label, c)) in series.iter().enumerate() {
+            let colour = colours[i % colours.len()];
+            let points: Vec<(f64, f64)> = c.bins.iter().filter(|b| b.count > 0).map(|b| (100.0 * b.confidence, 100.0 * b.accuracy)).collect();
+            let s = chart.draw_series(LineSeries::new(points.clone(), colour.stroke_width(2))).map_err(e)?;
+            if text {
+                let name = format!("{label}: ECE {:.1}, conf {:.1} / acc {:.1}", 100.0 * c.ece, 100.0 * c.mean_confidence, 100.0 * c.accuracy);
+                s.label(name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            }
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(e)?;
+        }
+        if text {
+            chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(e)?;
+        }
+        Ok(())
+    })
+}
+
 /// Draws a confusion matrix (`confusion[true][predicted]` counts) as a PNG heat map, each
 /// row as shares of that class's queries, with class names on the axes.
 pub fn confusion_matrix(confusion: &[Vec<u64>], names: &[String], path: &Path) -> Result<()> {

@@ -20,7 +20,7 @@ mod epilogue;
 pub(crate) mod fused;
 mod pool;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod winograd;
 
 pub use affine::{channel_affine, channel_affine_portable};
