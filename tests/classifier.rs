@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use protonet::backbone::{BackboneConfig, Conv4Config};
 use protonet::data::{load_omniglot, ImageConfig, ImageSet, OmniglotSplit};
 use protonet::openset::evaluate_open_set;
-use protonet::{prototypes, squared_distances, FewShotClassifier, Model, ModelConfig};
+use protonet::{prototypes, squared_distances, FewShotClassifier, Model, ModelConfig, PrototypeStore};
 
 fn small_model(seed: u64) -> Model {
     let cfg = ModelConfig::new(BackboneConfig::Conv4(Conv4Config { in_channels: 1, hidden: 16, depth: 4, ..Default::default() }), ImageConfig::grey(28));
@@ -358,4 +358,52 @@ fn classifier_from_a_model_directory_and_a_support_folder_saves_and_predicts_the
     let loaded = FewShotClassifier::load(dir.path().join("saved"), &Device::Cpu).unwrap();
     let again: Vec<_> = loaded.predict_files(&files).unwrap().into_iter().map(|p| p.answer.unwrap()).collect();
     assert_eq!(again, answers);
+}
+
+/// The leave-one-out answers through the prototypes method: a left-out image's distance
+/// to its own class is to the mean of the class's other images, scaled by
+/// `(n+1)(n-1)/n²`; to the other classes, to their full means. One answer per image of
+/// a class of at least 2.
+#[test]
+fn leave_one_out_answers_leave_each_image_out_of_its_own_class() {
+    let mut store = PrototypeStore::new(1);
+    store.add("a", vec![vec![0.0], vec![2.0], vec![4.0]]).unwrap();
+    store.add("b", vec![vec![10.0], vec![12.0]]).unwrap();
+    store.add("c", vec![vec![20.0]]).unwrap();
+    let mut answers = store.leave_one_out_answers().unwrap();
+    answers.sort_by(|x, y| x.0.cmp(&y.0).then(x.1[0].total_cmp(&y.1[0])));
+    assert_eq!(answers.len(), 5);
+    let s3 = 4.0 * 2.0 / 9.0; // n = 3
+    let s2 = 3.0 * 1.0 / 4.0; // n = 2
+                              // Image 0 of "a": others' mean 3 -> 9 s3; image 2: mean 2 -> 0; image 4: mean 1 -> 9 s3.
+    let own_a: Vec<f64> = answers.iter().filter(|a| a.0 == 0).map(|a| a.1[0]).collect();
+    let mut expect_a = vec![0.0, 9.0 * s3, 9.0 * s3];
+    expect_a.sort_by(f64::total_cmp);
+    let mut got_a = own_a.clone();
+    got_a.sort_by(f64::total_cmp);
+    for (g, w) in got_a.iter().zip(&expect_a) {
+        assert!((g - w).abs() < 1e-4, "{got_a:?} vs {expect_a:?}");
+    }
+    // "b" left out one at a time: its own distance (12 - 10)² s2 = 4 s2; "c" (one image) is never left out.
+    for a in answers.iter().filter(|a| a.0 == 1) {
+        assert!((a.1[1] - 4.0 * s2).abs() < 1e-4, "{a:?}");
+        assert!(a.1[0] > 30.0 && a.1[2] > 60.0, "{a:?}");
+    }
+}
+
+/// "unknown" gets a meaningful confidence: the share of the support set's left-out
+/// images nearer their own class than the query is to its nearest (just past a
+/// threshold at the median: about half; far away: 1), also with one class.
+#[test]
+fn an_unknown_answer_says_how_far_out_the_query_is() {
+    let mut store = PrototypeStore::new(1);
+    store.add("a", (0..8).map(|i| vec![i as f32]).collect()).unwrap();
+    let t = store.calibrate_threshold(0.5).unwrap();
+    let just_past = store.predict(&[vec![3.5 + (t.sqrt() * 1.02)]]).unwrap().remove(0);
+    assert!(just_past.class.is_none(), "{just_past:?}");
+    assert!(just_past.confidence > 0.4 && just_past.confidence < 0.7, "{just_past:?}");
+    let far = store.predict(&[vec![100.0]]).unwrap().remove(0);
+    assert!(far.class.is_none() && far.confidence == 1.0, "{far:?}");
+    let near = store.predict(&[vec![3.5]]).unwrap().remove(0);
+    assert_eq!(near.class.as_deref(), Some("a"));
 }

@@ -1,11 +1,10 @@
 //! Fitting the store to its own support set by leave-one-out: the confidence scale
 //! (`beta`) and the rejection threshold.
 
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 
 use super::PrototypeStore;
 use crate::error::{Error, Result};
-use crate::protonet::{class_means, squared_distances};
 
 impl PrototypeStore {
     /// Leave-one-out distances of the support set: for every support image of a class
@@ -36,14 +35,13 @@ impl PrototypeStore {
     }
 
     /// The inverse temperature `beta` of the confidences (fitted once after each change of
-    /// the support set or the normalization, then kept): [`PrototypeStore::predict`]'s
-    /// probabilities are the softmax of `-beta * distance`. It is fitted on the support
-    /// set by leave-one-out: each support image of a class with at least 2 images is
-    /// classified against its class's other images (distance scaled as in
-    /// [`PrototypeStore::leave_one_out_distances`]) and the other classes' prototypes, and
-    /// `beta` minimises the negative log-likelihood of the right classes (a convex
-    /// function of `beta`, searched up to `50 / median distance`). 1 (the paper's softmax)
-    /// when no class has 2 images or there is only one class.
+    /// the support set, the normalization or the method, then kept):
+    /// [`PrototypeStore::predict`]'s probabilities are the softmax of `-beta * distance`.
+    /// It is fitted on the support set by leave-one-out through the method itself
+    /// ([`PrototypeStore::leave_one_out_answers`]): `beta` minimises the negative
+    /// log-likelihood of the right classes of the left-out images (a convex function of
+    /// `beta`, searched up to `50 / median distance`). 1 (the paper's softmax) when no
+    /// class has 2 images or there is only one class.
     ///
     /// ```
     /// use protonet::classifier::PrototypeStore;
@@ -55,70 +53,72 @@ impl PrototypeStore {
     /// # Ok::<(), protonet::Error>(())
     /// ```
     pub fn confidence_scale(&self) -> Result<f32> {
-        if let Some(&beta) = self.beta.get() {
-            return Ok(beta);
+        Ok(self.confidence_fit()?.beta)
+    }
+
+    /// How sure an answer of "unknown" is, for a query whose nearest class is at
+    /// `distance`: the share of the support set's left-out images that were nearer their
+    /// own class than that ([`PrototypeStore::leave_one_out_answers`]), so 0.97 reads
+    /// "farther than 97% of your own photos were from their class". Without left-out
+    /// images (no class of 2), `1 - threshold / distance` (0 at the threshold).
+    pub fn unknown_confidence(&self, distance: f32) -> Result<f32> {
+        let own = &self.confidence_fit()?.own_distances;
+        if own.is_empty() {
+            let t = self.threshold.unwrap_or(distance);
+            return Ok((1.0 - t / distance).clamp(0.0, 1.0));
         }
-        let beta = self.fit_confidence_scale()?;
+        Ok(own.partition_point(|&d| d < distance) as f32 / own.len() as f32)
+    }
+
+    /// The leave-one-out fit behind the confidences, made once per support set.
+    fn confidence_fit(&self) -> Result<&ConfidenceFit> {
+        if let Some(fit) = self.confidence.get() {
+            return Ok(fit);
+        }
+        let items = self.leave_one_out_answers()?;
+        let mut own_distances: Vec<f32> = items.iter().map(|(k, d)| d[*k] as f32).collect();
+        own_distances.sort_by(f32::total_cmp);
+        let beta = if self.classes.len() < 2 { 1.0 } else { fit_beta(&items) };
         // A concurrent caller may have set the same value first.
-        let _ = self.beta.set(beta);
-        Ok(beta)
+        let _ = self.confidence.set(ConfidenceFit { beta, own_distances });
+        Ok(self.confidence.get().expect("set above"))
     }
 
-    /// The fit behind [`PrototypeStore::confidence_scale`].
-    fn fit_confidence_scale(&self) -> Result<f32> {
-        let items = self.leave_one_out_scores()?;
-        if items.is_empty() {
-            return Ok(1.0);
-        }
-        let mut all: Vec<f64> = items.iter().flat_map(|(_, d)| d.iter().copied()).filter(|d| d.is_finite()).collect();
-        all.sort_by(f64::total_cmp);
-        let median = all.get(all.len() / 2).copied().unwrap_or(1.0).max(1e-12);
-        let nll = |beta: f64| -> f64 {
-            items
-                .iter()
-                .map(|(right, d)| {
-                    let min = d.iter().copied().fold(f64::INFINITY, f64::min);
-                    let lse = d.iter().map(|x| (-beta * (x - min)).exp()).sum::<f64>().ln() - beta * min;
-                    beta * d[*right] + lse
-                })
-                .sum()
-        };
-        // Golden-section search of the convex NLL on [0, 50 / median].
-        let (mut lo, mut hi) = (0.0f64, 50.0 / median);
-        let g = (5f64.sqrt() - 1.0) / 2.0;
-        for _ in 0..100 {
-            let (a, b) = (hi - g * (hi - lo), lo + g * (hi - lo));
-            if nll(a) <= nll(b) {
-                hi = b;
-            } else {
-                lo = a;
-            }
-        }
-        Ok((0.5 * (lo + hi)).max(1e-12) as f32)
-    }
-
-    /// Leave-one-out items for [`PrototypeStore::confidence_scale`]: for each support
-    /// image of a class with at least 2 images, its class index and its squared distances
-    /// to every class (its own class: the scaled distance to the mean of the others).
-    fn leave_one_out_scores(&self) -> Result<Vec<(usize, Vec<f64>)>> {
-        if self.classes.len() < 2 {
+    /// Leave-one-out answers of the support set through the method: in round `j`, the
+    /// `j`-th image of every class that has more than one (and more than `j`) is left
+    /// out, the method is fitted to the others, and each left-out image's distances to
+    /// every class under that fit are kept with its class, the distance to its own class
+    /// (fitted to `n - 1` of its `n` images) scaled by `(n+1)(n-1)/n²` to estimate that
+    /// of a new image to the class fitted to all `n` (as for a mean of `m` images, whose
+    /// expected squared distance to a new image grows as `1 + 1/m`). As many fits as the
+    /// largest class has images (4 for 4-shot support sets), the same fit as
+    /// [`PrototypeStore::predict`] uses, so the confidences are fitted on the distances
+    /// they are computed from. Embeddings are normalized first. Empty for a method
+    /// without distances.
+    pub fn leave_one_out_answers(&self) -> Result<Vec<(usize, Vec<f64>)>> {
+        if !self.method.has_distances() {
             return Ok(Vec::new());
         }
         let (support, _, counts) = self.normalized(&[])?;
-        let full = squared_distances(&support, &class_means(&support, &counts)?)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-        let own = self.leave_one_out_distances()?;
+        let starts: Vec<usize> = counts.iter().scan(0, |s, &n| Some(std::mem::replace(s, *s + n))).collect();
         let mut out = Vec::new();
-        let (mut start, mut k) = (0, 0);
-        for (class, &n) in counts.iter().enumerate() {
-            if n >= 2 {
-                for row in &full[start..start + n] {
-                    let mut d = row.clone();
-                    d[class] = own[k] as f64;
-                    k += 1;
-                    out.push((class, d));
-                }
+        for j in 0..counts.iter().copied().max().unwrap_or(0) {
+            let left: Vec<(usize, usize)> = (0..counts.len()).filter(|&k| counts[k] >= 2 && j < counts[k]).map(|k| (k, starts[k] + j)).collect();
+            if left.is_empty() {
+                continue;
             }
-            start += n;
+            let kept: Vec<u32> = (0..support.dim(0)?).filter(|i| !left.iter().any(|(_, r)| r == i)).map(|i| i as u32).collect();
+            let kept_counts: Vec<usize> = counts.iter().enumerate().map(|(k, &n)| n - left.iter().filter(|(c, _)| *c == k).count()).collect();
+            let dev = support.device();
+            let fitted = self.method.fit(&support.index_select(&Tensor::new(kept, dev)?, 0)?, &kept_counts)?;
+            let rows: Vec<u32> = left.iter().map(|(_, r)| *r as u32).collect();
+            let query = support.index_select(&Tensor::new(rows, dev)?, 0)?;
+            let d = self.method.distances(&fitted, &query)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+            for (&(k, _), mut d) in left.iter().zip(d) {
+                let n = counts[k] as f64;
+                d[k] *= (n + 1.0) * (n - 1.0) / (n * n);
+                out.push((k, d));
+            }
         }
         Ok(out)
     }
@@ -145,4 +145,45 @@ impl PrototypeStore {
         self.threshold = Some(t);
         Ok(t)
     }
+}
+
+/// What the confidences are fitted to, once per support set.
+#[derive(Debug, Clone)]
+pub(super) struct ConfidenceFit {
+    /// The softmax's inverse temperature ([`PrototypeStore::confidence_scale`]).
+    beta: f32,
+    /// Each left-out support image's distance to its own class, ascending.
+    own_distances: Vec<f32>,
+}
+
+/// The `beta` minimising the negative log-likelihood of the right classes of `items`
+/// (class, distances), by golden-section search on `[0, 50 / median distance]`.
+fn fit_beta(items: &[(usize, Vec<f64>)]) -> f32 {
+    if items.is_empty() {
+        return 1.0;
+    }
+    let mut all: Vec<f64> = items.iter().flat_map(|(_, d)| d.iter().copied()).filter(|d| d.is_finite()).collect();
+    all.sort_by(f64::total_cmp);
+    let median = all.get(all.len() / 2).copied().unwrap_or(1.0).max(1e-12);
+    let nll = |beta: f64| -> f64 {
+        items
+            .iter()
+            .map(|(right, d)| {
+                let min = d.iter().copied().fold(f64::INFINITY, f64::min);
+                let lse = d.iter().map(|x| (-beta * (x - min)).exp()).sum::<f64>().ln() - beta * min;
+                beta * d[*right] + lse
+            })
+            .sum()
+    };
+    let (mut lo, mut hi) = (0.0f64, 50.0 / median);
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    for _ in 0..100 {
+        let (a, b) = (hi - g * (hi - lo), lo + g * (hi - lo));
+        if nll(a) <= nll(b) {
+            hi = b;
+        } else {
+            lo = a;
+        }
+    }
+    (0.5 * (lo + hi)).max(1e-12) as f32
 }

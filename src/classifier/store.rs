@@ -38,6 +38,8 @@ pub struct Prediction {
     /// ([`PrototypeStore::confidence_scale`]; the paper's plain softmax, `beta = 1`, when
     /// no class has 2 support images). It ranks answers (more confident, more often right);
     /// it is not a test of "known class or not": use the rejection threshold for that.
+    /// For "unknown" (`class` `None`): how sure the rejection is
+    /// ([`PrototypeStore::unknown_confidence`]).
     pub confidence: f32,
     /// The squared distance to the predicted class (`None` for a method without distances).
     pub distance: Option<f32>,
@@ -97,9 +99,10 @@ pub struct PrototypeStore {
     pub(super) classes: Vec<ClassEntry>,
     pub(super) threshold: Option<f32>,
     pub(super) norm: FeatureNorm,
-    /// The confidence scale for the current support set and normalization, fitted on
-    /// first use after a change ([`PrototypeStore::confidence_scale`]).
-    pub(super) beta: OnceLock<f32>,
+    /// The confidence scale and the leave-one-out distances for the current support set,
+    /// normalization and method, fitted on first use after a change
+    /// ([`PrototypeStore::confidence_scale`]).
+    pub(super) confidence: OnceLock<super::calibrate::ConfidenceFit>,
     /// The few-shot method that scores queries ([`Method`]; prototypes by default).
     pub(super) method: Arc<dyn Method>,
     /// The method's fit to the current support set and normalization, made on first use
@@ -115,7 +118,7 @@ impl PrototypeStore {
             classes: Vec::new(),
             threshold: None,
             norm: FeatureNorm::None,
-            beta: OnceLock::new(),
+            confidence: OnceLock::new(),
             method: Arc::new(Prototypes),
             fitted: OnceLock::new(),
         }
@@ -123,7 +126,7 @@ impl PrototypeStore {
 
     /// Forgets what was fitted to the support set (after it or the normalization changed).
     fn changed(&mut self) {
-        self.beta = OnceLock::new();
+        self.confidence = OnceLock::new();
         self.fitted = OnceLock::new();
     }
 
@@ -376,7 +379,7 @@ impl PrototypeStore {
         if self.method.has_distances() {
             let beta = self.confidence_scale()? as f64;
             let d = self.method.distances(&fitted, &query)?.to_vec2::<f32>()?;
-            return Ok(d.into_iter().map(|dist| self.answer(&dist, beta)).collect());
+            return d.into_iter().map(|dist| self.answer(&dist, beta)).collect();
         }
         let logits = self.method.logits(&fitted, &query)?;
         let p = self.method.probabilities(&logits)?.to_vec2::<f32>()?;
@@ -394,7 +397,7 @@ impl PrototypeStore {
     }
 
     /// The answer for one query from its squared distances to every class.
-    fn answer(&self, dist: &[f32], beta: f64) -> Prediction {
+    fn answer(&self, dist: &[f32], beta: f64) -> Result<Prediction> {
         let min = dist.iter().copied().fold(f32::INFINITY, f32::min) as f64;
         let w: Vec<f64> = dist.iter().map(|&d| (beta * (min - d as f64)).exp()).collect();
         let total: f64 = w.iter().sum();
@@ -409,6 +412,10 @@ impl PrototypeStore {
         let d = best.distance.unwrap_or(f32::NAN);
         // NaN distances are rejected too.
         let rejected = self.threshold.is_some_and(|t| !matches!(d.partial_cmp(&t), Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)));
-        Prediction { class: if rejected { None } else { Some(best.class.clone()) }, confidence: best.probability, distance: best.distance, ranked }
+        if rejected {
+            let confidence = if d.is_nan() { 1.0 } else { self.unknown_confidence(d)? };
+            return Ok(Prediction { class: None, confidence, distance: best.distance, ranked });
+        }
+        Ok(Prediction { class: Some(best.class.clone()), confidence: best.probability, distance: best.distance, ranked })
     }
 }
