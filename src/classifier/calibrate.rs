@@ -38,10 +38,10 @@ impl PrototypeStore {
     /// the support set, the normalization or the method, then kept):
     /// [`PrototypeStore::predict`]'s probabilities are the softmax of `-beta * distance`.
     /// It is fitted on the support set by leave-one-out through the method itself
-    /// ([`PrototypeStore::leave_one_out_answers`]): `beta` minimises the negative
-    /// log-likelihood of the right classes of the left-out images (a convex function of
-    /// `beta`, searched up to `50 / median distance`). 1 (the paper's softmax) when no
-    /// class has 2 images or there is only one class.
+    /// ([`PrototypeStore::leave_one_out_answers`]): at `beta` the mean confidence of the
+    /// left-out images' answers equals the share of them answered right (smoothed as
+    /// `(right + 1) / (n + 2)`). 1 (the paper's softmax) when no class has 2 images or
+    /// there is only one class.
     ///
     /// ```
     /// use protonet::classifier::PrototypeStore;
@@ -156,8 +156,12 @@ pub(super) struct ConfidenceFit {
     own_distances: Vec<f32>,
 }
 
-/// The `beta` minimising the negative log-likelihood of the right classes of `items`
-/// (class, distances), by golden-section search on `[0, 50 / median distance]`.
+/// The `beta` at which the mean confidence of the leave-one-out answers `items` (class,
+/// distances) equals their share answered right, smoothed as `(right + 1) / (n + 2)`:
+/// confidences that match accuracy on average ("calibration in the large"). Not the
+/// maximum-likelihood `beta`, which a few left-out images (16 for 4-way 4-shot), often
+/// all right, push far too high. Bisection on `[0, 50 / median distance]` (the mean
+/// confidence grows with `beta`).
 fn fit_beta(items: &[(usize, Vec<f64>)]) -> f32 {
     if items.is_empty() {
         return 1.0;
@@ -165,24 +169,29 @@ fn fit_beta(items: &[(usize, Vec<f64>)]) -> f32 {
     let mut all: Vec<f64> = items.iter().flat_map(|(_, d)| d.iter().copied()).filter(|d| d.is_finite()).collect();
     all.sort_by(f64::total_cmp);
     let median = all.get(all.len() / 2).copied().unwrap_or(1.0).max(1e-12);
-    let nll = |beta: f64| -> f64 {
-        items
+    let nearest = |d: &[f64]| d.iter().copied().fold(f64::INFINITY, f64::min);
+    let right = items.iter().filter(|(k, d)| d[*k] <= nearest(d)).count();
+    let target = (right as f64 + 1.0) / (items.len() as f64 + 2.0);
+    let mean_confidence = |beta: f64| -> f64 {
+        let sum: f64 = items
             .iter()
-            .map(|(right, d)| {
-                let min = d.iter().copied().fold(f64::INFINITY, f64::min);
-                let lse = d.iter().map(|x| (-beta * (x - min)).exp()).sum::<f64>().ln() - beta * min;
-                beta * d[*right] + lse
+            .map(|(_, d)| {
+                let min = nearest(d);
+                1.0 / d.iter().map(|x| (-beta * (x - min)).exp()).sum::<f64>()
             })
-            .sum()
+            .sum();
+        sum / items.len() as f64
     };
     let (mut lo, mut hi) = (0.0f64, 50.0 / median);
-    let g = (5f64.sqrt() - 1.0) / 2.0;
+    if mean_confidence(hi) <= target {
+        return hi as f32;
+    }
     for _ in 0..100 {
-        let (a, b) = (hi - g * (hi - lo), lo + g * (hi - lo));
-        if nll(a) <= nll(b) {
-            hi = b;
+        let mid = 0.5 * (lo + hi);
+        if mean_confidence(mid) < target {
+            lo = mid;
         } else {
-            lo = a;
+            hi = mid;
         }
     }
     (0.5 * (lo + hi)).max(1e-12) as f32
