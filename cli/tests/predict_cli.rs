@@ -110,8 +110,14 @@ fn predict_errors_are_clear() {
     let (o, q) = (one.to_str().unwrap(), s.to_str().unwrap());
     let (ok, stdout, stderr) = protonet(&["predict", "--model", m.to_str().unwrap(), "--support", o, "--query", q]);
     assert!(!ok && stdout.is_empty() && stderr.contains("only one class") && stderr.contains("--reject"), "{stderr}");
-    let (ok, _, stderr) = protonet(&["predict", "--model", m.to_str().unwrap(), "--support", o, "--query", q, "--reject"]);
+    let (ok, stdout, stderr) = protonet(&["predict", "--model", m.to_str().unwrap(), "--support", o, "--query", o, q, "--reject"]);
     assert!(ok && stderr.contains("1 class ("), "{stderr}");
+    // Confidences say how typical each query's distance is, not a softmax over one class
+    // (which is always 1): they differ between queries (the support photos themselves,
+    // other glyphs) and stay in [0, 1].
+    let confidences: Vec<f64> = stdout.lines().map(|l| l.rsplit('\t').next().unwrap().parse().unwrap()).collect();
+    assert!(confidences.iter().all(|c| (0.0..=1.0).contains(c)), "{stdout}");
+    assert!(confidences.iter().any(|&c| c < 1.0) && confidences.iter().any(|&c| c != confidences[0]), "{stdout}");
 
     // A folder that is not a model says so.
     let (ok, _, stderr) = protonet(&["predict", "--model", q, "--support", q, "--query", q]);

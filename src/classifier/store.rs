@@ -39,7 +39,9 @@ pub struct Prediction {
     /// no class has 2 support images). It ranks answers (more confident, more often right);
     /// it is not a test of "known class or not": use the rejection threshold for that.
     /// For "unknown" (`class` `None`): how sure the rejection is
-    /// ([`PrototypeStore::unknown_confidence`]).
+    /// ([`PrototypeStore::unknown_confidence`]); for the class of a one-class store
+    /// (where the softmax is always 1), one minus that: the share of the left-out support
+    /// images at least as far from their class as the query.
     pub confidence: f32,
     /// The squared distance to the predicted class (`None` for a method without distances).
     pub distance: Option<f32>,
@@ -416,6 +418,8 @@ impl PrototypeStore {
             let confidence = if d.is_nan() { 1.0 } else { self.unknown_confidence(d)? };
             return Ok(Prediction { class: None, confidence, distance: best.distance, ranked });
         }
-        Ok(Prediction { class: Some(best.class.clone()), confidence: best.probability, distance: best.distance, ranked })
+        // One class: the softmax is always 1; say instead how typical the distance is.
+        let confidence = if self.classes.len() == 1 { 1.0 - self.unknown_confidence(d)? } else { best.probability };
+        Ok(Prediction { class: Some(best.class.clone()), confidence, distance: best.distance, ranked })
     }
 }
