@@ -204,6 +204,9 @@ impl ModelConfig {
     pub fn embedding_dim(&self) -> usize {
         match &self.backbone {
             BackboneConfig::Conv4(c) => c.embedding_dim(self.image.size),
+            BackboneConfig::EfficientNetLite0 { head: None, .. } if self.method.scores_maps() => {
+                crate::backbone::EFFICIENTNET_LITE0_DIM * crate::backbone::trunk_side(self.image.size).pow(2)
+            }
             BackboneConfig::EfficientNetLite0 { .. } | BackboneConfig::EfficientNetLite0Head { .. } => crate::backbone::EFFICIENTNET_LITE0_DIM,
         }
     }

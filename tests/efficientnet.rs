@@ -157,3 +157,37 @@ fn legacy_pth_converts_to_the_same_tensors_as_the_python_converter_needs_data() 
     assert!(err.contains("not a legacy PyTorch file") && err.contains("efficientnet-lite0.safetensors"), "{err}");
     assert!(!dir.path().join("x.safetensors").exists());
 }
+
+/// For a method that scores feature maps (the Relation Network), EfficientNet-Lite0 gives
+/// its head's 1280-channel map, whose spatial mean is the usual embedding, and a relation
+/// model on it embeds and scores a support set.
+#[test]
+fn feature_maps_for_the_relation_network_needs_data() {
+    use protonet::backbone::BackboneConfig;
+    use protonet::data::ImageConfig;
+    use protonet::method::RelationConfig;
+    use protonet::pretrained::PretrainedWeights;
+    use protonet::{FewShotClassifier, MethodConfig, Model, ModelConfig};
+    let path = weights();
+    let net = EfficientNetLite0::load(&path, &Device::Cpu).unwrap();
+    let x = fixed_input(2, 96);
+    let maps = net.feature_maps(&x, false).unwrap();
+    assert_eq!(maps.dims(), &[2, 1280, 3, 3]);
+    let pooled = maps.mean(3).unwrap().mean(2).unwrap();
+    let diff = (pooled - net.embed(&x, false).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-5, "{diff}");
+    let mut cfg = ModelConfig::new(
+        BackboneConfig::EfficientNetLite0 { weights: PretrainedWeights::efficientnet_lite0(), head: None, trained_from_block: None },
+        ImageConfig::rgb(96),
+    );
+    cfg.method = MethodConfig::Relation(RelationConfig::new(1280));
+    assert_eq!(cfg.embedding_dim(), 1280 * 9);
+    let model = Model::new(cfg, 0, &Device::Cpu).unwrap();
+    assert_eq!(model.net().embed(&x, false).unwrap().dims(), &[2, 1280 * 9]);
+    let mut clf = FewShotClassifier::new(model);
+    let img = |i: usize| x.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    clf.add_class("a", &[img(0)]).unwrap();
+    clf.add_class("b", &[img(1)]).unwrap();
+    let p = clf.predict(&img(1)).unwrap();
+    assert!(p.distance.is_none() && (0.0..=1.0).contains(&p.confidence), "{p:?}");
+}

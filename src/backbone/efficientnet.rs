@@ -269,7 +269,13 @@ impl ModuleT for EfficientNetLite0 {
     }
 }
 
-impl Backbone for EfficientNetLite0 {}
+impl Backbone for EfficientNetLite0 {
+    /// The head's feature map `(N, 1280, H/32, W/32)` ([`EfficientNetLite0::features`]),
+    /// whose spatial mean is the embedding.
+    fn feature_maps(&self, images: &Tensor, _train: bool) -> Result<Tensor> {
+        self.features(images)
+    }
+}
 
 /// How a fine-tuned head embeds; stored in `config.json`.
 ///
