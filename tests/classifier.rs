@@ -407,3 +407,19 @@ fn an_unknown_answer_says_how_far_out_the_query_is() {
     let near = store.predict(&[vec![3.5]]).unwrap().remove(0);
     assert_eq!(near.class.as_deref(), Some("a"));
 }
+
+/// The confidence scale is fitted through the method, so changing the method refits it
+/// (a scale fitted on prototypes is not kept for the support adaptation).
+#[test]
+fn changing_the_method_refits_the_confidence_scale() {
+    let mut store = PrototypeStore::new(2);
+    store.add("a", vec![vec![0.0, 1.0], vec![0.2, 1.1], vec![-0.1, 0.8]]).unwrap();
+    store.add("b", vec![vec![1.0, 0.0], vec![0.9, 0.3], vec![1.2, -0.1]]).unwrap();
+    let plain = store.confidence_scale().unwrap();
+    let adapted = protonet::MethodConfig::Protonet.with_adaptation_steps(20).build_without_parameters().unwrap();
+    store.set_method(adapted).unwrap();
+    let mut fresh = store.clone();
+    fresh.set_method(store.method().clone()).unwrap();
+    assert_eq!(store.confidence_scale().unwrap(), fresh.confidence_scale().unwrap());
+    assert_ne!(store.confidence_scale().unwrap(), plain, "the scale was not refitted for the new method");
+}

@@ -143,7 +143,8 @@ impl PrototypeStore {
             return Err(Error::param("reject", format!("the `{}` method gives no distances to reject by: turn rejection off first", method.config().name())));
         }
         self.method = method;
-        self.fitted = OnceLock::new();
+        // The fit and the confidences' leave-one-out both go through the method.
+        self.changed();
         Ok(())
     }
 
