@@ -123,6 +123,14 @@ struct Args {
     /// Epochs of trunk training (efficientnet-lite0-trunk).
     #[arg(long, default_value_t = 8)]
     trunk_epochs: usize,
+    /// The first trained MBConv block of the trunk training (of 16; 0 trains the stem and
+    /// every block).
+    #[arg(long, default_value_t = 8)]
+    first_block: usize,
+    /// Drop-connect (stochastic depth) rate of the trunk training's trained blocks (block
+    /// i of 16 drops with rate * i / 16; EfficientNet-Lite0's own is 0.2); 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    drop_connect: f32,
     /// With efficientnet-lite0-trunk: the trained model's directory, read when it holds
     /// a model, else written (a cache across runs on the same training denominations).
     #[arg(long)]
@@ -300,7 +308,7 @@ fn training_source(a: &Args) -> String {
     a.train.as_ref().or(a.data.as_ref()).map(|p| p.display().to_string()).unwrap_or_else(|| "rendered coins".into())
 }
 
-/// Trains the last 8 MBConv blocks and the head of EfficientNet-Lite0 by cross-entropy on
+/// Trains the MBConv blocks from `--first-block` and the head of EfficientNet-Lite0 by cross-entropy on
 /// the training denominations, or reads the model `--trunk-model` holds.
 fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<FewShotNet> {
     if let Some(dir) = a.trunk_model.as_ref().filter(|d| d.join("config.json").is_file()) {
@@ -309,21 +317,32 @@ fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: 
     }
     let config = TrunkConfig {
         description: format!(
-            "coin model: EfficientNet-Lite0 with its last 8 MBConv blocks and head trained by cross-entropy on {} denominations ({}); the ImageNet weights of the other blocks are referenced, not stored.",
+            "coin model: EfficientNet-Lite0 with {} and head trained by cross-entropy on {} denominations ({}){}; the ImageNet weights of the other blocks are referenced, not stored.",
+            trained_part(a.first_block),
             train_set.num_classes(),
-            training_source(a)
+            training_source(a),
+            if a.drop_connect > 0.0 { format!(", drop-connect {}", a.drop_connect) } else { String::new() }
         ),
         image: ImageConfig { crop: None, ..image.clone() },
-        training: SupervisedConfig { epochs: a.trunk_epochs, seed: a.seed, ..SupervisedConfig::coin_trunk() },
+        first_block: a.first_block,
+        training: SupervisedConfig { epochs: a.trunk_epochs, seed: a.seed, drop_connect: a.drop_connect, ..SupervisedConfig::coin_trunk() },
         ..TrunkConfig::default()
     };
-    println!("Training the last 8 blocks of EfficientNet-Lite0 on {} denominations, {} epochs:", train_set.num_classes(), config.training.epochs);
+    println!("Training {} of EfficientNet-Lite0 on {} denominations, {} epochs:", trained_part(a.first_block), train_set.num_classes(), config.training.epochs);
     let out = a.trunk_model.clone().unwrap_or_else(|| output_dir(&a.save));
     let (model, report) =
         train_trunk(&config, train_set, &out, &TrainOptions { mode: protonet::OutputMode::Resume, ..Default::default() }, dev, &Bars::new(true))?;
     println!("  losses by epoch: {:?}", report.losses.iter().map(|l| format!("{l:.3}")).collect::<Vec<_>>());
     finish_output(&a.save.clone().or(a.trunk_model.clone()), &out, report.seconds);
     Ok(model.into_net())
+}
+
+/// Which part of EfficientNet-Lite0 the trunk training trains, in words.
+fn trained_part(first_block: usize) -> String {
+    match first_block {
+        0 => "the stem and all 16 MBConv blocks".into(),
+        f => format!("its last {} MBConv blocks", 16usize.saturating_sub(f)),
+    }
 }
 
 /// Fine-tunes the EfficientNet-Lite0 head episodically on the training denominations.

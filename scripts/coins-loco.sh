@@ -21,6 +21,11 @@
 #              support set, SGD, 100 epochs) instead of the support adaptation
 #   matching   Matching networks on the trained trunk (with the crop): softmax attention
 #              of each query over the support embeddings, cosine scaled by 10
+#   dc         the shipped recipe (trunk+crop+adapt) with drop-connect 0.2 in the trained
+#              blocks, as EfficientNet trains (its own trunk models, TRUNK_MODELS/dc/FOLD)
+#   whole      the shipped recipe with the stem and all 16 blocks trained (--first-block 0;
+#              TRUNK_MODELS/whole/FOLD)
+#   whole+dc   both (TRUNK_MODELS/whole+dc/FOLD)
 # Environment: CURRENCIES (the folder names of the currencies taking part, default all),
 # EPISODES (1000), TRUNK_MODELS (a folder keeping the trunk models of the folds), TRAIN_EPISODES (400, Conv-4), FINETUNE_EPISODES (300), SEED (7),
 # EXTRA (more flags for the coins example, for example --paste-small), CALIBRATION_DIR (write
@@ -92,6 +97,9 @@ for held in "${currencies[@]}"; do
             trunk+crop+adapt) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --adapt-steps 50) ;;
             baseline-pp) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method baseline-pp) ;;
             matching) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method matching) ;;
+            dc) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/dc/$name" --drop-connect 0.2 --crop --adapt-steps 50) ;;
+            whole) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/whole/$name" --first-block 0 --crop --adapt-steps 50) ;;
+            whole+dc) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/whole+dc/$name" --first-block 0 --drop-connect 0.2 --crop --adapt-steps 50) ;;
             *) echo "unknown column $c" >&2; exit 1 ;;
         esac
         calibration=()

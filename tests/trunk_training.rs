@@ -100,3 +100,46 @@ fn trunk_training_moves_the_tail_lowers_the_loss_and_resumes_needs_data() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn whole_trunk_training_moves_the_stem_with_drop_connect_off_in_evaluation_needs_data() {
+    common::pretrained_weights("whole-trunk training test");
+    let mut config = small_config();
+    config.first_block = 0;
+    config.training.epochs = 3;
+    config.training.drop_connect = protonet::backbone::EFFICIENTNET_LITE0_DROP_CONNECT;
+    let designs = currency(3, &mut rand_chacha::ChaCha8Rng::seed_from_u64(5));
+    let set = render_set(&designs, 8, &config.image, 6, "coin-").unwrap();
+    let dir = std::env::temp_dir().join(format!("protonet-trunk-whole-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let dev = Device::Cpu;
+    let before = {
+        let (model, _) = train_trunk(&config, &set, &dir, &TrainOptions { stop_after: Some(0), ..Default::default() }, &dev, &protonet::Silent).unwrap();
+        model.tensors()
+    };
+    assert!(before.contains_key("trunk._conv_stem.weight") && before.contains_key("trunk._blocks.0._depthwise_conv.weight"));
+    let (model, report) = train_trunk(&config, &set, &dir, &TrainOptions { mode: OutputMode::Overwrite, stop_after: None }, &dev, &protonet::Silent).unwrap();
+    println!("losses by epoch: {:?}", report.losses);
+    assert!(report.losses[2] < report.losses[0], "the loss did not fall: {:?}", report.losses);
+    let after = model.tensors();
+    let moved = |name: &str| (&before[name] - &after[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(moved("trunk._conv_stem.weight") > 1e-6, "the stem did not move");
+    assert!(moved("trunk._blocks.0._depthwise_conv.weight") > 1e-6);
+    assert_eq!(moved("trunk._bn0.running_var"), 0.0, "running statistics must stay frozen");
+
+    // Drop-connect: off in evaluation (the written model embeds as the trained one, and
+    // deterministically); in training it draws from its seed, and rate 0 is no drop.
+    let images: Vec<f32> = (0..4).flat_map(|i| set.image(i % 3, i).to_vec()).collect();
+    let x = candle_core::Tensor::from_vec(images, (4, 3, 64, 64), &dev).unwrap();
+    let loaded = Model::load_for_images(&dir, &dev).unwrap();
+    let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let eval = model.net().embed(&x, false).unwrap();
+    assert!(diff(&eval, &loaded.net().embed(&x, false).unwrap()) < 1e-5);
+    let backbone = model.net().backbone();
+    let drop = |rate: f32, seed: u64| backbone.embed_drop_connect(&x, protonet::backbone::DropConnect { rate, seed }).unwrap();
+    assert!(diff(&drop(0.0, 1), &model.net().embed(&x, true).unwrap()) < 1e-6, "rate 0 must drop nothing");
+    assert_eq!(diff(&drop(0.5, 1), &drop(0.5, 1)), 0.0, "the same seed must draw the same drops");
+    assert!(diff(&drop(0.5, 1), &drop(0.5, 2)) > 1e-4, "other seeds must draw other drops");
+    assert!(backbone.embed_drop_connect(&x, protonet::backbone::DropConnect { rate: 1.0, seed: 0 }).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -94,9 +94,14 @@ pub struct FineTuneArgs {
     /// rotations and the support adaptation.
     #[arg(long)]
     trunk: bool,
-    /// With --trunk: the first trained MBConv block (of 16).
+    /// With --trunk: the first trained MBConv block (of 16; 0 trains the stem and every block).
     #[arg(long, default_value_t = 8)]
     first_block: usize,
+    /// With --trunk: drop-connect (stochastic depth) rate of the trained blocks, as
+    /// EfficientNet trains (block i of 16 drops its residual branch with rate * i / 16;
+    /// EfficientNet-Lite0's own is 0.2); 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    drop_connect: f32,
     /// With --trunk: passes over the base classes.
     #[arg(long, default_value_t = 8)]
     epochs: usize,
@@ -113,7 +118,7 @@ fn run_trunk(a: &FineTuneArgs, train_set: &ImageSet, image: ImageConfig) -> Resu
     let config = TrunkConfig {
         image: ImageConfig { crop: a.crop.then(CoinCrop::default), ..image },
         first_block: a.first_block,
-        training: SupervisedConfig { epochs: a.epochs, seed: a.seed, ..SupervisedConfig::coin_trunk() },
+        training: SupervisedConfig { epochs: a.epochs, seed: a.seed, drop_connect: a.drop_connect, ..SupervisedConfig::coin_trunk() },
         adaptation: Some(SupportAdaptation { steps: a.adapt_steps, ..Default::default() }).filter(SupportAdaptation::is_active),
         description: a.description.clone(),
         ..TrunkConfig::default()

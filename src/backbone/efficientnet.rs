@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor, D};
 use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, Init, Linear, ModuleT, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::Backbone;
+use super::{Backbone, DropConnect};
 use crate::error::{Error, Result};
 use crate::ops::{conv2d, conv2d_bias, depthwise_conv2d_bias};
 use crate::pretrained::{PretrainedWeights, CONVERTED_WEIGHTS};
@@ -138,7 +138,9 @@ impl MbConv {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The block on `x`; `drop` drops its residual branch per image (stochastic depth),
+    /// for blocks with a skip connection only, as EfficientNet does.
+    fn forward(&self, x: &Tensor, drop: Option<(f32, u64)>) -> Result<Tensor> {
         let mut h = x.clone();
         if let Some((w, b)) = &self.expand {
             h = pointwise_bn(&h, w, b, true)?;
@@ -150,11 +152,42 @@ impl MbConv {
         h = depthwise_conv2d_bias(&h, &w, &shift, self.stride, (pt, pb, pl, pr), RELU6)?;
         h = pointwise_bn(&h, &self.project, &self.bn2, false)?;
         if self.skip {
+            if let Some((rate, seed)) = drop {
+                h = drop_connect(&h, rate, seed)?;
+            }
             h = (h + x)?;
         }
         Ok(h)
     }
 }
+
+/// Drop-connect (stochastic depth) as EfficientNet defines it: each image's `x` is
+/// zeroed with probability `rate`, else divided by `1 - rate`; the draws come from `seed`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::ones((1000, 2, 1, 1), candle_core::DType::F32, &Device::Cpu)?;
+/// let y: Vec<f32> = protonet::backbone::drop_connect(&x, 0.25, 3)?.flatten_all()?.to_vec1()?;
+/// assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+/// # Ok::<(), protonet::Error>(())
+/// ```
+pub fn drop_connect(x: &Tensor, rate: f32, seed: u64) -> Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    if rate <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - rate;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = x.dim(0)?;
+    let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < rate { 0.0 } else { 1.0 / keep }).collect();
+    let mut shape = vec![n];
+    shape.resize(x.rank(), 1);
+    Ok(x.broadcast_mul(&Tensor::from_vec(mask, shape, x.device())?.to_dtype(x.dtype())?)?)
+}
+
+/// EfficientNet-Lite0's drop-connect rate for its 16 blocks (`drop_connect_rate` of the
+/// reference's global parameters): block `i` drops with `rate * i / 16`.
+pub const EFFICIENTNET_LITE0_DROP_CONNECT: f32 = 0.2;
 
 /// EfficientNet-Lite0 with ImageNet weights, used as a frozen feature extractor.
 ///
@@ -174,6 +207,9 @@ pub struct EfficientNetLite0 {
     head: Tensor,
     bn1: BatchNorm,
     fc: Option<Linear>,
+    /// The first trained block (drop-connect applies from there on), when a tail was
+    /// replaced by trained parameters.
+    trained_from: Option<usize>,
 }
 
 impl EfficientNetLite0 {
@@ -190,7 +226,7 @@ impl EfficientNetLite0 {
         let head = vb.get((EFFICIENTNET_LITE0_DIM, 320, 1, 1), "_conv_head.weight")?;
         let bn1 = bn(EFFICIENTNET_LITE0_DIM, vb.pp("_bn1"))?;
         let fc = if vb.contains_tensor("_fc.weight") { Some(candle_nn::linear(EFFICIENTNET_LITE0_DIM, 1000, vb.pp("_fc"))?) } else { None };
-        Ok(Self { stem, bn0, blocks, head, bn1, fc })
+        Ok(Self { stem, bn0, blocks, head, bn1, fc, trained_from: None })
     }
 
     /// Loads weights from a `.safetensors` file (as written by
@@ -209,13 +245,19 @@ impl EfficientNetLite0 {
     /// Replaces the MBConv blocks from `first` on and the head (its 1x1 convolution and
     /// BatchNorm) by parameters from `vb`, under the reference's names
     /// (`_blocks.N.*`, `_conv_head.weight`, `_bn1.*`): the part of the network that
-    /// [`crate::finetune::trunk`] trains. With a `VarBuilder` over a `VarMap` they become
-    /// variables; the earlier blocks stay the constant ImageNet tensors, so gradients
-    /// stop there.
+    /// [`crate::finetune::trunk`] trains; `first == 0` replaces the stem too
+    /// (`_conv_stem.weight`, `_bn0.*`), so the whole network is trained. With a
+    /// `VarBuilder` over a `VarMap` they become variables; the earlier blocks stay the
+    /// constant ImageNet tensors, so gradients stop there.
     pub fn replace_tail(&mut self, first: usize, vb: VarBuilder) -> Result<()> {
         if first >= self.blocks.len() {
             return Err(Error::param("trained_from_block", format!("EfficientNet-Lite0 has {} blocks, got {first}", self.blocks.len())));
         }
+        if first == 0 {
+            self.stem = vb.get((32, 3, 3, 3), "_conv_stem.weight")?;
+            self.bn0 = bn(32, vb.pp("_bn0"))?;
+        }
+        self.trained_from = Some(first);
         for (i, (cin, cout, kernel, stride, expand)) in block_specs().into_iter().enumerate().skip(first) {
             self.blocks[i] = MbConv::new(vb.pp(format!("_blocks.{i}")), cin, cout, kernel, stride, expand)?;
         }
@@ -226,14 +268,24 @@ impl EfficientNetLite0 {
 
     /// The trunk's feature map `(N, 320, H/32, W/32)`: stem and MBConv blocks, before the head.
     pub fn trunk(&self, x: &Tensor) -> Result<Tensor> {
+        self.trunk_dropping(x, None)
+    }
+
+    /// [`Self::trunk`] with drop-connect in the trained blocks (block `i` at
+    /// `drop.rate * i / 16`, as EfficientNet's training does; the frozen blocks are
+    /// evaluated as they are).
+    fn trunk_dropping(&self, x: &Tensor, drop: Option<DropConnect>) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (pt, pb) = same_padding(h, 3, 2);
         let (pl, pr) = same_padding(w, 3, 2);
         let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
         let (stem, shift) = fold_into(&self.stem, &self.bn0)?;
         let mut x = conv2d_bias(&x, &stem, &shift, 2, 0, RELU6)?;
-        for b in &self.blocks {
-            x = b.forward(&x)?;
+        let n = self.blocks.len();
+        let first = self.trained_from.unwrap_or(n);
+        for (i, b) in self.blocks.iter().enumerate() {
+            let rate = drop.filter(|_| i >= first).map(|d| (d.rate * i as f32 / n as f32, d.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            x = b.forward(&x, rate.filter(|r| r.0 > 0.0))?;
         }
         Ok(x)
     }
@@ -274,6 +326,14 @@ impl Backbone for EfficientNetLite0 {
     /// whose spatial mean is the embedding.
     fn feature_maps(&self, images: &Tensor, _train: bool) -> Result<Tensor> {
         self.features(images)
+    }
+
+    /// The embedding with drop-connect in the trained blocks (none when nothing was
+    /// trained: the ImageNet network is frozen).
+    fn embed_drop_connect(&self, images: &Tensor, drop: DropConnect) -> Result<Tensor> {
+        drop.validate()?;
+        let h = pointwise_bn(&self.trunk_dropping(images, Some(drop))?, &self.head, &self.bn1, true)?;
+        Ok(h.mean(D::Minus1)?.mean(D::Minus1)?)
     }
 }
 
@@ -406,5 +466,29 @@ mod tests {
         assert_eq!(same_padding(14, 3, 1), (1, 1));
         assert_eq!(same_padding(14, 5, 1), (2, 2));
         assert_eq!(same_padding(7, 3, 2), (1, 1));
+    }
+}
+
+#[cfg(test)]
+mod drop_connect_tests {
+    use super::drop_connect;
+
+    #[test]
+    fn drop_connect_drops_whole_images_at_its_rate_and_scales_the_kept_ones() {
+        let x = crate::ops::testing::seeded_randn(&[4000, 3, 2, 2], 9);
+        let y = drop_connect(&x, 0.2, 11).unwrap();
+        let (xs, ys) = (x.flatten_from(1).unwrap().to_vec2::<f32>().unwrap(), y.flatten_from(1).unwrap().to_vec2::<f32>().unwrap());
+        let mut dropped = 0;
+        for (a, b) in xs.iter().zip(&ys) {
+            if b.iter().all(|&v| v == 0.0) {
+                dropped += 1;
+            } else {
+                assert!(a.iter().zip(b).all(|(p, q)| (p / 0.8 - q).abs() < 1e-5), "a kept image must be divided by the keep probability");
+            }
+        }
+        assert!((dropped as f32 / 4000.0 - 0.2).abs() < 0.025, "dropped {dropped} of 4000 at rate 0.2");
+        assert_eq!(drop_connect(&x, 0.2, 11).unwrap().to_vec1::<f32>().ok(), y.to_vec1::<f32>().ok());
+        let same = (drop_connect(&x, 0.0, 11).unwrap() - &x).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(same, 0.0);
     }
 }

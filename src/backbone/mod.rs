@@ -10,8 +10,8 @@ mod efficientnet;
 pub use batchnorm::BatchNormRelu;
 pub use conv4::{Conv4, Conv4Config, Conv4Layout};
 pub use efficientnet::{
-    same_padding, trunk_side, EfficientNetLite0, FineTunedEfficientNet, HeadConfig, TunedHead, EFFICIENTNET_LITE0_BLOCKS, EFFICIENTNET_LITE0_DIM,
-    EFFICIENTNET_LITE0_NUM_BLOCKS, EFFICIENTNET_LITE0_TRUNK_CHANNELS,
+    drop_connect, same_padding, trunk_side, EfficientNetLite0, FineTunedEfficientNet, HeadConfig, TunedHead, EFFICIENTNET_LITE0_BLOCKS, EFFICIENTNET_LITE0_DIM,
+    EFFICIENTNET_LITE0_DROP_CONNECT, EFFICIENTNET_LITE0_NUM_BLOCKS, EFFICIENTNET_LITE0_TRUNK_CHANNELS,
 };
 
 use candle_core::Tensor;
@@ -39,6 +39,43 @@ pub trait Backbone: ModuleT + Send + Sync {
     fn feature_maps(&self, images: &Tensor, train: bool) -> Result<Tensor> {
         let _ = (images, train);
         Err(crate::error::Error::param("method", "this backbone gives no feature maps (a method that scores maps needs Conv-4 or EfficientNet-Lite0)"))
+    }
+
+    /// Embeds for training with drop-connect (stochastic depth: residual branches dropped
+    /// per image, the kept ones scaled up) in the trained residual blocks. A backbone
+    /// without residual blocks refuses a positive rate; a zero rate is
+    /// [`Backbone::embed`] in training mode.
+    fn embed_drop_connect(&self, images: &Tensor, drop: DropConnect) -> Result<Tensor> {
+        drop.validate()?;
+        if drop.rate > 0.0 {
+            return Err(crate::error::Error::param("drop-connect", "this backbone has no residual blocks to drop (EfficientNet-Lite0 has)"));
+        }
+        self.embed(images, true)
+    }
+}
+
+/// Drop-connect (stochastic depth) for one training step: the network's rate (block `i`
+/// of `n` drops with `rate * i / n`, as EfficientNet does) and the seed of the draws.
+///
+/// ```
+/// assert!(protonet::backbone::DropConnect { rate: 1.0, seed: 0 }.validate().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropConnect {
+    /// The rate of the last block; EfficientNet-Lite0 trains with
+    /// [`EFFICIENTNET_LITE0_DROP_CONNECT`].
+    pub rate: f32,
+    /// The seed of this step's draws.
+    pub seed: u64,
+}
+
+impl DropConnect {
+    /// Checks the rate is in `[0, 1)`.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.rate) {
+            return Err(crate::error::Error::param("drop-connect", format!("must be in [0, 1), got {}", self.rate)));
+        }
+        Ok(())
     }
 }
 

@@ -103,6 +103,11 @@ pub struct SupervisedConfig {
     pub label_smoothing: f64,
     /// Dropout on the embeddings, before the classifier.
     pub dropout: f32,
+    /// Drop-connect (stochastic depth) in the backbone's trained residual blocks, as
+    /// EfficientNet trains ([`crate::backbone::DropConnect`]; its
+    /// [`crate::backbone::EFFICIENTNET_LITE0_DROP_CONNECT`] is 0.2); 0: none.
+    #[serde(default)]
+    pub drop_connect: f32,
     /// Augmentation of the training images (`None`: the images as loaded).
     #[serde(default)]
     pub augment: Option<TrainingAugment>,
@@ -125,6 +130,7 @@ impl Default for SupervisedConfig {
             warmup_cosine: None,
             label_smoothing: 0.0,
             dropout: 0.0,
+            drop_connect: 0.0,
             augment: None,
             seed: 1,
         }
@@ -147,6 +153,7 @@ impl SupervisedConfig {
             warmup_cosine: Some(0.05),
             label_smoothing: 0.1,
             dropout: 0.2,
+            drop_connect: 0.0,
             augment: Some(TrainingAugment { coin: CoinAugment::default(), size: 192 }),
             seed: 7,
         }
@@ -182,6 +189,9 @@ impl SupervisedConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::param("dropout", "must be in [0, 1)"));
+        }
+        if !(0.0..1.0).contains(&self.drop_connect) {
+            return Err(Error::param("drop-connect", "must be in [0, 1)"));
         }
         if let BaseClassifier::Cosine { scale, .. } = self.classifier {
             if !(scale.is_finite() && scale > 0.0) {
@@ -359,7 +369,7 @@ pub fn train_supervised(
             let step = state.epoch * steps_per_epoch + b;
             let x = batch(train_set, chunk, config, image, step, &device)?;
             let labels = Tensor::new(chunk.iter().map(|&(k, _)| k as u32).collect::<Vec<_>>(), &device)?;
-            let features = dropout(&model.net().embed(&x, true)?, config.dropout, config.seed.wrapping_mul(1_000_003) ^ step as u64)?;
+            let features = dropout(&embed_for_training(model, &x, config, step)?, config.dropout, config.seed.wrapping_mul(1_000_003) ^ step as u64)?;
             let loss = smoothed_cross_entropy(&classifier.logits(&features)?, &labels, config.label_smoothing)?;
             let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !l.is_finite() {
@@ -410,6 +420,18 @@ fn augmented_batch(set: &ImageSet, items: &[(usize, usize)], augment: &TrainingA
         })
         .collect();
     Ok(Tensor::from_vec(images.concat(), (items.len(), c, s, s), device)?)
+}
+
+/// The training embeddings of `x` at `step`: through drop-connect when the recipe has it.
+fn embed_for_training(model: &Model, x: &Tensor, config: &SupervisedConfig, step: usize) -> Result<Tensor> {
+    if config.drop_connect == 0.0 {
+        return model.net().embed(x, true);
+    }
+    if model.net().method().scores_maps() {
+        return Err(Error::param("drop-connect", "not for a method that scores feature maps"));
+    }
+    let seed = config.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ step as u64;
+    model.net().backbone().embed_drop_connect(x, crate::backbone::DropConnect { rate: config.drop_connect, seed })
 }
 
 /// Inverted dropout of `x` with probability `p`, the mask drawn from `seed`.
