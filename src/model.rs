@@ -22,7 +22,7 @@ use crate::net::FewShotNet;
 use crate::output::{check, OutputMode, CONFIG_FILE, WEIGHTS_FILE};
 use crate::pretrained::PretrainedWeights;
 use crate::protonet::FeatureNorm;
-use crate::record::TrainingRecord;
+use crate::record::{SupervisedRecord, TrainingRecord};
 const FORMAT: &str = "protonet-model";
 const VERSION: u32 = 1;
 
@@ -48,6 +48,11 @@ pub struct ModelConfig {
     /// A record of how the model was trained (settings, episodes, validation accuracy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingRecord>,
+    /// A record of the supervised run over all base classes that trained the model, if
+    /// one did (settings, epochs, losses, time): Baseline, Baseline++, Meta-Baseline's
+    /// first stage, the coin trunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervised: Option<SupervisedRecord>,
     /// Free text about the model.
     #[serde(default)]
     pub description: String,
@@ -76,6 +81,8 @@ struct ModelConfigFile {
     #[serde(default)]
     training: Option<TrainingRecord>,
     #[serde(default)]
+    supervised: Option<SupervisedRecord>,
+    #[serde(default)]
     description: String,
     #[serde(default = "one_rotation")]
     rotations: usize,
@@ -90,8 +97,8 @@ struct ModelConfigFile {
 impl From<ModelConfigFile> for ModelConfig {
     fn from(f: ModelConfigFile) -> Self {
         let method = f.method.unwrap_or_else(|| MethodConfig::from_adaptation(f.adaptation));
-        let ModelConfigFile { format, version, backbone, image, training, description, rotations, normalization, .. } = f;
-        Self { format, version, backbone, image, training, description, rotations, normalization, method }
+        let ModelConfigFile { format, version, backbone, image, training, supervised, description, rotations, normalization, .. } = f;
+        Self { format, version, backbone, image, training, supervised, description, rotations, normalization, method }
     }
 }
 
@@ -116,6 +123,7 @@ impl ModelConfig {
             backbone,
             image,
             training: None,
+            supervised: None,
             description: String::new(),
             rotations: 1,
             normalization: FeatureNorm::None,
@@ -319,6 +327,12 @@ impl Model {
     /// Records how the model was trained (stored in `config.json` on the next save).
     pub fn set_training_record(&mut self, record: TrainingRecord) {
         self.config.training = Some(record);
+    }
+
+    /// Records the supervised run that trained the model (stored in `config.json` on the
+    /// next save).
+    pub fn set_supervised_record(&mut self, record: SupervisedRecord) {
+        self.config.supervised = Some(record);
     }
 
     /// The network.

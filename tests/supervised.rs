@@ -33,6 +33,11 @@ fn the_loss_falls_over_epochs_for_both_classifiers() {
         let loaded = Model::load(dir.path(), &Device::Cpu).unwrap();
         assert_eq!(loaded.config().method, m.config().method);
         assert_eq!(loaded.tensors().keys().collect::<Vec<_>>(), m.tensors().keys().collect::<Vec<_>>());
+        // Its config.json records the run: settings, epochs, losses, data.
+        let record = loaded.config().supervised.clone().expect("a supervised record in config.json");
+        assert_eq!((record.config, record.epochs, record.classes, record.images), (config(classifier, 6), 6, 8, 48));
+        assert!(record.losses.len() == 6 && record.losses.iter().zip(&report.losses).all(|(a, b)| (a - b).abs() < 1e-12), "{:?}", record.losses);
+        assert!(record.seconds > 0.0);
     }
 }
 

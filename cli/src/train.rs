@@ -113,6 +113,14 @@ pub struct TrainArgs {
     /// --method matching: the cosine similarities are multiplied by this before the softmax.
     #[arg(long, default_value_t = MatchingConfig::default().scale)]
     matching_scale: f32,
+    /// --method baseline-pp: the base classifier's scale on the cosines (CloserLook's 10
+    /// for more than 200 classes).
+    #[arg(long, default_value_t = protonet::train::supervised::BASELINE_PP_SCALE)]
+    base_scale: f32,
+    /// --method baseline-pp: learn the base classifier's scale (from --base-scale) instead
+    /// of keeping it fixed.
+    #[arg(long)]
+    learn_base_scale: bool,
     /// cpu, cuda or metal (the latter two need the crate's `cuda`/`metal` features).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -159,7 +167,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     model_config.rotations = if a.rotate && !model_config.method.scores_maps() { 4 } else { 1 };
     let mut model = Model::new(model_config, a.seed, &dev)?;
     let train_set = a.data.load(&a.train_split, &image, a.quiet)?;
-    if let Some(classifier) = base_classifier(a.method) {
+    if let Some(classifier) = base_classifier(&a) {
         return train_base_classes(&a, &mut model, &train_set, classifier, &a.out);
     }
     let val_set = match (a.data.dataset, &a.val_data) {
@@ -202,11 +210,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The classifier of all base classes that `method` is trained with, if it is trained so.
-fn base_classifier(method: MethodName) -> Option<BaseClassifier> {
-    match method {
+/// The classifier of all base classes that `a.method` is trained with, if it is trained so.
+fn base_classifier(a: &TrainArgs) -> Option<BaseClassifier> {
+    match a.method {
         MethodName::Baseline => Some(BaseClassifier::Linear),
-        MethodName::BaselinePp => Some(BaseClassifier::baseline_pp()),
+        MethodName::BaselinePp => Some(BaseClassifier::Cosine { scale: a.base_scale, learn_scale: a.learn_base_scale, class_gains: true }),
         MethodName::Protonet | MethodName::Matching | MethodName::MetaBaseline | MethodName::Relation => None,
     }
 }

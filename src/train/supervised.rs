@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::TrainOptions;
-use crate::data::{CoinAugment, ImageConfig, ImageSet};
+use crate::data::{ImageConfig, ImageSet};
 use crate::error::{Error, Result};
 use crate::io::{read_safetensors, write_safetensors};
 use crate::model::{Model, ModelConfig};
@@ -34,189 +34,10 @@ use crate::observer::Observer;
 use crate::optim::Adam;
 use crate::output::{prepare, OutputMode, CHECKPOINT_FILE};
 use crate::protonet::{cosine_similarities, l2_rows};
+pub use crate::record::{BaseClassifier, SupervisedConfig, SupervisedRecord, TrainingAugment, BASELINE_PP_SCALE};
 
 const STATE_KEY: &str = "protonet.supervised_state";
 const MODEL_KEY: &str = "protonet.model_config";
-
-/// The classifier over the base classes.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum BaseClassifier {
-    /// `W x + b` (Baseline, Classifier-Baseline).
-    Linear,
-    /// `scale * g_k cos(x, v_k)`.
-    Cosine {
-        /// The scale (CloserLook's `distLinear`: 10 for more than 200 classes).
-        scale: f32,
-        /// Learn the scale (as a log), starting at `scale`.
-        learn_scale: bool,
-        /// Per-class learned gains `g_k` (weight normalization, as `distLinear`); else 1.
-        class_gains: bool,
-    },
-}
-
-impl BaseClassifier {
-    /// Baseline++'s base classifier, as CloserLook's code has it for Omniglot's 4112
-    /// classes: weight-normalized cosine, fixed scale 10.
-    pub fn baseline_pp() -> Self {
-        BaseClassifier::Cosine { scale: 10.0, learn_scale: false, class_gains: true }
-    }
-}
-
-/// Augmentation of every training image, drawn afresh at every epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TrainingAugment {
-    /// The augmentation (rotation, crop, colour, blur; never a mirror).
-    pub coin: CoinAugment,
-    /// The side of the augmented training crops, in pixels.
-    pub size: usize,
-}
-
-/// Settings of a supervised run; recorded in its checkpoint and compared on resume.
-///
-/// ```
-/// let c = protonet::train::supervised::SupervisedConfig::default();
-/// c.validate()?;
-/// assert_eq!((c.epochs, c.batch, c.learning_rate), (5, 16, 1e-3));
-/// # Ok::<(), protonet::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct SupervisedConfig {
-    /// The classifier over the base classes.
-    pub classifier: BaseClassifier,
-    /// Passes over the training images.
-    pub epochs: usize,
-    /// Images per step.
-    pub batch: usize,
-    /// Adam's learning rate (the backbone's, and the classifier's unless
-    /// `classifier_learning_rate` is set).
-    pub learning_rate: f64,
-    /// Adam's learning rate of the classifier, when it differs from the backbone's.
-    #[serde(default)]
-    pub classifier_learning_rate: Option<f64>,
-    /// Decoupled weight decay.
-    pub weight_decay: f64,
-    /// The share of the steps spent warming the learning rate up linearly, followed by a
-    /// half cosine to 0; `None`: constant.
-    pub warmup_cosine: Option<f64>,
-    /// Label smoothing of the cross-entropy.
-    pub label_smoothing: f64,
-    /// Dropout on the embeddings, before the classifier.
-    pub dropout: f32,
-    /// Drop-connect (stochastic depth) in the backbone's trained residual blocks, as
-    /// EfficientNet trains ([`crate::backbone::DropConnect`]; its
-    /// [`crate::backbone::EFFICIENTNET_LITE0_DROP_CONNECT`] is 0.2); 0: none.
-    #[serde(default)]
-    pub drop_connect: f32,
-    /// Augmentation of the training images (`None`: the images as loaded).
-    #[serde(default)]
-    pub augment: Option<TrainingAugment>,
-    /// Seed of the classifier's initialisation, the order of the images, the augmentation
-    /// and dropout.
-    pub seed: u64,
-}
-
-impl Default for SupervisedConfig {
-    /// CloserLook's Omniglot base training: linear classifier, 5 epochs, batches of 16,
-    /// Adam 1e-3, nothing else.
-    fn default() -> Self {
-        Self {
-            classifier: BaseClassifier::Linear,
-            epochs: 5,
-            batch: 16,
-            learning_rate: 1e-3,
-            classifier_learning_rate: None,
-            weight_decay: 0.0,
-            warmup_cosine: None,
-            label_smoothing: 0.0,
-            dropout: 0.0,
-            drop_connect: 0.0,
-            augment: None,
-            seed: 1,
-        }
-    }
-}
-
-impl SupervisedConfig {
-    /// The coin trunk's recipe ([`crate::finetune::trunk`]): a cosine classifier with a
-    /// scale learned from 10, 8 epochs of batch 64, AdamW 2e-4 for the backbone and 2e-3
-    /// for the classifier, weight decay 1e-4, cosine schedule after a 5% warm-up, label
-    /// smoothing 0.1, dropout 0.2, coin augmentation to 192 px crops, seed 7.
-    pub fn coin_trunk() -> Self {
-        Self {
-            classifier: BaseClassifier::Cosine { scale: 10.0, learn_scale: true, class_gains: false },
-            epochs: 8,
-            batch: 64,
-            learning_rate: 2e-4,
-            classifier_learning_rate: Some(2e-3),
-            weight_decay: 1e-4,
-            warmup_cosine: Some(0.05),
-            label_smoothing: 0.1,
-            dropout: 0.2,
-            drop_connect: 0.0,
-            augment: Some(TrainingAugment { coin: CoinAugment::default(), size: 192 }),
-            seed: 7,
-        }
-    }
-}
-
-impl SupervisedConfig {
-    /// Checks the settings; errors name the setting.
-    pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 {
-            return Err(Error::param("epochs", "must be at least 1"));
-        }
-        if self.batch == 0 {
-            return Err(Error::param("batch", "must be at least 1"));
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return Err(Error::param("lr", format!("must be a positive number, got {}", self.learning_rate)));
-        }
-        if let Some(lr) = self.classifier_learning_rate.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
-            return Err(Error::param("classifier-lr", format!("must be a positive number, got {lr}")));
-        }
-        if let Some(a) = self.augment.filter(|a| !(32..=1024).contains(&a.size)) {
-            return Err(Error::param("train-size", format!("must be in 32..=1024, got {}", a.size)));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(Error::param("weight-decay", format!("must be >= 0, got {}", self.weight_decay)));
-        }
-        if self.warmup_cosine.is_some_and(|w| !(0.0..1.0).contains(&w)) {
-            return Err(Error::param("warmup", "must be in [0, 1)"));
-        }
-        if !(0.0..1.0).contains(&self.label_smoothing) {
-            return Err(Error::param("label-smoothing", "must be in [0, 1)"));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::param("dropout", "must be in [0, 1)"));
-        }
-        if !(0.0..1.0).contains(&self.drop_connect) {
-            return Err(Error::param("drop-connect", "must be in [0, 1)"));
-        }
-        if let BaseClassifier::Cosine { scale, .. } = self.classifier {
-            if !(scale.is_finite() && scale > 0.0) {
-                return Err(Error::param("scale", format!("must be a positive number, got {scale}")));
-            }
-        }
-        Ok(())
-    }
-
-    /// The learning-rate factor at `step` of `total`.
-    pub fn schedule(&self, step: usize, total: usize) -> f64 {
-        self.warmup_cosine.map_or(1.0, |w| warmup_cosine(w, step, total))
-    }
-}
-
-/// The learning-rate factor at `step` of `total`: a linear warm-up over the share
-/// `warmup` of the steps, then a half cosine to 0.
-pub(crate) fn warmup_cosine(warmup: f64, step: usize, total: usize) -> f64 {
-    let warm = (warmup * total as f64).ceil().max(1.0);
-    let s = step as f64 + 1.0;
-    if s <= warm {
-        return s / warm;
-    }
-    0.5 * (1.0 + (std::f64::consts::PI * (s - warm) / (total as f64 - warm).max(1.0)).cos())
-}
 
 /// The state of a supervised run besides its tensors, in the checkpoint's metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -392,9 +213,22 @@ pub fn train_supervised(
     observer.finish();
     let finished = state.epoch == config.epochs;
     if finished {
-        model.save_with(out_dir, OutputMode::Overwrite)?;
+        save_model(model, &state, train_set, out_dir)?;
     }
     Ok(SupervisedReport { epochs: state.epoch, losses: state.losses, seconds: state.seconds, finished })
+}
+
+/// Saves the trained model to `out_dir` with the record of its run in `config.json`.
+fn save_model(model: &mut Model, state: &SupervisedState, train_set: &ImageSet, out_dir: &Path) -> Result<()> {
+    model.set_supervised_record(SupervisedRecord {
+        config: state.config,
+        epochs: state.epoch,
+        losses: state.losses.clone(),
+        seconds: state.seconds,
+        classes: train_set.num_classes(),
+        images: train_set.num_images(),
+    });
+    model.save_with(out_dir, OutputMode::Overwrite)
 }
 
 /// The images of `items` as a batch, augmented when `config` says so (each image drawn
