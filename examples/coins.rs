@@ -131,6 +131,10 @@ struct Args {
     /// i of 16 drops with rate * i / 16; EfficientNet-Lite0's own is 0.2); 0: none.
     #[arg(long, default_value_t = 0.0)]
     drop_connect: f32,
+    /// Trunk training: crops of any aspect ratio from 3/4 to 4/3 resized square (as
+    /// torchvision's RandomResizedCrop), instead of square crops only.
+    #[arg(long)]
+    aspect_jitter: bool,
     /// With efficientnet-lite0-trunk: the trained model's directory, read when it holds
     /// a model, else written (a cache across runs on the same training denominations).
     #[arg(long)]
@@ -325,7 +329,7 @@ fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: 
         ),
         image: ImageConfig { crop: None, ..image.clone() },
         first_block: a.first_block,
-        training: SupervisedConfig { epochs: a.trunk_epochs, seed: a.seed, drop_connect: a.drop_connect, ..SupervisedConfig::coin_trunk() },
+        training: SupervisedConfig { epochs: a.trunk_epochs, seed: a.seed, drop_connect: a.drop_connect, ..SupervisedConfig::coin_trunk().with_aspect_jitter(a.aspect_jitter) },
         ..TrunkConfig::default()
     };
     println!("Training {} of EfficientNet-Lite0 on {} denominations, {} epochs:", trained_part(a.first_block), train_set.num_classes(), config.training.epochs);

@@ -26,6 +26,8 @@
 #   whole      the shipped recipe with the stem and all 16 blocks trained (--first-block 0;
 #              TRUNK_MODELS/whole/FOLD)
 #   whole+dc   both (TRUNK_MODELS/whole+dc/FOLD)
+#   whole+dc+aspect  and crops of aspect ratios 3/4 to 4/3 in the trunk training's
+#              augmentation (TRUNK_MODELS/whole+dc+aspect/FOLD)
 # Environment: CURRENCIES (the folder names of the currencies taking part, default all),
 # EPISODES (1000), TRUNK_MODELS (a folder keeping the trunk models of the folds), TRAIN_EPISODES (400, Conv-4), FINETUNE_EPISODES (300), SEED (7),
 # EXTRA (more flags for the coins example, for example --paste-small), CALIBRATION_DIR (write
@@ -99,6 +101,7 @@ for held in "${currencies[@]}"; do
             matching) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method matching) ;;
             dc) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/dc/$name" --drop-connect 0.2 --crop --adapt-steps 50) ;;
             whole) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/whole/$name" --first-block 0 --crop --adapt-steps 50) ;;
+            whole+dc+aspect) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/whole+dc+aspect/$name" --first-block 0 --drop-connect 0.2 --aspect-jitter --crop --adapt-steps 50) ;;
             whole+dc) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/whole+dc/$name" --first-block 0 --drop-connect 0.2 --crop --adapt-steps 50) ;;
             *) echo "unknown column $c" >&2; exit 1 ;;
         esac

@@ -315,6 +315,20 @@ impl SupervisedConfig {
 }
 
 impl SupervisedConfig {
+    /// The same with crops of any aspect ratio from 3/4 to 4/3 in the augmentation
+    /// ([`crate::data::RESIZED_CROP_ASPECT`]) when `on` and there is an augmentation.
+    ///
+    /// ```
+    /// let c = protonet::train::supervised::SupervisedConfig::coin_trunk().with_aspect_jitter(true);
+    /// assert_eq!(c.augment.unwrap().coin.aspect, protonet::data::RESIZED_CROP_ASPECT);
+    /// ```
+    pub fn with_aspect_jitter(mut self, on: bool) -> Self {
+        if let Some(a) = self.augment.as_mut().filter(|_| on) {
+            a.coin.aspect = crate::data::RESIZED_CROP_ASPECT;
+        }
+        self
+    }
+
     /// Checks the settings; errors name the setting.
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 {

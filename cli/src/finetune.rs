@@ -102,6 +102,10 @@ pub struct FineTuneArgs {
     /// EfficientNet-Lite0's own is 0.2); 0: none.
     #[arg(long, default_value_t = 0.0)]
     drop_connect: f32,
+    /// Trunk training: crops of any aspect ratio from 3/4 to 4/3 resized square (as
+    /// torchvision's RandomResizedCrop), instead of square crops only.
+    #[arg(long)]
+    aspect_jitter: bool,
     /// With --trunk: passes over the base classes.
     #[arg(long, default_value_t = 8)]
     epochs: usize,
@@ -118,7 +122,12 @@ fn run_trunk(a: &FineTuneArgs, train_set: &ImageSet, image: ImageConfig) -> Resu
     let config = TrunkConfig {
         image: ImageConfig { crop: a.crop.then(CoinCrop::default), ..image },
         first_block: a.first_block,
-        training: SupervisedConfig { epochs: a.epochs, seed: a.seed, drop_connect: a.drop_connect, ..SupervisedConfig::coin_trunk() },
+        training: SupervisedConfig {
+            epochs: a.epochs,
+            seed: a.seed,
+            drop_connect: a.drop_connect,
+            ..SupervisedConfig::coin_trunk().with_aspect_jitter(a.aspect_jitter)
+        },
         adaptation: Some(SupportAdaptation { steps: a.adapt_steps, ..Default::default() }).filter(SupportAdaptation::is_active),
         description: a.description.clone(),
         ..TrunkConfig::default()

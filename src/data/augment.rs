@@ -29,12 +29,28 @@ pub struct CoinAugment {
     pub greyscale: f32,
     /// Probability of a 3x3 blur.
     pub blur: f32,
+    /// The crop's aspect ratio (width / height) is drawn log-uniformly from this range
+    /// and the crop is resized square, as torchvision's `RandomResizedCrop` does with
+    /// (3/4, 4/3); (1, 1): square crops only.
+    #[serde(default = "square", skip_serializing_if = "is_square")]
+    pub aspect: (f32, f32),
 }
 
+fn square() -> (f32, f32) {
+    (1.0, 1.0)
+}
+
+fn is_square(aspect: &(f32, f32)) -> bool {
+    *aspect == square()
+}
+
+/// torchvision's `RandomResizedCrop` aspect-ratio range, (3/4, 4/3).
+pub const RESIZED_CROP_ASPECT: (f32, f32) = (0.75, 4.0 / 3.0);
+
 impl Default for CoinAugment {
-    /// Area 0.6 to 1, jitter 0.3, hue 0.05, greyscale 0.2, blur 0.3.
+    /// Area 0.6 to 1, square crops, jitter 0.3, hue 0.05, greyscale 0.2, blur 0.3.
     fn default() -> Self {
-        Self { area: (0.6, 1.0), jitter: 0.3, hue: 0.05, greyscale: 0.2, blur: 0.3 }
+        Self { area: (0.6, 1.0), jitter: 0.3, hue: 0.05, greyscale: 0.2, blur: 0.3, aspect: square() }
     }
 }
 
@@ -50,15 +66,18 @@ pub struct Warp {
 }
 
 impl CoinAugment {
-    /// Draws the geometric part: a rotation by any angle and a square crop of `area` of
-    /// the image, placed at random where it fits.
+    /// Draws the geometric part: a rotation by any angle and a crop of `area` of the
+    /// image (of an aspect ratio from `aspect`, each side at most the image's), placed at
+    /// random where it fits.
     pub fn sample_warp(&self, rng: &mut impl Rng) -> Warp {
         let theta = rng.random_range(0.0..std::f32::consts::TAU);
-        let side = rng.random_range(self.area.0..=self.area.1).sqrt();
-        let room = (1.0 - side) / 2.0;
-        let centre = (0.5 + rng.random_range(-room..=room), 0.5 + rng.random_range(-room..=room));
-        let (c, s) = (theta.cos() * side, theta.sin() * side);
-        Warp { matrix: [c, -s, s, c], centre }
+        let area = rng.random_range(self.area.0..=self.area.1);
+        let ratio = if self.aspect.0 < self.aspect.1 { rng.random_range(self.aspect.0.ln()..=self.aspect.1.ln()).exp() } else { self.aspect.0 };
+        let (w, h) = ((area * ratio).sqrt().min(1.0), (area / ratio).sqrt().min(1.0));
+        let (room_x, room_y) = ((1.0 - w) / 2.0, (1.0 - h) / 2.0);
+        let centre = (0.5 + rng.random_range(-room_x..=room_x), 0.5 + rng.random_range(-room_y..=room_y));
+        let (c, s) = (theta.cos(), theta.sin());
+        Warp { matrix: [c * w, -s * h, s * w, c * h], centre }
     }
 
     /// One augmented copy, `out` pixels square, of the CHW image `img` (`size` pixels
@@ -202,10 +221,31 @@ mod tests {
     }
 
     #[test]
+    fn crops_keep_their_area_and_aspect_ratio_and_are_square_by_default() {
+        let side = |m: [f32; 4], col: usize| (m[col] * m[col] + m[2 + col] * m[2 + col]).sqrt();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let (mut narrow, mut wide) = (false, false);
+        let aug = CoinAugment { aspect: super::RESIZED_CROP_ASPECT, ..CoinAugment::default() };
+        for _ in 0..2000 {
+            let m = aug.sample_warp(&mut rng).matrix;
+            let (w, h) = (side(m, 0), side(m, 1));
+            assert!(w <= 1.0 + 1e-6 && h <= 1.0 + 1e-6 && w * h <= 1.0 + 1e-5 && w * h >= 0.6 * 0.75 - 1e-5, "{w} x {h}");
+            assert!((0.75 - 1e-4..=4.0 / 3.0 + 1e-4).contains(&(w / h)), "ratio {}", w / h);
+            narrow |= w / h < 0.8;
+            wide |= w / h > 1.25;
+        }
+        assert!(narrow && wide, "the ratios must cover their range");
+        for _ in 0..200 {
+            let m = CoinAugment::default().sample_warp(&mut rng).matrix;
+            assert!((side(m, 0) - side(m, 1)).abs() < 1e-6, "square crops by default");
+        }
+    }
+
+    #[test]
     fn without_jitter_or_rotation_it_is_the_image() {
         // A plain resample: no rotation draws (angle range forced by checking the warp
         // of the whole image), no colour change.
-        let aug = CoinAugment { area: (1.0, 1.0), jitter: 0.0, hue: 0.0, greyscale: 0.0, blur: 0.0 };
+        let aug = CoinAugment { area: (1.0, 1.0), jitter: 0.0, hue: 0.0, greyscale: 0.0, blur: 0.0, aspect: (1.0, 1.0) };
         let img = picture(8);
         let warp = super::Warp { matrix: [1.0, 0.0, 0.0, 1.0], centre: (0.5, 0.5) };
         let same = super::warp_image(&img, 3, 8, 8, &warp);

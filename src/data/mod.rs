@@ -14,7 +14,7 @@ mod omniglot;
 pub mod rendered_coins;
 mod transform;
 
-pub use augment::{CoinAugment, Warp};
+pub use augment::{CoinAugment, Warp, RESIZED_CROP_ASPECT};
 pub use folder::{list_image_folder, list_images, load_image_folder, load_image_folder_report, FolderOptions, SkippedImage};
 pub use image_set::ImageSet;
 pub use locate::{Circle, CoinCrop};
