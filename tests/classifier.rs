@@ -423,3 +423,34 @@ fn changing_the_method_refits_the_confidence_scale() {
     assert_eq!(store.confidence_scale().unwrap(), fresh.confidence_scale().unwrap());
     assert_ne!(store.confidence_scale().unwrap(), plain, "the scale was not refitted for the new method");
 }
+
+/// The rejection threshold is calibrated in the method's own distances, the ones
+/// predictions are answered and rejected with: for the support adaptation (cosine
+/// classifier) they are not the squared distances to the class means.
+#[test]
+fn the_rejection_threshold_is_calibrated_in_the_methods_distances() {
+    let mut store = PrototypeStore::new(2);
+    store.add("a", vec![vec![0.0, 1.0], vec![0.2, 1.1], vec![-0.1, 0.8], vec![0.1, 1.3]]).unwrap();
+    store.add("b", vec![vec![1.0, 0.0], vec![0.9, 0.3], vec![1.2, -0.1], vec![1.4, 0.2]]).unwrap();
+    let plain = store.leave_one_out_distances().unwrap();
+    let adapted = protonet::MethodConfig::Protonet.with_adaptation_steps(20).build_without_parameters().unwrap();
+    store.set_method(adapted).unwrap();
+    let own: Vec<f32> = {
+        let mut by_class = vec![Vec::new(), Vec::new()];
+        for (k, d) in store.leave_one_out_answers().unwrap() {
+            by_class[k].push(d[k] as f32);
+        }
+        by_class.concat()
+    };
+    let got = store.leave_one_out_distances().unwrap();
+    assert_eq!(got.len(), 8);
+    for (g, o) in got.iter().zip(&own) {
+        assert!((g - o).abs() < 1e-5, "{got:?} vs {own:?}");
+    }
+    assert!(got.iter().zip(&plain).any(|(g, p)| (g - p).abs() > 1e-3), "still the plain prototype distances: {got:?}");
+    let t = store.calibrate_threshold(1.0).unwrap();
+    assert!((t - got.iter().copied().fold(f32::MIN, f32::max)).abs() < 1e-5);
+    // A support image is accepted at the largest quantile: its own distance is below it.
+    let p = store.predict(&[vec![0.0, 1.0]]).unwrap().remove(0);
+    assert_eq!(p.class.as_deref(), Some("a"), "{p:?}");
+}

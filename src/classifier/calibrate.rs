@@ -7,31 +7,21 @@ use super::PrototypeStore;
 use crate::error::{Error, Result};
 
 impl PrototypeStore {
-    /// Leave-one-out distances of the support set: for every support image of a class
-    /// with at least 2 images, the squared distance from its embedding to the mean of
-    /// the class's other `n - 1` embeddings, scaled by `(n+1)(n-1)/n²` so that it
-    /// estimates the distance of a new image of the class to the full `n`-image
-    /// prototype (for independent spread around the class mean, the expected squared
-    /// distance to a mean of `m` images is proportional to `1 + 1/m`).
-    /// Embeddings are normalized first (see [`PrototypeStore::set_normalization`]).
+    /// Leave-one-out distances of the support set, in the method's own distances (the
+    /// ones [`PrototypeStore::predict`] answers with and rejects by): for every support
+    /// image of a class with at least 2 images, class by class, its distance to its class
+    /// when the method is fitted without it ([`PrototypeStore::leave_one_out_answers`]),
+    /// scaled by `(n+1)(n-1)/n²` so that it estimates the distance of a new image of the
+    /// class to the full `n`-image class (for prototypes and independent spread around
+    /// the class mean, the expected squared distance to a mean of `m` images is
+    /// proportional to `1 + 1/m`). Embeddings are normalized first (see
+    /// [`PrototypeStore::set_normalization`]). Empty for a method without distances.
     pub fn leave_one_out_distances(&self) -> Result<Vec<f32>> {
-        let (support, _, counts) = self.normalized(&[])?;
-        let mut out = Vec::new();
-        let mut start = 0;
-        for n in counts {
-            let e = support.narrow(0, start, n)?;
-            start += n;
-            if n < 2 {
-                continue;
-            }
-            let nf = n as f64;
-            // The mean of the other n - 1 embeddings, for each embedding.
-            let others = ((e.sum_keepdim(0)?.broadcast_sub(&e)?) / (nf - 1.0))?;
-            let d = (e - others)?.sqr()?.sum(1)?;
-            let scale = (nf + 1.0) * (nf - 1.0) / (nf * nf);
-            out.extend((d * scale)?.to_vec1::<f32>()?);
+        let mut by_class = vec![Vec::new(); self.class_counts().len()];
+        for (k, d) in self.leave_one_out_answers()? {
+            by_class[k].push(d[k] as f32);
         }
-        Ok(out)
+        Ok(by_class.concat())
     }
 
     /// The inverse temperature `beta` of the confidences (fitted once after each change of
