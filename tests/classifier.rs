@@ -436,7 +436,7 @@ fn the_rejection_threshold_is_calibrated_in_the_methods_distances() {
     let adapted = protonet::MethodConfig::Protonet.with_adaptation_steps(20).build_without_parameters().unwrap();
     store.set_method(adapted).unwrap();
     let own: Vec<f32> = {
-        let mut by_class = vec![Vec::new(), Vec::new()];
+        let mut by_class = [Vec::new(), Vec::new()];
         for (k, d) in store.leave_one_out_answers().unwrap() {
             by_class[k].push(d[k] as f32);
         }
