@@ -30,7 +30,7 @@ use protonet::embed::Embedder;
 use protonet::eval::{evaluate_net, EvalConfig, EvalReport};
 use protonet::finetune::trunk::{train_trunk, TrunkConfig};
 use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig};
-use protonet::method::{BaselineConfig, ClassifierKind};
+use protonet::method::{BaselineConfig, ClassifierKind, MatchingConfig};
 use protonet::pretrained::{PretrainedWeights, CONVERTED_WEIGHTS};
 use protonet::train::supervised::SupervisedConfig;
 use protonet::FeatureNorm;
@@ -135,6 +135,9 @@ struct Args {
     /// torchvision's RandomResizedCrop), instead of square crops only.
     #[arg(long)]
     aspect_jitter: bool,
+    /// --method matching: the cosine similarities are multiplied by this before the softmax.
+    #[arg(long, default_value_t = MatchingConfig::default().scale)]
+    matching_scale: f32,
     /// With efficientnet-lite0-trunk: the trained model's directory, read when it holds
     /// a model, else written (a cache across runs on the same training denominations).
     #[arg(long)]
@@ -210,7 +213,7 @@ fn run(a: Args) -> Result<()> {
     let embedder = Embedder { rotations: 4, ..Default::default() };
     let method = Some(match a.method {
         MethodChoice::Protonet => MethodConfig::Protonet.with_adaptation_steps(a.adapt_steps),
-        MethodChoice::Matching => MethodConfig::Matching(Default::default()),
+        MethodChoice::Matching => MethodConfig::Matching(MatchingConfig { scale: a.matching_scale }),
         MethodChoice::BaselinePp => MethodConfig::Baseline(BaselineConfig::new(ClassifierKind::Cosine)),
     });
     let eval = EvalConfig { method, confidences: true, ..EvalConfig::new(spec, a.episodes, a.seed) };
