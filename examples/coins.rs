@@ -71,6 +71,10 @@ enum MethodChoice {
     Matching,
     /// Baseline++'s test time: a cosine classifier trained on the support set (SGD, 100 epochs).
     BaselinePp,
+    /// Meta-Baseline (with efficientnet-lite0-trunk): the trained trunk, then its episodic
+    /// stage on the training denominations (cosine to the class means times a learned
+    /// temperature; --meta-episodes), kept in TRUNK_MODEL/meta-baseline.
+    MetaBaseline,
 }
 
 /// Few-shot coin classification: denominations from 4 photos each.
@@ -138,6 +142,9 @@ struct Args {
     /// --method matching: the cosine similarities are multiplied by this before the softmax.
     #[arg(long, default_value_t = MatchingConfig::default().scale)]
     matching_scale: f32,
+    /// --method meta-baseline: episodes of its episodic stage (5-way, --shot, Adam at 1e-4).
+    #[arg(long, default_value_t = 300)]
+    meta_episodes: usize,
     /// With efficientnet-lite0-trunk: the trained model's directory, read when it holds
     /// a model, else written (a cache across runs on the same training denominations).
     #[arg(long)]
@@ -205,17 +212,23 @@ fn run(a: Args) -> Result<()> {
             (FewShotNet::new(Box::new(EfficientNetLite0::load(&path, &dev)?)), FeatureNorm::CenterSupportL2)
         }
         BackboneChoice::EfficientnetLite0Finetuned => (fine_tune_head(&a, &train_set, &image, &dev)?, FeatureNorm::None),
-        BackboneChoice::EfficientnetLite0Trunk => (train_trunk_blocks(&a, &train_set, &image, &dev)?, FeatureNorm::CenterSupportL2),
+        BackboneChoice::EfficientnetLite0Trunk if a.method == MethodChoice::MetaBaseline => {
+            (meta_baseline_stage(&a, train_trunk_blocks(&a, &train_set, &image, &dev)?, &train_set, &dev)?, FeatureNorm::None)
+        }
+        BackboneChoice::EfficientnetLite0Trunk => (train_trunk_blocks(&a, &train_set, &image, &dev)?.into_net(), FeatureNorm::CenterSupportL2),
         _ => (train_conv4(&a, &train_set, &image, &dev)?, FeatureNorm::None),
     };
     // 3. Evaluate: `shot` photos per unseen denomination, averaged over 4 rotations.
     println!("Embedding the test photos (4 rotations each)...");
     let embedder = Embedder { rotations: 4, ..Default::default() };
-    let method = Some(match a.method {
-        MethodChoice::Protonet => MethodConfig::Protonet.with_adaptation_steps(a.adapt_steps),
-        MethodChoice::Matching => MethodConfig::Matching(MatchingConfig { scale: a.matching_scale }),
-        MethodChoice::BaselinePp => MethodConfig::Baseline(BaselineConfig::new(ClassifierKind::Cosine)),
-    });
+    // Meta-Baseline scores with the network's own method (its learned temperature).
+    let method = match a.method {
+        MethodChoice::Protonet => Some(MethodConfig::Protonet.with_adaptation_steps(a.adapt_steps)),
+        MethodChoice::Matching => Some(MethodConfig::Matching(MatchingConfig { scale: a.matching_scale })),
+        MethodChoice::BaselinePp => Some(MethodConfig::Baseline(BaselineConfig::new(ClassifierKind::Cosine))),
+        MethodChoice::MetaBaseline if backbone == BackboneChoice::EfficientnetLite0Trunk => None,
+        MethodChoice::MetaBaseline => return Err(Error::param("method", "meta-baseline needs --backbone efficientnet-lite0-trunk (its first stage)")),
+    };
     let eval = EvalConfig { method, confidences: true, ..EvalConfig::new(spec, a.episodes, a.seed) };
     let report = evaluate_net(&net, &embedder, &norm, &test_set, &eval, &dev, &Bars::new(true))?;
     print_report(&a, &report, &test_set)
@@ -263,7 +276,9 @@ fn load_denominations(a: &Args, image: &ImageConfig, backbone: BackboneChoice) -
     let need = a.shot + a.query_per_class;
     let frozen = backbone == BackboneChoice::EfficientnetLite0;
     // Nothing to train: the frozen network, or a trunk model read back.
-    let trained = backbone == BackboneChoice::EfficientnetLite0Trunk && a.trunk_model.as_ref().is_some_and(|d| d.join("config.json").is_file());
+    let trained = backbone == BackboneChoice::EfficientnetLite0Trunk
+        && a.trunk_model.as_ref().is_some_and(|d| d.join("config.json").is_file())
+        && (a.method != MethodChoice::MetaBaseline || meta_baseline_dir(a).is_some_and(|d| d.join("config.json").is_file()));
     let (train_set, test_set) = if let (Some(tr), Some(te)) = (&a.train, &a.test) {
         let train = if frozen || trained { ImageSet::new(image.channels, image.size, image.size) } else { load_checked(tr, image, need)? };
         let test = if a.paste_small { load_pasted(te, image, a.seed)? } else { load_checked(te, image, need)? };
@@ -317,10 +332,10 @@ fn training_source(a: &Args) -> String {
 
 /// Trains the MBConv blocks from `--first-block` and the head of EfficientNet-Lite0 by cross-entropy on
 /// the training denominations, or reads the model `--trunk-model` holds.
-fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<FewShotNet> {
+fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<Model> {
     if let Some(dir) = a.trunk_model.as_ref().filter(|d| d.join("config.json").is_file()) {
         println!("Reading the trained trunk from {}", dir.display());
-        return Ok(Model::load_for_images(dir, dev)?.into_net());
+        return Model::load_for_images(dir, dev);
     }
     let config = TrunkConfig {
         description: format!(
@@ -341,6 +356,56 @@ fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: 
         train_trunk(&config, train_set, &out, &TrainOptions { mode: protonet::OutputMode::Resume, ..Default::default() }, dev, &Bars::new(true))?;
     println!("  losses by epoch: {:?}", report.losses.iter().map(|l| format!("{l:.3}")).collect::<Vec<_>>());
     finish_output(&a.save.clone().or(a.trunk_model.clone()), &out, report.seconds);
+    Ok(model)
+}
+
+/// Where Meta-Baseline's episodic stage on the trunk `--trunk-model` holds is kept.
+fn meta_baseline_dir(a: &Args) -> Option<PathBuf> {
+    a.trunk_model.as_ref().map(|d| d.join("meta-baseline"))
+}
+
+/// Meta-Baseline's second stage (Chen et al. 2021) on the trained trunk: the trained
+/// blocks and head trained further on 5-way episodes of the training denominations through
+/// the cosine nearest-centroid classifier with a learned temperature (from 10), Adam at
+/// 1e-4 (a smaller step than from scratch: the trunk is trained already), each image
+/// rotated by a random quarter turn. Read back when `--trunk-model` holds it.
+fn meta_baseline_stage(a: &Args, trunk: Model, train_set: &ImageSet, dev: &Device) -> Result<FewShotNet> {
+    let dir = meta_baseline_dir(a);
+    if let Some(d) = dir.as_ref().filter(|d| d.join("config.json").is_file()) {
+        println!("Reading Meta-Baseline's episodic stage from {}", d.display());
+        return Ok(Model::load_for_images(d, dev)?.into_net());
+    }
+    let mut config = trunk.config().clone();
+    config.method = MethodConfig::MetaBaseline(Default::default());
+    config.normalization = FeatureNorm::None;
+    config.description = format!("{} Then Meta-Baseline's episodic stage: {} 5-way {}-shot episodes.", config.description, a.meta_episodes, a.shot);
+    let mut model = Model::new(config, a.seed, dev)?;
+    let mut tensors: std::collections::HashMap<_, _> = model.tensors().into_iter().collect();
+    tensors.extend(trunk.tensors());
+    model.set_tensors(&tensors, Path::new("(the trained trunk)"))?;
+    let query = (smallest_class(train_set).saturating_sub(a.shot)).clamp(1, 4);
+    let train = TrainConfig {
+        way: train_set.num_classes().min(5),
+        shot: a.shot,
+        query,
+        episodes: a.meta_episodes,
+        learning_rate: 1e-4,
+        lr_halve_every: 0,
+        val_every: a.meta_episodes,
+        patience: None,
+        checkpoint_every: 25,
+        seed: a.seed,
+        rotation_augment: true,
+        ..Default::default()
+    };
+    println!("Meta-Baseline's episodic stage: {} episodes of {}-way {}-shot {}-query:", train.episodes, train.way, train.shot, train.query);
+    let out = dir.clone().unwrap_or_else(|| output_dir(&a.save));
+    let report = Trainer::new(&mut model, train_set, None, &train)?.run(
+        &out,
+        &TrainOptions { mode: protonet::OutputMode::Resume, ..Default::default() },
+        &Bars::new(true),
+    )?;
+    finish_output(&a.save.clone().or(dir), &out, report.seconds);
     Ok(model.into_net())
 }
 

@@ -22,6 +22,9 @@
 #   matching   Matching networks on the trained trunk (with the crop): softmax attention
 #              of each query over the support embeddings, cosine scaled by 10
 #   matching100  the same with the cosine scaled by 100 (the Omniglot model's scale)
+#   meta-baseline  Meta-Baseline on the trained trunk (with the crop): its episodic stage
+#              (300 5-way 4-shot episodes, cosine times a learned temperature) on the
+#              training denominations, kept in TRUNK_MODELS/FOLD/meta-baseline
 #   dc         the shipped recipe (trunk+crop+adapt) with drop-connect 0.2 in the trained
 #              blocks, as EfficientNet trains (its own trunk models, TRUNK_MODELS/dc/FOLD)
 #   whole      the shipped recipe with the stem and all 16 blocks trained (--first-block 0;
@@ -101,6 +104,7 @@ for held in "${currencies[@]}"; do
             baseline-pp) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method baseline-pp) ;;
             matching) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method matching) ;;
             matching100) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method matching --matching-scale 100) ;;
+            meta-baseline) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method meta-baseline) ;;
             dc) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/dc/$name" --drop-connect 0.2 --crop --adapt-steps 50) ;;
             whole) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/whole/$name" --first-block 0 --crop --adapt-steps 50) ;;
             whole+dc+aspect) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/whole+dc+aspect/$name" --first-block 0 --drop-connect 0.2 --aspect-jitter --crop --adapt-steps 50) ;;

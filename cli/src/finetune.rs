@@ -112,7 +112,8 @@ pub struct FineTuneArgs {
     /// With --trunk: Adam steps of the model's support adaptation (0: plain prototypes).
     #[arg(long, default_value_t = 50)]
     adapt_steps: usize,
-    /// The model crops each photo to its coin (Hough circles) before embedding it.
+    /// The model crops each photo to its coin (Hough circles) before embedding it; with
+    /// --trunk the training photos are cropped too (as `scripts/coins-loco.sh` measures it).
     #[arg(long)]
     crop: bool,
 }
@@ -159,7 +160,9 @@ pub fn run(a: FineTuneArgs) -> Result<()> {
         return Err(Error::param("image-size", format!("must be in 32..=448 (EfficientNet-Lite0 was trained at 224), got {}", a.image_size)));
     }
     let image = ImageConfig::rgb(a.image_size);
-    let mut train_set = load(&a.data, &image, a.skip_bad_images)?;
+    // The trunk trains on the photos as the model will see them: cropped to the coin with --crop.
+    let loading = ImageConfig { crop: (a.trunk && a.crop).then(CoinCrop::default), ..image.clone() };
+    let mut train_set = load(&a.data, &loading, a.skip_bad_images)?;
     if a.rendered > 0 {
         use rand::SeedableRng;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed ^ 0xc01);
