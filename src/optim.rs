@@ -37,6 +37,9 @@ pub struct Adam {
     /// Decoupled weight decay (AdamW, Loshchilov & Hutter): each step first multiplies
     /// the parameters by `1 - lr * weight_decay` (0: plain Adam).
     pub weight_decay: f64,
+    /// Clip the gradients' global L2 norm (over every variable) to this before each step,
+    /// as `torch.nn.utils.clip_grad_norm_` does (`None`: no clipping).
+    pub max_grad_norm: Option<f64>,
 }
 
 impl Adam {
@@ -44,7 +47,7 @@ impl Adam {
     pub fn new(vars: Vec<(String, Var)>, lr: f64) -> Self {
         let m = vars.iter().map(|(_, v)| v.as_tensor().zeros_like().expect("zeros")).collect();
         let v = vars.iter().map(|(_, v)| v.as_tensor().zeros_like().expect("zeros")).collect();
-        Self { vars, m, v, step: 0, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        Self { vars, m, v, step: 0, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: None }
     }
 
     /// Steps taken so far.
@@ -52,8 +55,25 @@ impl Adam {
         self.step
     }
 
-    /// One update from the gradients in `grads`; variables without a gradient keep their value.
+    /// The global L2 norm of the gradients in `grads` over this optimiser's variables.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut sum = 0.0;
+        for (_, var) in &self.vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                sum += g.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            }
+        }
+        Ok(sum.sqrt())
+    }
+
+    /// One update from the gradients in `grads` (clipped to `max_grad_norm` first, when
+    /// set); variables without a gradient keep their value.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        // PyTorch's clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
+        let clip = match self.max_grad_norm {
+            Some(max) => (max / (self.grad_norm(grads)? + 1e-6)).min(1.0),
+            None => 1.0,
+        };
         self.step += 1;
         let t = self.step as i32;
         let step_size = self.lr / (1.0 - self.beta1.powi(t));
@@ -62,7 +82,7 @@ impl Adam {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             // Gradients can carry the graph they came from; the moments must not, or
             // every step would keep the previous ones (and their graphs) alive.
-            let g = g.detach();
+            let g = if clip < 1.0 { (g.detach() * clip)? } else { g.detach() };
             let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let denom = ((v.sqrt()? / bias2_sqrt)? + self.eps)?;
@@ -130,6 +150,35 @@ mod tests {
             }
             // The moments hold values only: no graph reaching back to earlier steps.
             assert!(adam.state_tensors().values().all(|t| !t.track_op()));
+        }
+    }
+
+    #[test]
+    fn clipping_scales_the_global_gradient_norm_as_pytorch_does() {
+        // Two variables; loss = sum(x^3) + sum(y^3): gradients 3 x^2 and 3 y^2.
+        let x = Var::new(&[1f64, -2.0], &Device::Cpu).unwrap();
+        let y = Var::new(&[0.5f64], &Device::Cpu).unwrap();
+        let mut adam = Adam::new(vec![("x".into(), x.clone()), ("y".into(), y.clone())], 0.1);
+        adam.max_grad_norm = Some(0.5);
+        let (mut m, mut v, mut p) = ([0f64; 3], [0f64; 3], [1f64, -2.0, 0.5]);
+        for t in 1..=5 {
+            let loss = (x.as_tensor().powf(3.0).unwrap().sum_all().unwrap() + y.as_tensor().powf(3.0).unwrap().sum_all().unwrap()).unwrap();
+            let grads = loss.backward().unwrap();
+            let g: Vec<f64> = p.iter().map(|q| 3.0 * q * q).collect();
+            let norm = g.iter().map(|a| a * a).sum::<f64>().sqrt();
+            assert!((adam.grad_norm(&grads).unwrap() - norm).abs() < 1e-9);
+            let clip = (0.5 / (norm + 1e-6)).min(1.0);
+            adam.step(&grads).unwrap();
+            for i in 0..3 {
+                let gi = g[i] * clip;
+                m[i] = 0.9 * m[i] + 0.1 * gi;
+                v[i] = 0.999 * v[i] + 0.001 * gi * gi;
+                p[i] -= 0.1 * (m[i] / (1.0 - 0.9f64.powi(t))) / ((v[i] / (1.0 - 0.999f64.powi(t))).sqrt() + 1e-8);
+            }
+            let got: Vec<f64> = [x.as_tensor().to_vec1::<f64>().unwrap(), y.as_tensor().to_vec1::<f64>().unwrap()].concat();
+            for i in 0..3 {
+                assert!((got[i] - p[i]).abs() < 1e-9, "step {t}: {got:?} vs {p:?}");
+            }
         }
     }
 }

@@ -55,6 +55,10 @@ pub struct TrainConfig {
     /// Rotate every training image by a random multiple of 90 degrees (for subjects
     /// whose class does not depend on their angle, such as coins). Square images only.
     pub rotation_augment: bool,
+    /// Clip the gradients' global L2 norm to this before each step (the Relation
+    /// Network's reference code clips at 0.5; `None`: no clipping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -75,6 +79,7 @@ impl Default for TrainConfig {
             checkpoint_every: 100,
             seed: 1,
             rotation_augment: false,
+            grad_clip: None,
         }
     }
 }
@@ -101,6 +106,9 @@ impl TrainConfig {
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return Err(Error::param("lr", format!("must be positive, got {}", self.learning_rate)));
+        }
+        if let Some(c) = self.grad_clip.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            return Err(Error::param("grad-clip", format!("must be a positive number, got {c}")));
         }
         for (name, v) in [("val-every", self.val_every), ("val-episodes", self.val_episodes), ("checkpoint-every", self.checkpoint_every)] {
             if v == 0 {

@@ -204,6 +204,7 @@ pub fn run(a: FineTuneArgs) -> Result<()> {
             checkpoint_every: a.val_every,
             seed: a.seed,
             rotation_augment: false,
+            grad_clip: None,
         },
         rotations: a.rotations,
         head: HeadConfig { normalize: !a.no_normalize },

@@ -75,6 +75,10 @@ pub struct TrainArgs {
     /// Rotate training images by random multiples of 90 degrees (for angle-free subjects such as coins).
     #[arg(long)]
     rotate: bool,
+    /// Clip the gradients' global L2 norm to this before each step of episodic training
+    /// (the Relation Network's reference code clips at 0.5); none by default.
+    #[arg(long)]
+    grad_clip: Option<f64>,
     /// Continue the run saved in OUT (OUT/checkpoint.safetensors), or start one if OUT holds
     /// none. Without --resume or --overwrite, an OUT that holds a model, classifier or run is refused.
     #[arg(long, conflicts_with = "overwrite")]
@@ -157,6 +161,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
         seed: a.seed,
         rotation_augment: a.rotate,
+        grad_clip: a.grad_clip,
     };
     config.validate()?;
     let mut model_config = ModelConfig::new(backbone, image.clone());

@@ -202,7 +202,8 @@ impl<'a> Trainer<'a> {
             ));
         }
         let device = model.device().clone();
-        let adam = Adam::new(model.trainable_vars(), config.learning_rate);
+        let mut adam = Adam::new(model.trainable_vars(), config.learning_rate);
+        adam.max_grad_norm = config.grad_clip;
         let state = RunState::new(config.clone(), EpisodeSampler::new(train_set, spec, config.seed)?);
         Ok(Self { model, train_set, val_set, config: config.clone(), spec, val_spec, adam, state, device })
     }
