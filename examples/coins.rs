@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use clap::{Parser, ValueEnum};
-use protonet::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0};
+use protonet::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0, LiteVariant};
 use protonet::data::rendered_coins as coins;
 use protonet::data::{list_image_folder, list_images, load_image_folder, CoinCrop, FolderOptions, ImageConfig, ImageSet};
 use protonet::embed::Embedder;
@@ -139,6 +139,10 @@ struct Args {
     /// torchvision's RandomResizedCrop), instead of square crops only.
     #[arg(long)]
     aspect_jitter: bool,
+    /// With efficientnet-lite0-trunk: EfficientNet-Lite2 (21 blocks, 260 px, 224 px training
+    /// crops) instead of Lite0; --first-block counts its blocks (13 trains the last 8).
+    #[arg(long)]
+    lite2: bool,
     /// --method matching: the cosine similarities are multiplied by this before the softmax.
     #[arg(long, default_value_t = MatchingConfig::default().scale)]
     matching_scale: f32,
@@ -196,8 +200,12 @@ fn run(a: Args) -> Result<()> {
         return predict(model, support, query, &dev);
     }
     let (backbone, weights) = choose_backbone(&a);
+    if a.lite2 && backbone != BackboneChoice::EfficientnetLite0Trunk {
+        return Err(Error::param("lite2", "EfficientNet-Lite2 is for --backbone efficientnet-lite0-trunk"));
+    }
     // 1. The data: the user's photos, or rendered coins.
     let image = match backbone {
+        BackboneChoice::EfficientnetLite0Trunk if a.lite2 => ImageConfig::rgb(LiteVariant::Lite2.image_size()),
         BackboneChoice::EfficientnetLite0 | BackboneChoice::EfficientnetLite0Finetuned | BackboneChoice::EfficientnetLite0Trunk => ImageConfig::rgb(224),
         _ => ImageConfig::rgb(a.image_size),
     };
@@ -337,20 +345,36 @@ fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: 
         println!("Reading the trained trunk from {}", dir.display());
         return Model::load_for_images(dir, dev);
     }
+    let variant = if a.lite2 { LiteVariant::Lite2 } else { LiteVariant::Lite0 };
+    let mut training = SupervisedConfig {
+        epochs: a.trunk_epochs,
+        seed: a.seed,
+        drop_connect: a.drop_connect,
+        ..SupervisedConfig::coin_trunk().with_aspect_jitter(a.aspect_jitter)
+    };
+    if let Some(augment) = training.augment.as_mut().filter(|_| a.lite2) {
+        augment.size = 224; // Lite0's 192 of 224, at Lite2's 260
+    }
     let config = TrunkConfig {
         description: format!(
-            "coin model: EfficientNet-Lite0 with {} and head trained by cross-entropy on {} denominations ({}){}; the ImageNet weights of the other blocks are referenced, not stored.",
-            trained_part(a.first_block),
+            "coin model: EfficientNet-{variant:?} with {} and head trained by cross-entropy on {} denominations ({}){}; the ImageNet weights of the other blocks are referenced, not stored.",
+            trained_part(a.first_block, variant),
             train_set.num_classes(),
             training_source(a),
             if a.drop_connect > 0.0 { format!(", drop-connect {}", a.drop_connect) } else { String::new() }
         ),
+        weights: variant.weights(),
         image: ImageConfig { crop: None, ..image.clone() },
         first_block: a.first_block,
-        training: SupervisedConfig { epochs: a.trunk_epochs, seed: a.seed, drop_connect: a.drop_connect, ..SupervisedConfig::coin_trunk().with_aspect_jitter(a.aspect_jitter) },
+        training,
         ..TrunkConfig::default()
     };
-    println!("Training {} of EfficientNet-Lite0 on {} denominations, {} epochs:", trained_part(a.first_block), train_set.num_classes(), config.training.epochs);
+    println!(
+        "Training {} of EfficientNet-{variant:?} on {} denominations, {} epochs:",
+        trained_part(a.first_block, variant),
+        train_set.num_classes(),
+        config.training.epochs
+    );
     let out = a.trunk_model.clone().unwrap_or_else(|| output_dir(&a.save));
     let (model, report) =
         train_trunk(&config, train_set, &out, &TrainOptions { mode: protonet::OutputMode::Resume, ..Default::default() }, dev, &Bars::new(true))?;
@@ -410,10 +434,10 @@ fn meta_baseline_stage(a: &Args, trunk: Model, train_set: &ImageSet, dev: &Devic
 }
 
 /// Which part of EfficientNet-Lite0 the trunk training trains, in words.
-fn trained_part(first_block: usize) -> String {
+fn trained_part(first_block: usize, variant: LiteVariant) -> String {
     match first_block {
-        0 => "the stem and all 16 MBConv blocks".into(),
-        f => format!("its last {} MBConv blocks", 16usize.saturating_sub(f)),
+        0 => format!("the stem and all {} MBConv blocks", variant.num_blocks()),
+        f => format!("its last {} MBConv blocks", variant.num_blocks().saturating_sub(f)),
     }
 }
 

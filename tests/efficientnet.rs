@@ -1,5 +1,5 @@
-//! EfficientNet-Lite0 in candle against PyTorch's outputs (tests/fixtures, written by
-//! scripts/efficientnet_reference.py) on the real ImageNet weights.
+//! EfficientNet-Lite0 and Lite2 in candle against PyTorch's outputs (tests/fixtures,
+//! written by scripts/efficientnet_reference.py) on the real ImageNet weights.
 
 mod common;
 
@@ -42,11 +42,10 @@ fn relative_error(got: &Tensor, want: &[Vec<f64>]) -> f64 {
     max_diff / max_ref
 }
 
-#[test]
-fn embeddings_and_logits_match_pytorch_needs_data() {
-    let path = weights();
-    let fixture: serde_json::Value = serde_json::from_str(include_str!("fixtures/efficientnet_lite0_reference.json")).unwrap();
-    let net = EfficientNetLite0::load(&path, &Device::Cpu).unwrap();
+/// The network on `path` against a fixture of PyTorch's embeddings and logits.
+fn check_against_pytorch(path: &std::path::Path, fixture: &str) {
+    let fixture: serde_json::Value = serde_json::from_str(fixture).unwrap();
+    let net = EfficientNetLite0::load(path, &Device::Cpu).unwrap();
     for case in fixture["cases"].as_array().unwrap() {
         let (n, size) = (case["batch"].as_u64().unwrap() as usize, case["size"].as_u64().unwrap() as usize);
         let rows = |key: &str| -> Vec<Vec<f64>> { serde_json::from_value(case[key].clone()).unwrap() };
@@ -55,11 +54,27 @@ fn embeddings_and_logits_match_pytorch_needs_data() {
         assert_eq!(emb.dims(), &[n, 1280]);
         let e = relative_error(&emb, &rows("embedding"));
         let l = relative_error(&net.logits(&x).unwrap(), &rows("logits"));
-        println!("{n}x3x{size}x{size}: relative error embedding {e:.2e}, logits {l:.2e}");
-        // Measured: about 1.6e-6 (embedding) and 1e-6 (logits); 1e-5 leaves room for other CPUs
-        // and thread counts while still catching a wrong layer (errors of 1e-2 and more).
+        println!("{}: {n}x3x{size}x{size}: relative error embedding {e:.2e}, logits {l:.2e}", fixture["model"]);
+        // Measured: about 1.6e-6 (embedding) and 1e-6 (logits) for Lite0; 1e-5 leaves room
+        // for other CPUs and thread counts while still catching a wrong layer (errors of
+        // 1e-2 and more).
         assert!(e < 1e-5 && l < 1e-5, "embedding {e}, logits {l}");
     }
+}
+
+#[test]
+fn embeddings_and_logits_match_pytorch_needs_data() {
+    check_against_pytorch(&weights(), include_str!("fixtures/efficientnet_lite0_reference.json"));
+}
+
+#[test]
+fn lite2_embeddings_and_logits_match_pytorch_needs_data() {
+    use protonet::backbone::LiteVariant;
+    use protonet::pretrained::PretrainedWeights;
+    let lite2 = PretrainedWeights::efficientnet_lite2();
+    let path = lite2.loadable(&lite2.converted_name()).unwrap_or_else(|e| panic!("Lite2 reference test: {e}; run scripts/fetch-pretrained.sh"));
+    assert_eq!(EfficientNetLite0::load(&path, &Device::Cpu).unwrap().variant(), LiteVariant::Lite2);
+    check_against_pytorch(&path, include_str!("fixtures/efficientnet_lite2_reference.json"));
 }
 
 #[test]

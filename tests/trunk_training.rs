@@ -143,3 +143,34 @@ fn whole_trunk_training_moves_the_stem_with_drop_connect_off_in_evaluation_needs
     assert!(backbone.embed_drop_connect(&x, protonet::backbone::DropConnect { rate: 1.0, seed: 0 }).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn lite2_trains_its_own_last_blocks_needs_data() {
+    use protonet::backbone::LiteVariant;
+    common::pretrained_weights("Lite2 trunk training test");
+    let mut config = small_config();
+    config.weights = LiteVariant::Lite2.weights();
+    config.first_block = 19;
+    config.training.epochs = 2;
+    let designs = currency(3, &mut rand_chacha::ChaCha8Rng::seed_from_u64(6));
+    let set = render_set(&designs, 6, &config.image, 7, "coin-").unwrap();
+    let dir = std::env::temp_dir().join(format!("protonet-trunk-lite2-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let (model, report) = train_trunk(&config, &set, &dir, &TrainOptions { mode: OutputMode::Overwrite, stop_after: None }, &Device::Cpu, &protonet::Silent)
+        .unwrap_or_else(|e| panic!("Lite2 trunk training: {e}; run scripts/fetch-pretrained.sh"));
+    assert!(report.finished && report.losses.iter().all(|l| l.is_finite()));
+    let tensors = model.tensors();
+    assert!(tensors
+        .keys()
+        .all(|k| k.starts_with("trunk._blocks.19") || k.starts_with("trunk._blocks.20") || k.starts_with("trunk._conv_head") || k.starts_with("trunk._bn1")));
+    assert_eq!(tensors["trunk._conv_head.weight"].dims(), &[1280, 352, 1, 1], "Lite2's head takes 352 channels");
+    let loaded = Model::load_for_images(&dir, &Device::Cpu).unwrap();
+    let x = candle_core::Tensor::from_vec(set.image(0, 0).to_vec(), (1, 3, 64, 64), &Device::Cpu).unwrap();
+    let diff =
+        (model.net().embed(&x, false).unwrap() - loaded.net().embed(&x, false).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-5);
+    let mut too_far = config.clone();
+    too_far.first_block = 21;
+    assert!(too_far.validate().unwrap_err().to_string().contains("below 21"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::{Backbone, DropConnect};
 use crate::error::{Error, Result};
 use crate::ops::{conv2d, conv2d_bias, depthwise_conv2d_bias};
-use crate::pretrained::{PretrainedWeights, CONVERTED_WEIGHTS};
+use crate::pretrained::PretrainedWeights;
 
 /// Embedding size (channels of the head convolution).
 pub const EFFICIENTNET_LITE0_DIM: usize = 1280;
@@ -50,15 +50,94 @@ pub const EFFICIENTNET_LITE0_BLOCKS: [(usize, usize, usize, usize, usize, usize)
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ];
+/// EfficientNet-Lite2's MBConv stages, in the same form: Lite0's scaled by width 1.1 and
+/// depth 1.2 with the reference's rounding (filters to multiples of 8, repeats up), the
+/// first and last stages and the stem and head fixed, as the "lite" builder does.
+///
+/// ```
+/// let blocks: usize = protonet::backbone::EFFICIENTNET_LITE2_BLOCKS.iter().map(|b| b.0).sum();
+/// assert_eq!(blocks, 21);
+/// ```
+pub const EFFICIENTNET_LITE2_BLOCKS: [(usize, usize, usize, usize, usize, usize); 7] = [
+    (1, 3, 1, 1, 32, 16),
+    (3, 3, 2, 6, 16, 24),
+    (3, 5, 2, 6, 24, 48),
+    (4, 3, 2, 6, 48, 88),
+    (4, 5, 1, 6, 88, 120),
+    (5, 5, 2, 6, 120, 208),
+    (1, 3, 1, 6, 208, 352),
+];
+
+/// Which EfficientNet-Lite: the architecture follows from the weights
+/// ([`LiteVariant::of`]; a weights file with 21 MBConv blocks is Lite2).
+///
+/// ```
+/// use protonet::backbone::LiteVariant;
+/// assert_eq!((LiteVariant::Lite2.num_blocks(), LiteVariant::Lite2.trunk_channels(), LiteVariant::Lite2.image_size()), (21, 352, 260));
+/// assert_eq!(LiteVariant::of(&LiteVariant::Lite2.weights()), LiteVariant::Lite2);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiteVariant {
+    /// EfficientNet-Lite0: 16 blocks, 320 trunk channels, 224 px.
+    Lite0,
+    /// EfficientNet-Lite2: 21 blocks, 352 trunk channels, 260 px, 1.7 times Lite0's compute.
+    Lite2,
+}
+
+impl LiteVariant {
+    /// The variant whose ImageNet weights `weights` references (by file name).
+    pub fn of(weights: &PretrainedWeights) -> Self {
+        if weights.name.starts_with("efficientnet-lite2") {
+            LiteVariant::Lite2
+        } else {
+            LiteVariant::Lite0
+        }
+    }
+
+    /// Its ImageNet weights ([`PretrainedWeights::efficientnet_lite0`] or `_lite2`).
+    pub fn weights(self) -> PretrainedWeights {
+        match self {
+            LiteVariant::Lite0 => PretrainedWeights::efficientnet_lite0(),
+            LiteVariant::Lite2 => PretrainedWeights::efficientnet_lite2(),
+        }
+    }
+
+    /// Its MBConv stages.
+    pub fn stages(self) -> &'static [(usize, usize, usize, usize, usize, usize); 7] {
+        match self {
+            LiteVariant::Lite0 => &EFFICIENTNET_LITE0_BLOCKS,
+            LiteVariant::Lite2 => &EFFICIENTNET_LITE2_BLOCKS,
+        }
+    }
+
+    /// Its number of MBConv blocks.
+    pub fn num_blocks(self) -> usize {
+        self.stages().iter().map(|s| s.0).sum()
+    }
+
+    /// Channels of its trunk's output (the last block), the head's input.
+    pub fn trunk_channels(self) -> usize {
+        self.stages()[6].5
+    }
+
+    /// The image side it was trained at.
+    pub fn image_size(self) -> usize {
+        match self {
+            LiteVariant::Lite0 => 224,
+            LiteVariant::Lite2 => 260,
+        }
+    }
+}
+
 const BN_EPS: f64 = 1e-3;
 
 /// The number of MBConv blocks (the repeats of [`EFFICIENTNET_LITE0_BLOCKS`]).
 pub const EFFICIENTNET_LITE0_NUM_BLOCKS: usize = 16;
 
 /// Each MBConv block's (input filters, output filters, kernel, stride, expand ratio), in order.
-fn block_specs() -> Vec<(usize, usize, usize, usize, usize)> {
+fn block_specs(variant: LiteVariant) -> Vec<(usize, usize, usize, usize, usize)> {
     let mut out = Vec::new();
-    for &(repeats, kernel, stride, expand, cin, cout) in &EFFICIENTNET_LITE0_BLOCKS {
+    for &(repeats, kernel, stride, expand, cin, cout) in variant.stages() {
         for r in 0..repeats {
             let (cin, stride) = if r == 0 { (cin, stride) } else { (cout, 1) };
             out.push((cin, cout, kernel, stride, expand));
@@ -185,11 +264,13 @@ pub fn drop_connect(x: &Tensor, rate: f32, seed: u64) -> Result<Tensor> {
     Ok(x.broadcast_mul(&Tensor::from_vec(mask, shape, x.device())?.to_dtype(x.dtype())?)?)
 }
 
-/// EfficientNet-Lite0's drop-connect rate for its 16 blocks (`drop_connect_rate` of the
-/// reference's global parameters): block `i` drops with `rate * i / 16`.
+/// EfficientNet-Lite's drop-connect rate (`drop_connect_rate` of the reference's global
+/// parameters, the same for Lite0 to Lite4): block `i` of `n` drops with `rate * i / n`.
 pub const EFFICIENTNET_LITE0_DROP_CONNECT: f32 = 0.2;
 
-/// EfficientNet-Lite0 with ImageNet weights, used as a frozen feature extractor.
+/// EfficientNet-Lite0 with ImageNet weights, used as a frozen feature extractor; or
+/// EfficientNet-Lite2 when the weights are Lite2's ([`LiteVariant`]; the same code with
+/// Lite2's widths and depths).
 ///
 /// ```no_run
 /// use candle_core::{Device, Tensor};
@@ -200,7 +281,7 @@ pub const EFFICIENTNET_LITE0_DROP_CONNECT: f32 = 0.2;
 /// assert_eq!(net.embed(&x, false)?.dims(), &[1, 1280]);
 /// # Ok::<(), protonet::Error>(())
 /// ```
-pub struct EfficientNetLite0 {
+pub struct EfficientNetLite {
     stem: Tensor,
     bn0: BatchNorm,
     blocks: Vec<MbConv>,
@@ -210,23 +291,33 @@ pub struct EfficientNetLite0 {
     /// The first trained block (drop-connect applies from there on), when a tail was
     /// replaced by trained parameters.
     trained_from: Option<usize>,
+    variant: LiteVariant,
 }
 
-impl EfficientNetLite0 {
+/// The name the network had before Lite2 joined it: [`EfficientNetLite`].
+pub type EfficientNetLite0 = EfficientNetLite;
+
+impl EfficientNetLite {
+    /// Which EfficientNet-Lite this is.
+    pub fn variant(&self) -> LiteVariant {
+        self.variant
+    }
+
     /// Builds the network from `vb` with the reference's parameter names
-    /// (`_conv_stem.weight`, `_blocks.N._depthwise_conv.weight`, ...). The classifier
-    /// (`_fc`) is loaded when present.
+    /// (`_conv_stem.weight`, `_blocks.N._depthwise_conv.weight`, ...): Lite2 when `vb`
+    /// holds a 21st block, else Lite0. The classifier (`_fc`) is loaded when present.
     pub fn new(vb: VarBuilder) -> Result<Self> {
+        let variant = if vb.contains_tensor("_blocks.20._depthwise_conv.weight") { LiteVariant::Lite2 } else { LiteVariant::Lite0 };
         let stem = vb.get((32, 3, 3, 3), "_conv_stem.weight")?;
         let bn0 = bn(32, vb.pp("_bn0"))?;
         let mut blocks = Vec::new();
-        for (i, (cin, cout, kernel, stride, expand)) in block_specs().into_iter().enumerate() {
+        for (i, (cin, cout, kernel, stride, expand)) in block_specs(variant).into_iter().enumerate() {
             blocks.push(MbConv::new(vb.pp(format!("_blocks.{i}")), cin, cout, kernel, stride, expand)?);
         }
-        let head = vb.get((EFFICIENTNET_LITE0_DIM, 320, 1, 1), "_conv_head.weight")?;
+        let head = vb.get((EFFICIENTNET_LITE0_DIM, variant.trunk_channels(), 1, 1), "_conv_head.weight")?;
         let bn1 = bn(EFFICIENTNET_LITE0_DIM, vb.pp("_bn1"))?;
         let fc = if vb.contains_tensor("_fc.weight") { Some(candle_nn::linear(EFFICIENTNET_LITE0_DIM, 1000, vb.pp("_fc"))?) } else { None };
-        Ok(Self { stem, bn0, blocks, head, bn1, fc, trained_from: None })
+        Ok(Self { stem, bn0, blocks, head, bn1, fc, trained_from: None, variant })
     }
 
     /// Loads weights from a `.safetensors` file (as written by
@@ -239,7 +330,7 @@ impl EfficientNetLite0 {
     /// Loads the weights a model references, found and checked by
     /// [`PretrainedWeights::loadable`].
     pub fn from_reference(weights: &PretrainedWeights, device: &Device) -> Result<Self> {
-        Self::load(&weights.loadable(CONVERTED_WEIGHTS)?, device)
+        Self::load(&weights.loadable(&weights.converted_name())?, device)
     }
 
     /// Replaces the MBConv blocks from `first` on and the head (its 1x1 convolution and
@@ -258,10 +349,10 @@ impl EfficientNetLite0 {
             self.bn0 = bn(32, vb.pp("_bn0"))?;
         }
         self.trained_from = Some(first);
-        for (i, (cin, cout, kernel, stride, expand)) in block_specs().into_iter().enumerate().skip(first) {
+        for (i, (cin, cout, kernel, stride, expand)) in block_specs(self.variant).into_iter().enumerate().skip(first) {
             self.blocks[i] = MbConv::new(vb.pp(format!("_blocks.{i}")), cin, cout, kernel, stride, expand)?;
         }
-        self.head = vb.get((EFFICIENTNET_LITE0_DIM, 320, 1, 1), "_conv_head.weight")?;
+        self.head = vb.get((EFFICIENTNET_LITE0_DIM, self.variant.trunk_channels(), 1, 1), "_conv_head.weight")?;
         self.bn1 = bn(EFFICIENTNET_LITE0_DIM, vb.pp("_bn1"))?;
         Ok(())
     }
@@ -315,13 +406,13 @@ impl EfficientNetLite0 {
     }
 }
 
-impl ModuleT for EfficientNetLite0 {
+impl ModuleT for EfficientNetLite {
     fn forward_t(&self, images: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
         self.features(images)?.mean(D::Minus1)?.mean(D::Minus1)
     }
 }
 
-impl Backbone for EfficientNetLite0 {
+impl Backbone for EfficientNetLite {
     /// The head's feature map `(N, 1280, H/32, W/32)` ([`EfficientNetLite0::features`]),
     /// whose spatial mean is the embedding.
     fn feature_maps(&self, images: &Tensor, _train: bool) -> Result<Tensor> {

@@ -10,8 +10,9 @@ mod efficientnet;
 pub use batchnorm::BatchNormRelu;
 pub use conv4::{Conv4, Conv4Config, Conv4Layout};
 pub use efficientnet::{
-    drop_connect, same_padding, trunk_side, EfficientNetLite0, FineTunedEfficientNet, HeadConfig, TunedHead, EFFICIENTNET_LITE0_BLOCKS, EFFICIENTNET_LITE0_DIM,
-    EFFICIENTNET_LITE0_DROP_CONNECT, EFFICIENTNET_LITE0_NUM_BLOCKS, EFFICIENTNET_LITE0_TRUNK_CHANNELS,
+    drop_connect, same_padding, trunk_side, EfficientNetLite, EfficientNetLite0, FineTunedEfficientNet, HeadConfig, LiteVariant, TunedHead,
+    EFFICIENTNET_LITE0_BLOCKS, EFFICIENTNET_LITE0_DIM, EFFICIENTNET_LITE0_DROP_CONNECT, EFFICIENTNET_LITE0_NUM_BLOCKS, EFFICIENTNET_LITE0_TRUNK_CHANNELS,
+    EFFICIENTNET_LITE2_BLOCKS,
 };
 
 use candle_core::Tensor;
@@ -92,9 +93,10 @@ impl DropConnect {
 pub enum BackboneConfig {
     /// The Conv-4 of Snell et al.
     Conv4(Conv4Config),
-    /// EfficientNet-Lite0 with ImageNet weights, 1280-d embeddings. The model directory
-    /// holds no weights of it, only the reference; with `head`, it holds the fine-tuned
-    /// head ([`TunedHead`], parameters `head.*`) that replaces the ImageNet one.
+    /// EfficientNet-Lite0 with ImageNet weights, 1280-d embeddings; EfficientNet-Lite2 when
+    /// `weights` are Lite2's ([`LiteVariant::of`]). The model directory holds no weights of
+    /// it, only the reference; with `head`, it holds the fine-tuned head ([`TunedHead`],
+    /// parameters `head.*`, Lite0 only) that replaces the ImageNet one.
     #[serde(rename = "efficientnet_lite0")]
     EfficientNetLite0 {
         /// The ImageNet weights.
@@ -143,12 +145,13 @@ impl BackboneConfig {
             BackboneConfig::Conv4(c) => c.validate(),
             BackboneConfig::EfficientNetLite0Head { .. } => Ok(()),
             BackboneConfig::EfficientNetLite0 { weights, head, trained_from_block } => {
+                let variant = LiteVariant::of(weights);
+                if head.is_some() && variant != LiteVariant::Lite0 {
+                    return Err(crate::error::Error::param("head", "the fine-tuned head is EfficientNet-Lite0's"));
+                }
                 if let Some(first) = trained_from_block {
-                    if *first >= EFFICIENTNET_LITE0_NUM_BLOCKS {
-                        return Err(crate::error::Error::param(
-                            "trained_from_block",
-                            format!("EfficientNet-Lite0 has {EFFICIENTNET_LITE0_NUM_BLOCKS} blocks, got {first}"),
-                        ));
+                    if *first >= variant.num_blocks() {
+                        return Err(crate::error::Error::param("trained_from_block", format!("{variant:?} has {} blocks, got {first}", variant.num_blocks())));
                     }
                     if head.is_some() {
                         return Err(crate::error::Error::param("head", "a trained trunk carries its own head: no separate head"));

