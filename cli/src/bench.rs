@@ -69,20 +69,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
         }
     };
-    let (mut w, channels) = match a.backbone {
-        Some(crate::common::PretrainedBackbone::EfficientnetLite0) => match kind {
-            WorkloadKind::TrainStep(spec) => {
-                let weights = crate::common::efficientnet_lite0_weights(a.weights.as_deref())?;
-                (Workload::efficientnet_training(&weights, spec, a.image_size, &dev)?, 3)
+    let (mut w, channels, backbone) = match a.backbone {
+        Some(crate::common::PretrainedBackbone::EfficientnetLite0) => {
+            let net = crate::common::efficientnet_lite0(a.weights.as_deref(), &dev)?;
+            let name = format!(", EfficientNet-{:?}", net.variant());
+            match kind {
+                WorkloadKind::TrainStep(spec) => {
+                    let weights = crate::common::efficientnet_lite0_weights(a.weights.as_deref())?;
+                    (Workload::efficientnet_training(&weights, spec, a.image_size, &dev)?, 3, name)
+                }
+                _ => (Workload::frozen(protonet::FewShotNet::new(Box::new(net)), kind, a.image_size, &dev)?, 3, name),
             }
-            _ => {
-                let net = protonet::FewShotNet::new(Box::new(crate::common::efficientnet_lite0(a.weights.as_deref(), &dev)?));
-                (Workload::frozen(net, kind, a.image_size, &dev)?, 3)
-            }
-        },
+        }
         None => (
             Workload::with_method(kind, a.channels, a.image_size, a.method.config(MatchingConfig::default().scale, Conv4Config::default().hidden), &dev)?,
             a.channels,
+            String::new(),
         ),
     };
     let r = time_workload(&mut w, a.warmup, a.iters)?;
@@ -91,7 +93,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         WorkloadKind::Inference(s) => format!("inference {s}"),
         WorkloadKind::Embed(b) => format!("embed batch {b}"),
     };
-    let what = format!("{what}, {channels}x{}x{}{}", a.image_size, a.image_size, if a.backbone.is_some() { ", EfficientNet-Lite0" } else { "" });
+    let what = format!("{what}, {channels}x{}x{}{backbone}", a.image_size, a.image_size);
     if a.json {
         let mut v = serde_json::to_value(&r).expect("serialises");
         v["workload"] = serde_json::Value::String(what);
