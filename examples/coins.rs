@@ -23,14 +23,14 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use clap::{Parser, ValueEnum};
-use protonet::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0, LiteVariant};
+use protonet::backbone::{BackboneConfig, Conv4Config, EfficientNetLite0, LiteVariant, EFFICIENTNET_LITE0_DIM};
 use protonet::data::rendered_coins as coins;
 use protonet::data::{list_image_folder, list_images, load_image_folder, CoinCrop, FolderOptions, ImageConfig, ImageSet};
 use protonet::embed::Embedder;
 use protonet::eval::{evaluate_net, EvalConfig, EvalReport};
 use protonet::finetune::trunk::{train_trunk, TrunkConfig};
 use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig};
-use protonet::method::{BaselineConfig, ClassifierKind, MatchingConfig};
+use protonet::method::{BaselineConfig, ClassifierKind, MatchingConfig, RelationConfig};
 use protonet::pretrained::{PretrainedWeights, CONVERTED_WEIGHTS};
 use protonet::train::supervised::SupervisedConfig;
 use protonet::FeatureNorm;
@@ -75,6 +75,25 @@ enum MethodChoice {
     /// stage on the training denominations (cosine to the class means times a learned
     /// temperature; --meta-episodes), kept in TRUNK_MODEL/meta-baseline.
     MetaBaseline,
+    /// Relation Network (with efficientnet-lite0-trunk): a relation module on the trained
+    /// trunk's 1280-channel maps, trained on episodes of the training denominations with
+    /// the trunk frozen (--meta-episodes), kept in TRUNK_MODEL/relation; no rotations.
+    Relation,
+}
+
+impl MethodChoice {
+    /// Whether the method trains an episodic stage of its own on the trained trunk.
+    fn has_episodic_stage(self) -> bool {
+        matches!(self, MethodChoice::MetaBaseline | MethodChoice::Relation)
+    }
+
+    /// The name of its folder in TRUNK_MODEL.
+    fn stage_dir_name(self) -> &'static str {
+        match self {
+            MethodChoice::Relation => "relation",
+            _ => "meta-baseline",
+        }
+    }
 }
 
 /// Few-shot coin classification: denominations from 4 photos each.
@@ -146,7 +165,7 @@ struct Args {
     /// --method matching: the cosine similarities are multiplied by this before the softmax.
     #[arg(long, default_value_t = MatchingConfig::default().scale)]
     matching_scale: f32,
-    /// --method meta-baseline: episodes of its episodic stage (5-way, --shot, Adam at 1e-4).
+    /// --method meta-baseline / relation: episodes of their episodic stage (5-way, --shot).
     #[arg(long, default_value_t = 300)]
     meta_episodes: usize,
     /// With efficientnet-lite0-trunk: the trained model's directory, read when it holds
@@ -220,22 +239,25 @@ fn run(a: Args) -> Result<()> {
             (FewShotNet::new(Box::new(EfficientNetLite0::load(&path, &dev)?)), FeatureNorm::CenterSupportL2)
         }
         BackboneChoice::EfficientnetLite0Finetuned => (fine_tune_head(&a, &train_set, &image, &dev)?, FeatureNorm::None),
-        BackboneChoice::EfficientnetLite0Trunk if a.method == MethodChoice::MetaBaseline => {
-            (meta_baseline_stage(&a, train_trunk_blocks(&a, &train_set, &image, &dev)?, &train_set, &dev)?, FeatureNorm::None)
+        BackboneChoice::EfficientnetLite0Trunk if a.method.has_episodic_stage() => {
+            (episodic_stage(&a, train_trunk_blocks(&a, &train_set, &image, &dev)?, &train_set, &dev)?, FeatureNorm::None)
         }
         BackboneChoice::EfficientnetLite0Trunk => (train_trunk_blocks(&a, &train_set, &image, &dev)?.into_net(), FeatureNorm::CenterSupportL2),
         _ => (train_conv4(&a, &train_set, &image, &dev)?, FeatureNorm::None),
     };
     // 3. Evaluate: `shot` photos per unseen denomination, averaged over 4 rotations.
     println!("Embedding the test photos (4 rotations each)...");
-    let embedder = Embedder { rotations: 4, ..Default::default() };
+    // Rotations average pooled embeddings: a method that scores maps gets none.
+    let embedder = Embedder { rotations: if a.method == MethodChoice::Relation { 1 } else { 4 }, ..Default::default() };
     // Meta-Baseline scores with the network's own method (its learned temperature).
     let method = match a.method {
         MethodChoice::Protonet => Some(MethodConfig::Protonet.with_adaptation_steps(a.adapt_steps)),
         MethodChoice::Matching => Some(MethodConfig::Matching(MatchingConfig { scale: a.matching_scale })),
         MethodChoice::BaselinePp => Some(MethodConfig::Baseline(BaselineConfig::new(ClassifierKind::Cosine))),
-        MethodChoice::MetaBaseline if backbone == BackboneChoice::EfficientnetLite0Trunk => None,
-        MethodChoice::MetaBaseline => return Err(Error::param("method", "meta-baseline needs --backbone efficientnet-lite0-trunk (its first stage)")),
+        MethodChoice::MetaBaseline | MethodChoice::Relation if backbone == BackboneChoice::EfficientnetLite0Trunk => None,
+        MethodChoice::MetaBaseline | MethodChoice::Relation => {
+            return Err(Error::param("method", "meta-baseline and relation train on --backbone efficientnet-lite0-trunk (their first stage)"))
+        }
     };
     let eval = EvalConfig { method, confidences: true, ..EvalConfig::new(spec, a.episodes, a.seed) };
     let report = evaluate_net(&net, &embedder, &norm, &test_set, &eval, &dev, &Bars::new(true))?;
@@ -286,7 +308,7 @@ fn load_denominations(a: &Args, image: &ImageConfig, backbone: BackboneChoice) -
     // Nothing to train: the frozen network, or a trunk model read back.
     let trained = backbone == BackboneChoice::EfficientnetLite0Trunk
         && a.trunk_model.as_ref().is_some_and(|d| d.join("config.json").is_file())
-        && (a.method != MethodChoice::MetaBaseline || meta_baseline_dir(a).is_some_and(|d| d.join("config.json").is_file()));
+        && (!a.method.has_episodic_stage() || stage_dir(a).is_some_and(|d| d.join("config.json").is_file()));
     let (train_set, test_set) = if let (Some(tr), Some(te)) = (&a.train, &a.test) {
         let train = if frozen || trained { ImageSet::new(image.channels, image.size, image.size) } else { load_checked(tr, image, need)? };
         let test = if a.paste_small { load_pasted(te, image, a.seed)? } else { load_checked(te, image, need)? };
@@ -383,46 +405,51 @@ fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: 
     Ok(model)
 }
 
-/// Where Meta-Baseline's episodic stage on the trunk `--trunk-model` holds is kept.
-fn meta_baseline_dir(a: &Args) -> Option<PathBuf> {
-    a.trunk_model.as_ref().map(|d| d.join("meta-baseline"))
+/// Where the method's episodic stage on the trunk `--trunk-model` holds is kept.
+fn stage_dir(a: &Args) -> Option<PathBuf> {
+    a.trunk_model.as_ref().map(|d| d.join(a.method.stage_dir_name()))
 }
 
-/// Meta-Baseline's second stage (Chen et al. 2021) on the trained trunk: the trained
-/// blocks and head trained further on 5-way episodes of the training denominations through
-/// the cosine nearest-centroid classifier with a learned temperature (from 10), Adam at
-/// 1e-4 (a smaller step than from scratch: the trunk is trained already), each image
-/// rotated by a random quarter turn. Read back when `--trunk-model` holds it.
-fn meta_baseline_stage(a: &Args, trunk: Model, train_set: &ImageSet, dev: &Device) -> Result<FewShotNet> {
-    let dir = meta_baseline_dir(a);
+/// The method's episodic stage on the trained trunk, on 5-way episodes of the training
+/// denominations, each image rotated by a random quarter turn; read back when
+/// `--trunk-model` holds it.
+/// - Meta-Baseline's second stage (Chen et al. 2021): the trained blocks and head trained
+///   further through the cosine nearest-centroid classifier with a learned temperature
+///   (from 10), Adam at 1e-4 (a smaller step than from scratch: the trunk is trained).
+/// - Relation Network (Sung et al. 2018): the relation module alone on the frozen trunk's
+///   1280-channel maps (`TrainConfig::method_only`), Adam at 1e-3 as the paper.
+fn episodic_stage(a: &Args, trunk: Model, train_set: &ImageSet, dev: &Device) -> Result<FewShotNet> {
+    let dir = stage_dir(a);
     if let Some(d) = dir.as_ref().filter(|d| d.join("config.json").is_file()) {
-        println!("Reading Meta-Baseline's episodic stage from {}", d.display());
+        println!("Reading the {} stage from {}", a.method.stage_dir_name(), d.display());
         return Ok(Model::load_for_images(d, dev)?.into_net());
     }
+    let relation = a.method == MethodChoice::Relation;
     let mut config = trunk.config().clone();
-    config.method = MethodConfig::MetaBaseline(Default::default());
+    config.method = if relation { MethodConfig::Relation(RelationConfig::new(EFFICIENTNET_LITE0_DIM)) } else { MethodConfig::MetaBaseline(Default::default()) };
     config.normalization = FeatureNorm::None;
-    config.description = format!("{} Then Meta-Baseline's episodic stage: {} 5-way {}-shot episodes.", config.description, a.meta_episodes, a.shot);
+    config.rotations = if relation { 1 } else { config.rotations };
+    config.description = format!("{} Then the {} stage: {} 5-way {}-shot episodes.", config.description, a.method.stage_dir_name(), a.meta_episodes, a.shot);
     let mut model = Model::new(config, a.seed, dev)?;
     let mut tensors: std::collections::HashMap<_, _> = model.tensors().into_iter().collect();
     tensors.extend(trunk.tensors());
     model.set_tensors(&tensors, Path::new("(the trained trunk)"))?;
-    let query = (smallest_class(train_set).saturating_sub(a.shot)).clamp(1, 4);
     let train = TrainConfig {
         way: train_set.num_classes().min(5),
         shot: a.shot,
-        query,
+        query: (smallest_class(train_set).saturating_sub(a.shot)).clamp(1, 4),
         episodes: a.meta_episodes,
-        learning_rate: 1e-4,
+        learning_rate: if relation { 1e-3 } else { 1e-4 },
         lr_halve_every: 0,
         val_every: a.meta_episodes,
         patience: None,
         checkpoint_every: 25,
         seed: a.seed,
         rotation_augment: true,
+        method_only: relation,
         ..Default::default()
     };
-    println!("Meta-Baseline's episodic stage: {} episodes of {}-way {}-shot {}-query:", train.episodes, train.way, train.shot, train.query);
+    println!("The {} stage: {} episodes of {}-way {}-shot {}-query:", a.method.stage_dir_name(), train.episodes, train.way, train.shot, train.query);
     let out = dir.clone().unwrap_or_else(|| output_dir(&a.save));
     let report = Trainer::new(&mut model, train_set, None, &train)?.run(
         &out,

@@ -25,6 +25,9 @@
 #   meta-baseline  Meta-Baseline on the trained trunk (with the crop): its episodic stage
 #              (300 5-way 4-shot episodes, cosine times a learned temperature) on the
 #              training denominations, kept in TRUNK_MODELS/FOLD/meta-baseline
+#   relation   Relation Network on the trained trunk (with the crop): a relation module on
+#              its 1280-channel maps, trained on 300 5-way 4-shot episodes with the trunk
+#              frozen, kept in TRUNK_MODELS/FOLD/relation; no rotations
 #   dc         the shipped recipe (trunk+crop+adapt) with drop-connect 0.2 in the trained
 #              blocks, as EfficientNet trains (its own trunk models, TRUNK_MODELS/dc/FOLD)
 #   whole      the shipped recipe with the stem and all 16 blocks trained (--first-block 0;
@@ -109,6 +112,7 @@ for held in "${currencies[@]}"; do
             matching) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method matching) ;;
             matching100) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method matching --matching-scale 100) ;;
             meta-baseline) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method meta-baseline) ;;
+            relation) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method relation) ;;
             dc) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/dc/$name" --drop-connect 0.2 --crop --adapt-steps 50) ;;
             whole) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/whole/$name" --first-block 0 --crop --adapt-steps 50) ;;
             lite2) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/lite2/$name" --lite2 --first-block 13 --crop --adapt-steps 50) ;;

@@ -80,11 +80,18 @@ impl FewShotNet {
     /// `query_labels` are the episode labels of the queries. The method is fitted to the
     /// support embeddings and scores the queries.
     pub fn forward_episode(&self, images: &Tensor, spec: EpisodeSpec, query_labels: &Tensor, train: bool) -> Result<EpisodeOutput> {
+        self.forward_episode_with(images, spec, query_labels, train, false)
+    }
+
+    /// [`FewShotNet::forward_episode`], with the backbone frozen when `frozen_backbone`:
+    /// it embeds in evaluation mode and no gradient flows back into it (only the method's
+    /// own parameters learn from the loss).
+    pub fn forward_episode_with(&self, images: &Tensor, spec: EpisodeSpec, query_labels: &Tensor, train: bool, frozen_backbone: bool) -> Result<EpisodeOutput> {
         let n = images.dim(0)?;
         if n != spec.num_support() + spec.num_query() {
             return Err(Error::param("images", format!("{n} images for a {spec} episode (expected {})", spec.num_support() + spec.num_query())));
         }
-        let emb = self.embed(images, train)?;
+        let emb = if frozen_backbone { self.embed(images, false)?.detach() } else { self.embed(images, train)? };
         let support = emb.narrow(0, 0, spec.num_support())?;
         let query = emb.narrow(0, spec.num_support(), spec.num_query())?;
         let fitted = self.method.fit(&support, &vec![spec.shot; spec.way])?;

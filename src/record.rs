@@ -59,6 +59,11 @@ pub struct TrainConfig {
     /// Network's reference code clips at 0.5; `None`: no clipping).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_clip: Option<f64>,
+    /// Train the method's own parameters only (a relation module, a temperature) on a
+    /// backbone trained before, which stays as it is (embedding in evaluation mode, no
+    /// gradient into it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub method_only: bool,
 }
 
 impl Default for TrainConfig {
@@ -80,6 +85,7 @@ impl Default for TrainConfig {
             seed: 1,
             rotation_augment: false,
             grad_clip: None,
+            method_only: false,
         }
     }
 }

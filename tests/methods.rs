@@ -329,3 +329,38 @@ fn relation_scores_five_by_five_maps_and_refuses_rotations() {
     let e = embedder.embed_tensor(model.net(), &x).unwrap_err().to_string();
     assert!(e.contains("rotations") && e.contains("feature maps"), "{e}");
 }
+
+/// `method_only` trains the method's own parameters on a backbone that stays as it is
+/// (the relation module on a trained backbone), still lowering the loss; a method without
+/// parameters of its own is refused.
+#[test]
+fn method_only_training_leaves_the_backbone_and_trains_the_method() {
+    let set = common::glyph_set(12, 8, 28, 4);
+    let mut model = small_model(MethodConfig::Relation(RelationConfig::new(16)), 3);
+    let before = model.tensors();
+    let config =
+        TrainConfig { way: 5, shot: 2, query: 3, episodes: 60, learning_rate: 2e-3, val_every: 1000, patience: None, method_only: true, ..Default::default() };
+    let mut trainer = Trainer::new(&mut model, &set, None, &config).unwrap();
+    let losses: Vec<f32> = (0..40).map(|_| trainer.step().unwrap().loss).collect();
+    drop(trainer);
+    let (first, last) = (losses[..5].iter().sum::<f32>() / 5.0, losses[35..].iter().sum::<f32>() / 5.0);
+    assert!(last < 0.9 * first, "loss {first} -> {last}");
+    let after = model.tensors();
+    for (name, t) in &before {
+        let moved = (t - &after[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        if name.starts_with("method.") && !name.contains("running") {
+            continue;
+        }
+        if !name.starts_with("method.") {
+            assert_eq!(moved, 0.0, "{name} moved by {moved}: the backbone must stay as it is");
+        }
+    }
+    let moved_method = before
+        .keys()
+        .filter(|n| n.starts_with("method.") && !n.contains("running"))
+        .any(|n| (&before[n] - &after[n]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 1e-6);
+    assert!(moved_method, "the relation module did not learn");
+    let mut plain = small_model(MethodConfig::Protonet, 3);
+    let e = Trainer::new(&mut plain, &set, None, &config).err().expect("refused").to_string();
+    assert!(e.contains("no parameters of its own"), "{e}");
+}

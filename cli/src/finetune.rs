@@ -205,6 +205,7 @@ pub fn run(a: FineTuneArgs) -> Result<()> {
             seed: a.seed,
             rotation_augment: false,
             grad_clip: None,
+            method_only: false,
         },
         rotations: a.rotations,
         head: HeadConfig { normalize: !a.no_normalize },

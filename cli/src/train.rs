@@ -162,6 +162,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         rotation_augment: a.rotate,
         grad_clip: a.grad_clip,
+        method_only: false,
     };
     config.validate()?;
     let mut model_config = ModelConfig::new(backbone, image.clone());

@@ -202,7 +202,8 @@ impl<'a> Trainer<'a> {
             ));
         }
         let device = model.device().clone();
-        let mut adam = Adam::new(model.trainable_vars(), config.learning_rate);
+        let vars = trained_vars(model, config.method_only)?;
+        let mut adam = Adam::new(vars, config.learning_rate);
         adam.max_grad_norm = config.grad_clip;
         let state = RunState::new(config.clone(), EpisodeSampler::new(train_set, spec, config.seed)?);
         Ok(Self { model, train_set, val_set, config: config.clone(), spec, val_spec, adam, state, device })
@@ -253,13 +254,13 @@ impl<'a> Trainer<'a> {
         } else {
             ep.tensors(self.train_set, &self.device)?
         };
-        let out = self.model.net().forward_episode(&images, self.spec, &labels, true)?;
+        let out = self.model.net().forward_episode_with(&images, self.spec, &labels, true, self.config.method_only)?;
         if !out.loss_value.is_finite() {
             return Err(Error::NonFiniteLoss { episode: episode + 1, value: out.loss_value });
         }
         let grads = out.loss.backward()?;
         // A finite loss can still have non-finite gradients; never let them into the weights.
-        check_finite_gradients(&grads, &self.model.trainable_vars(), episode + 1)?;
+        check_finite_gradients(&grads, &trained_vars(self.model, self.config.method_only)?, episode + 1)?;
         self.adam.step(&grads)?;
         let s = &mut self.state;
         s.episode += 1;
@@ -415,6 +416,20 @@ impl<'a> Trainer<'a> {
         observer.validated(&self.state.history, best);
         Ok(self.state.stopping.should_stop(self.config.patience))
     }
+}
+
+/// The variables episodic training updates: all the trainable ones, or the method's own
+/// (`method.*`) when `method_only`, which must then have some.
+fn trained_vars(model: &Model, method_only: bool) -> Result<Vec<(String, candle_core::Var)>> {
+    let vars = model.trainable_vars();
+    if !method_only {
+        return Ok(vars);
+    }
+    let own: Vec<_> = vars.into_iter().filter(|(n, _)| n.starts_with("method.")).collect();
+    if own.is_empty() {
+        return Err(Error::param("method-only", format!("the `{}` method has no parameters of its own to train", model.net().method().config().name())));
+    }
+    Ok(own)
 }
 
 /// Errors with [`Error::NonFiniteGradient`] (naming the parameter and `episode`) when a
