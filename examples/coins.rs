@@ -246,9 +246,9 @@ fn run(a: Args) -> Result<()> {
         _ => (train_conv4(&a, &train_set, &image, &dev)?, FeatureNorm::None),
     };
     // 3. Evaluate: `shot` photos per unseen denomination, averaged over 4 rotations.
-    println!("Embedding the test photos (4 rotations each)...");
     // Rotations average pooled embeddings: a method that scores maps gets none.
     let embedder = Embedder { rotations: if a.method == MethodChoice::Relation { 1 } else { 4 }, ..Default::default() };
+    println!("Embedding the test photos ({} rotations each)...", embedder.rotations);
     // Meta-Baseline scores with the network's own method (its learned temperature).
     let method = match a.method {
         MethodChoice::Protonet => Some(MethodConfig::Protonet.with_adaptation_steps(a.adapt_steps)),
