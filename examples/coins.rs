@@ -71,6 +71,8 @@ enum MethodChoice {
     Matching,
     /// Baseline++'s test time: a cosine classifier trained on the support set (SGD, 100 epochs).
     BaselinePp,
+    /// Baseline's test time: a linear classifier trained on the support set (SGD, 100 epochs).
+    Baseline,
     /// Meta-Baseline (with efficientnet-lite0-trunk): the trained trunk, then its episodic
     /// stage on the training denominations (cosine to the class means times a learned
     /// temperature; --meta-episodes), kept in TRUNK_MODEL/meta-baseline.
@@ -254,6 +256,7 @@ fn run(a: Args) -> Result<()> {
         MethodChoice::Protonet => Some(MethodConfig::Protonet.with_adaptation_steps(a.adapt_steps)),
         MethodChoice::Matching => Some(MethodConfig::Matching(MatchingConfig { scale: a.matching_scale })),
         MethodChoice::BaselinePp => Some(MethodConfig::Baseline(BaselineConfig::new(ClassifierKind::Cosine))),
+        MethodChoice::Baseline => Some(MethodConfig::Baseline(BaselineConfig::new(ClassifierKind::Linear))),
         MethodChoice::MetaBaseline | MethodChoice::Relation if backbone == BackboneChoice::EfficientnetLite0Trunk => None,
         MethodChoice::MetaBaseline | MethodChoice::Relation => {
             return Err(Error::param("method", "meta-baseline and relation train on --backbone efficientnet-lite0-trunk (their first stage)"))

@@ -19,6 +19,9 @@
 #              recipe's own training (a cosine classifier over all base classes) and the
 #              crop, then the paper's test time (a cosine classifier fitted on each
 #              support set, SGD, 100 epochs) instead of the support adaptation
+#   baseline   Baseline's test time (a linear classifier fitted on each support set, SGD,
+#              100 epochs) on the trained trunk, with the crop (the trunk's base training
+#              has the recipe's cosine classifier, not Baseline's linear one)
 #   matching   Matching networks on the trained trunk (with the crop): softmax attention
 #              of each query over the support embeddings, cosine scaled by 10
 #   matching100  the same with the cosine scaled by 100 (the Omniglot model's scale)
@@ -109,6 +112,7 @@ for held in "${currencies[@]}"; do
             trunk+adapt) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --adapt-steps 50) ;;
             trunk+crop+adapt) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --adapt-steps 50) ;;
             baseline-pp) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method baseline-pp) ;;
+            baseline) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method baseline) ;;
             matching) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method matching) ;;
             matching100) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method matching --matching-scale 100) ;;
             meta-baseline) b=efficientnet-lite0-trunk; flags=(--trunk-model "$trunks/$name" --crop --method meta-baseline) ;;
