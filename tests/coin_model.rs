@@ -1,8 +1,8 @@
 //! The shipped coin model (`data/coins-efficientnet-lite0`) loads as a user loads it, says
 //! what it is, carries its inference settings (the coin crop, 4 rotations, support
-//! centring + L2, the support adaptation; its last 8 blocks trained), and classifies real
-//! coin photos from 4 per denomination. The won photos are among the 25 denominations it
-//! was trained on, so this checks the model works as shipped, not how it generalises (that
+//! centring + L2, the support adaptation; its stem and all its blocks trained), and
+//! classifies real coin photos from 4 per denomination. The won photos are among the 28
+//! denominations it was trained on, so this checks the model works as shipped, not how it generalises (that
 //! is `scripts/coins-loco.sh`).
 
 mod common;
@@ -22,7 +22,7 @@ fn the_shipped_coin_model_loads_and_predicts_needs_data() {
     assert_eq!(clf.store().normalization(), &protonet::FeatureNorm::CenterSupportL2);
     assert!(matches!(clf.store().method().config(), protonet::MethodConfig::Adapted(a) if a.is_active()), "the model adapts to its support set");
     assert!(config.image.crop.is_some(), "the model crops each photo to its coin");
-    assert!(matches!(config.backbone, protonet::backbone::BackboneConfig::EfficientNetLite0 { trained_from_block: Some(8), .. }), "{:?}", config.backbone);
+    assert!(matches!(config.backbone, protonet::backbone::BackboneConfig::EfficientNetLite0 { trained_from_block: Some(0), .. }), "{:?}", config.backbone);
     let won = common::require_data("coins/korean-won-cho0h5", "the_shipped_coin_model_loads_and_predicts_needs_data");
     let classes = list_image_folder(&won).unwrap();
     let mut queries = Vec::new();

@@ -137,7 +137,8 @@ fn run_trunk(a: &FineTuneArgs, train_set: &ImageSet, image: ImageConfig) -> Resu
     let (_, report) = train_trunk(&config, train_set, &a.out, &options, &protonet::Device::Cpu, &Bars::new(!a.quiet))?;
     let losses: Vec<String> = report.losses.iter().map(|l| format!("{l:.3}")).collect();
     outln!(
-        "trained blocks {}-15 and the head for {} epochs in {:.0}s (loss by epoch {}); model saved to {}",
+        "trained {}blocks {}-15 and the head for {} epochs in {:.0}s (loss by epoch {}); model saved to {}",
+        if a.first_block == 0 { "the stem, " } else { "" },
         a.first_block,
         report.epochs,
         report.seconds,
