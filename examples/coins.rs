@@ -364,36 +364,17 @@ fn training_source(a: &Args) -> String {
 }
 
 /// Trains the MBConv blocks from `--first-block` and the head of EfficientNet-Lite0 by cross-entropy on
-/// the training denominations, or reads the model `--trunk-model` holds.
+/// the training denominations, or reads the model `--trunk-model` holds (refused when it was
+/// trained with other settings than the flags ask for).
 fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<Model> {
+    let config = trunk_config(a, train_set, image);
+    let variant = if a.lite2 { LiteVariant::Lite2 } else { LiteVariant::Lite0 };
     if let Some(dir) = a.trunk_model.as_ref().filter(|d| d.join("config.json").is_file()) {
         println!("Reading the trained trunk from {}", dir.display());
-        return Model::load_for_images(dir, dev);
+        let model = Model::load_for_images(dir, dev)?;
+        check_trunk_settings(&config, model.config(), dir)?;
+        return Ok(model);
     }
-    let variant = if a.lite2 { LiteVariant::Lite2 } else { LiteVariant::Lite0 };
-    let mut training = SupervisedConfig {
-        epochs: a.trunk_epochs,
-        seed: a.seed,
-        drop_connect: a.drop_connect,
-        ..SupervisedConfig::coin_trunk().with_aspect_jitter(a.aspect_jitter)
-    };
-    if let Some(augment) = training.augment.as_mut().filter(|_| a.lite2) {
-        augment.size = 224; // Lite0's 192 of 224, at Lite2's 260
-    }
-    let config = TrunkConfig {
-        description: format!(
-            "coin model: EfficientNet-{variant:?} with {} and head trained by cross-entropy on {} denominations ({}){}; the ImageNet weights of the other blocks are referenced, not stored.",
-            trained_part(a.first_block, variant),
-            train_set.num_classes(),
-            training_source(a),
-            if a.drop_connect > 0.0 { format!(", drop-connect {}", a.drop_connect) } else { String::new() }
-        ),
-        weights: variant.weights(),
-        image: ImageConfig { crop: None, ..image.clone() },
-        first_block: a.first_block,
-        training,
-        ..TrunkConfig::default()
-    };
     println!(
         "Training {} of EfficientNet-{variant:?} on {} denominations, {} epochs:",
         trained_part(a.first_block, variant),
@@ -406,6 +387,70 @@ fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: 
     println!("  losses by epoch: {:?}", report.losses.iter().map(|l| format!("{l:.3}")).collect::<Vec<_>>());
     finish_output(&a.save.clone().or(a.trunk_model.clone()), &out, report.seconds);
     Ok(model)
+}
+
+/// The trunk training the flags ask for.
+fn trunk_config(a: &Args, train_set: &ImageSet, image: &ImageConfig) -> TrunkConfig {
+    let variant = if a.lite2 { LiteVariant::Lite2 } else { LiteVariant::Lite0 };
+    let mut training = SupervisedConfig {
+        epochs: a.trunk_epochs,
+        seed: a.seed,
+        drop_connect: a.drop_connect,
+        ..SupervisedConfig::coin_trunk().with_aspect_jitter(a.aspect_jitter)
+    };
+    if let Some(augment) = training.augment.as_mut().filter(|_| a.lite2) {
+        augment.size = 224; // Lite0's 192 of 224, at Lite2's 260
+    }
+    TrunkConfig {
+        description: format!(
+            "coin model: EfficientNet-{variant:?} with {} and head trained by cross-entropy on {} denominations ({}){}; the ImageNet weights of the other blocks are referenced, not stored.",
+            trained_part(a.first_block, variant),
+            train_set.num_classes(),
+            training_source(a),
+            if a.drop_connect > 0.0 { format!(", drop-connect {}", a.drop_connect) } else { String::new() }
+        ),
+        weights: variant.weights(),
+        image: ImageConfig { crop: None, ..image.clone() },
+        first_block: a.first_block,
+        training,
+        ..TrunkConfig::default()
+    }
+}
+
+/// Refuses a trunk model read back from `dir` whose network (EfficientNet variant, first
+/// trained block) or recorded training settings (all but the seed) differ from `wanted`:
+/// a folder kept under one name for two recipes would otherwise be measured as the other.
+fn check_trunk_settings(wanted: &TrunkConfig, found: &ModelConfig, dir: &Path) -> Result<()> {
+    let mut differences = settings_differences(&found.backbone, &wanted.model_config().backbone);
+    if let Some(record) = &found.supervised {
+        differences.extend(settings_differences(&SupervisedConfig { seed: wanted.training.seed, ..record.config }, &wanted.training));
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(Error::param(
+        "trunk-model",
+        format!(
+            "{} holds a trunk trained with other settings ({}); give another folder, or the flags it was trained with",
+            dir.display(),
+            differences.join("; ")
+        ),
+    ))
+}
+
+/// "key: found X, the flags ask for Y" for each top-level setting that differs.
+fn settings_differences<T: serde::Serialize + PartialEq + std::fmt::Debug>(found: &T, wanted: &T) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(f)), Ok(serde_json::Value::Object(w))) = (serde_json::to_value(found), serde_json::to_value(wanted)) else {
+        return if found == wanted { vec![] } else { vec![format!("{found:?}, the flags ask for {wanted:?}")] };
+    };
+    let null = serde_json::Value::Null;
+    let mut keys: Vec<_> = f.keys().chain(w.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| f.get(*k).unwrap_or(&null) != w.get(*k).unwrap_or(&null))
+        .map(|k| format!("{k}: {}, the flags ask for {}", f.get(k).unwrap_or(&null), w.get(k).unwrap_or(&null)))
+        .collect()
 }
 
 /// Where the method's episodic stage on the trunk `--trunk-model` holds is kept.

@@ -59,3 +59,21 @@ fn rendered_denominations_can_be_added_to_training() {
     let config = std::fs::read_to_string(model.join("config.json")).unwrap();
     assert!(config.contains("coin photographs") && config.contains("plus 3 rendered"), "{config}");
 }
+
+/// A trunk model folder read back with flags that would train another trunk (here the
+/// shipped coin model, trained from block 0 with drop-connect, read with the default
+/// `--first-block 8` and no drop-connect) is refused, naming the settings that differ,
+/// instead of being measured as the recipe the flags ask for.
+#[test]
+fn a_trunk_model_trained_otherwise_is_refused_needs_data() {
+    common::pretrained_weights("a_trunk_model_trained_otherwise_is_refused_needs_data");
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train"), dir.path().join("test"));
+    common::write_glyph_folder(&train, 3, 12, 24, 1);
+    common::write_glyph_folder(&test, 3, 12, 24, 2);
+    let shipped = common::repo_root().join("data/coins-efficientnet-lite0");
+    let args = ["--backbone", "efficientnet-lite0-trunk", "--train", train.to_str().unwrap(), "--test", test.to_str().unwrap()];
+    let (ok, err) = run(&[&args[..], &["--trunk-model", shipped.to_str().unwrap(), "--episodes", "2"]].concat());
+    assert!(!ok && err.contains("trunk-model") && err.contains("trained_from_block: 0, the flags ask for 8"), "{err}");
+    assert!(err.contains("drop_connect: 0.2") && !err.contains("seed"), "{err}");
+}
