@@ -392,15 +392,9 @@ fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: 
 /// The trunk training the flags ask for.
 fn trunk_config(a: &Args, train_set: &ImageSet, image: &ImageConfig) -> TrunkConfig {
     let variant = if a.lite2 { LiteVariant::Lite2 } else { LiteVariant::Lite0 };
-    let mut training = SupervisedConfig {
-        epochs: a.trunk_epochs,
-        seed: a.seed,
-        drop_connect: a.drop_connect,
-        ..SupervisedConfig::coin_trunk().with_aspect_jitter(a.aspect_jitter)
-    };
-    if let Some(augment) = training.augment.as_mut().filter(|_| a.lite2) {
-        augment.size = 224; // Lite0's 192 of 224, at Lite2's 260
-    }
+    let defaults = TrunkConfig::for_variant(variant);
+    let training =
+        SupervisedConfig { epochs: a.trunk_epochs, seed: a.seed, drop_connect: a.drop_connect, ..defaults.training.with_aspect_jitter(a.aspect_jitter) };
     TrunkConfig {
         description: format!(
             "coin model: EfficientNet-{variant:?} with {} and head trained by cross-entropy on {} denominations ({}){}; the ImageNet weights of the other blocks are referenced, not stored.",
@@ -409,11 +403,10 @@ fn trunk_config(a: &Args, train_set: &ImageSet, image: &ImageConfig) -> TrunkCon
             training_source(a),
             if a.drop_connect > 0.0 { format!(", drop-connect {}", a.drop_connect) } else { String::new() }
         ),
-        weights: variant.weights(),
         image: ImageConfig { crop: None, ..image.clone() },
         first_block: a.first_block,
         training,
-        ..TrunkConfig::default()
+        ..defaults
     }
 }
 

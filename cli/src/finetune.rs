@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::support::progress::{Bars, CURVES_FILE};
 use clap::Args;
 use protonet::adapt::SupportAdaptation;
-use protonet::backbone::HeadConfig;
+use protonet::backbone::{HeadConfig, LiteVariant};
 use protonet::data::{CoinCrop, ImageConfig, ImageSet};
 use protonet::finetune::trunk::{train_trunk, TrunkConfig};
 use protonet::finetune::{fine_tune_efficientnet, FineTuneConfig, HEAD_TRAINING_DIR};
@@ -30,9 +30,10 @@ pub struct FineTuneArgs {
     /// Model directory to write.
     #[arg(long)]
     out: PathBuf,
-    /// Images are resized to this many pixels square (96 to 224).
-    #[arg(long, default_value_t = 224)]
-    image_size: usize,
+    /// Images are resized to this many pixels square (32 to 448; default: the network's own,
+    /// 224, or 260 for --lite2).
+    #[arg(long)]
+    image_size: Option<usize>,
     /// Cache each training image at this many quarter turns (1 to 4).
     #[arg(long, default_value_t = 4)]
     rotations: usize,
@@ -94,9 +95,14 @@ pub struct FineTuneArgs {
     /// rotations and the support adaptation.
     #[arg(long)]
     trunk: bool,
-    /// With --trunk: the first trained MBConv block (of 16; 0 trains the stem and every block).
-    #[arg(long, default_value_t = 8)]
-    first_block: usize,
+    /// With --trunk: the first trained MBConv block (of 16, or 21 for --lite2; 0 trains the
+    /// stem and every block). Default: the last 8 blocks (8, or 13 for --lite2).
+    #[arg(long)]
+    first_block: Option<usize>,
+    /// With --trunk: EfficientNet-Lite2 (ImageNet weights from `fetch-weights --lite2`, 260
+    /// px, 224 px training crops; about 1.8x Lite0's compute) instead of Lite0.
+    #[arg(long, requires = "trunk")]
+    lite2: bool,
     /// With --trunk: drop-connect (stochastic depth) rate of the trained blocks, as
     /// EfficientNet trains (block i of 16 drops its residual branch with rate * i / 16;
     /// EfficientNet-Lite0's own is 0.2); 0: none.
@@ -118,28 +124,26 @@ pub struct FineTuneArgs {
     crop: bool,
 }
 
-/// `fine-tune --trunk`: the last blocks and the head by cross-entropy.
+/// `fine-tune --trunk`: the last blocks (or all) and the head by cross-entropy.
 fn run_trunk(a: &FineTuneArgs, train_set: &ImageSet, image: ImageConfig) -> Result<()> {
+    let variant = if a.lite2 { LiteVariant::Lite2 } else { LiteVariant::Lite0 };
+    let defaults = TrunkConfig::for_variant(variant);
     let config = TrunkConfig {
         image: ImageConfig { crop: a.crop.then(CoinCrop::default), ..image },
-        first_block: a.first_block,
-        training: SupervisedConfig {
-            epochs: a.epochs,
-            seed: a.seed,
-            drop_connect: a.drop_connect,
-            ..SupervisedConfig::coin_trunk().with_aspect_jitter(a.aspect_jitter)
-        },
+        first_block: a.first_block.unwrap_or(defaults.first_block),
+        training: SupervisedConfig { epochs: a.epochs, seed: a.seed, drop_connect: a.drop_connect, ..defaults.training.with_aspect_jitter(a.aspect_jitter) },
         adaptation: Some(SupportAdaptation { steps: a.adapt_steps, ..Default::default() }).filter(SupportAdaptation::is_active),
         description: a.description.clone(),
-        ..TrunkConfig::default()
+        ..defaults
     };
     let options = TrainOptions { mode: output_mode(a.resume, a.overwrite), stop_after: None };
     let (_, report) = train_trunk(&config, train_set, &a.out, &options, &protonet::Device::Cpu, &Bars::new(!a.quiet))?;
     let losses: Vec<String> = report.losses.iter().map(|l| format!("{l:.3}")).collect();
     outln!(
-        "trained {}blocks {}-15 and the head for {} epochs in {:.0}s (loss by epoch {}); model saved to {}",
-        if a.first_block == 0 { "the stem, " } else { "" },
-        a.first_block,
+        "trained EfficientNet-{variant:?}'s {}blocks {}-{} and the head for {} epochs in {:.0}s (loss by epoch {}); model saved to {}",
+        if config.first_block == 0 { "stem, " } else { "" },
+        config.first_block,
+        variant.num_blocks() - 1,
         report.epochs,
         report.seconds,
         losses.join(" "),
@@ -157,10 +161,18 @@ fn load(dirs: &[PathBuf], image: &ImageConfig, skip: bool) -> Result<ImageSet> {
 }
 
 pub fn run(a: FineTuneArgs) -> Result<()> {
-    if !(32..=448).contains(&a.image_size) {
-        return Err(Error::param("image-size", format!("must be in 32..=448 (EfficientNet-Lite0 was trained at 224), got {}", a.image_size)));
+    let variant = if a.lite2 { LiteVariant::Lite2 } else { LiteVariant::Lite0 };
+    let image_size = a.image_size.unwrap_or(variant.image_size());
+    if !(32..=448).contains(&image_size) {
+        return Err(Error::param(
+            "image-size",
+            format!("must be in 32..=448 (EfficientNet-{variant:?} was trained at {}), got {image_size}", variant.image_size()),
+        ));
     }
-    let image = ImageConfig::rgb(a.image_size);
+    if !a.trunk && a.first_block.is_some() {
+        return Err(Error::param("first-block", "trains blocks of the trunk: give --trunk with it"));
+    }
+    let image = ImageConfig::rgb(image_size);
     // The trunk trains on the photos as the model will see them: cropped to the coin with --crop.
     let loading = ImageConfig { crop: (a.trunk && a.crop).then(CoinCrop::default), ..image.clone() };
     let mut train_set = load(&a.data, &loading, a.skip_bad_images)?;

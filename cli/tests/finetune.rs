@@ -157,6 +157,13 @@ fn fine_tune_command_end_to_end_and_its_errors_needs_data() {
     assert!(!ok && err.contains("in both sets"), "{err}");
     let (ok, _, err) = run_protonet(&["fine-tune", "--data", data_s, "--out", out_s, "--image-size", "8"]);
     assert!(!ok && err.contains("image-size"), "{err}");
+    // --lite2 is for the trunk training, and its blocks are Lite2's 21.
+    let (ok, _, err) = run_protonet(&["fine-tune", "--data", data_s, "--out", out_s, "--lite2"]);
+    assert!(!ok && err.contains("--trunk"), "{err}");
+    let (ok, _, err) = run_protonet(&["fine-tune", "--data", data_s, "--out", out_s, "--first-block", "3"]);
+    assert!(!ok && err.contains("first-block") && err.contains("--trunk"), "{err}");
+    let (ok, _, err) = run_protonet(&["fine-tune", "--data", data_s, "--out", out_s, "--trunk", "--lite2", "--first-block", "21", "--image-size", "64"]);
+    assert!(!ok && err.contains("first-block") && err.contains("below 21"), "{err}");
     assert!(!out.join("model.safetensors").exists());
 
     weights();

@@ -63,7 +63,7 @@ impl Default for TrunkConfig {
         Self {
             weights: PretrainedWeights::efficientnet_lite0(),
             image: ImageConfig::rgb(224),
-            first_block: 8,
+            first_block: LiteVariant::Lite0.num_blocks() - DEFAULT_TRAINED_BLOCKS,
             training: SupervisedConfig::coin_trunk(),
             rotations: 4,
             normalization: FeatureNorm::CenterSupportL2,
@@ -73,7 +73,38 @@ impl Default for TrunkConfig {
     }
 }
 
+/// The last this many MBConv blocks are trained by default, whatever the variant.
+pub const DEFAULT_TRAINED_BLOCKS: usize = 8;
+
 impl TrunkConfig {
+    /// The default run on `variant`: its ImageNet weights, its own image size (224 or 260
+    /// pixels), its last [`DEFAULT_TRAINED_BLOCKS`] blocks trained, and training crops in the
+    /// same proportion to the image (Lite0's 192 of 224; 224 of Lite2's 260).
+    ///
+    /// ```
+    /// use protonet::backbone::LiteVariant;
+    /// use protonet::finetune::trunk::TrunkConfig;
+    /// assert_eq!(TrunkConfig::for_variant(LiteVariant::Lite0), TrunkConfig::default());
+    /// let c = TrunkConfig::for_variant(LiteVariant::Lite2);
+    /// assert_eq!((c.image.size, c.first_block, c.training.augment.unwrap().size), (260, 13, 224));
+    /// c.validate().unwrap();
+    /// ```
+    pub fn for_variant(variant: LiteVariant) -> Self {
+        let lite0 = Self::default();
+        let mut training = lite0.training;
+        if let Some(augment) = training.augment.as_mut() {
+            // Rounded to a multiple of 32, as the network's strides like it.
+            augment.size = (augment.size * variant.image_size() / lite0.image.size).div_ceil(32) * 32;
+        }
+        Self {
+            weights: variant.weights(),
+            image: ImageConfig::rgb(variant.image_size()),
+            first_block: variant.num_blocks() - DEFAULT_TRAINED_BLOCKS,
+            training,
+            ..lite0
+        }
+    }
+
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
         self.weights.validate()?;
