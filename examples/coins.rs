@@ -463,7 +463,9 @@ fn episodic_stage(a: &Args, trunk: Model, train_set: &ImageSet, dev: &Device) ->
     let dir = stage_dir(a);
     if let Some(d) = dir.as_ref().filter(|d| d.join("config.json").is_file()) {
         println!("Reading the {} stage from {}", a.method.stage_dir_name(), d.display());
-        return Ok(Model::load_for_images(d, dev)?.into_net());
+        let model = Model::load_for_images(d, dev)?;
+        check_stage_settings(a, model.config(), d)?;
+        return Ok(model.into_net());
     }
     let relation = a.method == MethodChoice::Relation;
     let mut config = trunk.config().clone();
@@ -499,6 +501,25 @@ fn episodic_stage(a: &Args, trunk: Model, train_set: &ImageSet, dev: &Device) ->
     )?;
     finish_output(&a.save.clone().or(dir), &out, report.seconds);
     Ok(model.into_net())
+}
+
+/// Refuses an episodic stage read back from `dir` that was trained on other episodes than
+/// the flags ask for (`--meta-episodes`, `--shot`).
+fn check_stage_settings(a: &Args, found: &ModelConfig, dir: &Path) -> Result<()> {
+    match &found.training {
+        Some(r) if (r.config.episodes, r.config.shot) != (a.meta_episodes, a.shot) => Err(Error::param(
+            "trunk-model",
+            format!(
+                "{} holds a stage trained on {} {}-shot episodes, the flags ask for {} {}-shot episodes; give another --trunk-model, or those flags",
+                dir.display(),
+                r.config.episodes,
+                r.config.shot,
+                a.meta_episodes,
+                a.shot
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Which part of EfficientNet-Lite0 the trunk training trains, in words.
