@@ -43,6 +43,8 @@
 #   whole+dc+aspect  and crops of aspect ratios 3/4 to 4/3 in the trunk training's
 #              augmentation (TRUNK_MODELS/whole+dc+aspect/FOLD)
 # Environment: CURRENCIES (the folder names of the currencies taking part, default all),
+# FOLDS (the held-out currencies to run, default every one taking part: to finish or redo some
+# folds of a column; the mean row is then the mean of those folds),
 # EPISODES (1000), TRUNK_MODELS (a folder keeping the trunk models of the folds), TRAIN_EPISODES (400, Conv-4), FINETUNE_EPISODES (300), SEED (7),
 # EXTRA (more flags for the coins example, for example --paste-small), CALIBRATION_DIR (write
 # each fold and column's calibration there as FOLD-COLUMN.json and add the mean confidence and the
@@ -87,8 +89,11 @@ for c in $columns; do header+=" $c |"; rule+="---|"; done
 echo "$header"
 echo "$rule"
 declare -A sum
+folds=0
 for held in "${currencies[@]}"; do
     name=$(basename "$held")
+    if [ -n "${FOLDS:-}" ] && [[ " $FOLDS " != *" $name "* ]]; then continue; fi
+    folds=$((folds + 1))
     train="$work/without-$name"
     mkdir -p "$train"
     others=()
@@ -133,6 +138,7 @@ for held in "${currencies[@]}"; do
     done
     echo "$row"
 done
-row="| **mean of ${#currencies[@]} folds** | |"
-for c in $columns; do row+=" $(printf '%.1f' "$(echo "${sum[$c]} / ${#currencies[@]}" | bc -l)") |"; done
+[ "$folds" -gt 0 ] || { echo "FOLDS names no currency taking part: $FOLDS" >&2; exit 1; }
+row="| **mean of $folds folds** | |"
+for c in $columns; do row+=" $(printf '%.1f' "$(echo "${sum[$c]} / $folds" | bc -l)") |"; done
 echo "$row"
