@@ -368,7 +368,7 @@ fn training_source(a: &Args) -> String {
 /// trained with other settings than the flags ask for).
 fn train_trunk_blocks(a: &Args, train_set: &ImageSet, image: &ImageConfig, dev: &Device) -> Result<Model> {
     let config = trunk_config(a, train_set, image);
-    let variant = if a.lite2 { LiteVariant::Lite2 } else { LiteVariant::Lite0 };
+    let variant = LiteVariant::of(&config.weights);
     if let Some(dir) = a.trunk_model.as_ref().filter(|d| d.join("config.json").is_file()) {
         println!("Reading the trained trunk from {}", dir.display());
         let model = Model::load_for_images(dir, dev)?;
