@@ -96,8 +96,19 @@ pub enum BackboneConfig {
     /// EfficientNet-Lite0 with ImageNet weights, 1280-d embeddings; EfficientNet-Lite2 when
     /// `weights` are Lite2's ([`LiteVariant::of`]). The model directory holds no weights of
     /// it, only the reference; with `head`, it holds the fine-tuned head ([`TunedHead`],
-    /// parameters `head.*`, Lite0 only) that replaces the ImageNet one.
-    #[serde(rename = "efficientnet_lite0")]
+    /// parameters `head.*`, Lite0 only) that replaces the ImageNet one. Written as
+    /// `"kind": "efficientnet_lite"` (the variant follows from `weights`); models saved
+    /// before Lite2 say `"efficientnet_lite0"`, which still loads.
+    ///
+    /// ```
+    /// use protonet::backbone::BackboneConfig;
+    /// let old = r#"{"kind": "efficientnet_lite0", "weights": {"name": "w.pth", "sha256": "00"}}"#;
+    /// let cfg: BackboneConfig = serde_json::from_str(old).unwrap();
+    /// let json = serde_json::to_string(&cfg).unwrap();
+    /// assert!(json.contains(r#""kind":"efficientnet_lite","#));
+    /// assert_eq!(serde_json::from_str::<BackboneConfig>(&json).unwrap(), cfg);
+    /// ```
+    #[serde(rename = "efficientnet_lite", alias = "efficientnet_lite0")]
     EfficientNetLite0 {
         /// The ImageNet weights.
         weights: PretrainedWeights,
